@@ -1,0 +1,14 @@
+"""One experiment per figure family; run them with `python -m experiments [NAME ...] [--quick]`.
+
+Each experiment module defines a frozen dataclass `Config` (the full run), `QUICK` (a
+small variant for CI), and `run(config, context) -> dict` returning every number its
+figure shows. The runner (`experiments.runner`) adds config, seed, versions, device and
+wall time, and writes figures/NAME.{png,pdf,json} atomically.
+"""
+
+# name -> module, in the order `all` runs them
+EXPERIMENTS = {
+    "activations": "experiments.activations",
+    "grid_warp": "experiments.grid_warp",
+    "dead_units": "experiments.dead_units",
+}

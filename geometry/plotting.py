@@ -1,0 +1,75 @@
+"""One house style for every figure, and atomic, reproducible PNG + PDF output."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; no display is needed or assumed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from geometry.io import atomic_write  # noqa: E402
+
+DPI = 150
+
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": DPI,
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "lines.linewidth": 1.4,
+    "image.cmap": "viridis",
+    "svg.hashsalt": "layer-geometry",
+}
+
+# one colour per activation, the same in every figure
+ACTIVATION_COLORS = {
+    "identity": "#4d4d4d",
+    "none": "#4d4d4d",
+    "relu": "#d62728",
+    "leaky_relu": "#ff7f0e",
+    "sigmoid": "#9467bd",
+    "tanh": "#1f77b4",
+    "gelu": "#2ca02c",
+    "silu": "#17becf",
+    "softplus": "#8c564b",
+    "elu": "#e377c2",
+}
+
+# no dates or software versions in the files: the same numbers give the same bytes
+_PNG_METADATA = {"Software": None}
+_PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+
+
+def use_style() -> None:
+    plt.rcParams.update(STYLE)
+
+
+def color(name: str) -> str:
+    if name.startswith("leaky_relu"):
+        name = "leaky_relu"
+    return ACTIVATION_COLORS.get(name, "#333333")
+
+
+def save_figure(fig, stem: str | os.PathLike, *, formats=("png", "pdf")) -> list[Path]:
+    """Write fig as STEM.png (150 dpi) and STEM.pdf atomically; returns the paths."""
+    stem = Path(stem)
+    paths = []
+    for fmt in formats:
+        buffer = io.BytesIO()
+        metadata = _PNG_METADATA if fmt == "png" else _PDF_METADATA
+        fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
+        paths.append(atomic_write(stem.with_suffix(f".{fmt}"), buffer.getvalue()))
+    plt.close(fig)
+    return paths

@@ -1,0 +1,108 @@
+"""Spectral summaries of Jacobians, batched over any leading axes.
+
+Every function takes J of shape (..., m, n) and reduces the last two axes. With
+σ_1 ≥ … ≥ σ_r the r = min(m, n) singular values:
+
+* numerical rank: #{σ_i > tol}. Tolerance convention (NumPy's `matrix_rank`):
+  tol = σ_1 · max(m, n) · eps(dtype) by default, or tol = rtol · σ_1 when `rtol` is given.
+  An all-zero matrix has rank 0.
+* effective rank (Roy & Vetterli 2007): exp(H(p)), p_i = σ_i / Σ_j σ_j, H the Shannon
+  entropy with 0 log 0 = 0. Of I_k it is k. Of a zero matrix, 0.
+* stable rank: ‖J‖_F² / ‖J‖₂² = Σ σ_i² / σ_1² (0 for a zero matrix).
+* condition number: σ_1 / σ_r, and +inf when J is numerically rank-deficient
+  (numerical rank < r, same tolerance as above).
+* log volume: Σ_i log σ_i = ½ log det(JᵀJ) for m ≥ n; −inf when rank-deficient.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def singular_values(J: jax.Array) -> jax.Array:
+    """(..., min(m, n)) singular values in descending order."""
+    return jnp.linalg.svd(J, compute_uv=False)
+
+
+def _tolerance(sigma: jax.Array, shape: tuple[int, ...], dtype, rtol: float | None) -> jax.Array:
+    if rtol is None:
+        rtol = max(shape[-2:]) * jnp.finfo(dtype).eps
+    return rtol * sigma[..., 0]
+
+
+def _rank_from_sigma(sigma, shape, dtype, rtol):
+    tol = _tolerance(sigma, shape, dtype, rtol)
+    return jnp.sum(sigma > tol[..., None], axis=-1)
+
+
+def numerical_rank(J: jax.Array, rtol: float | None = None) -> jax.Array:
+    """Number of singular values above the tolerance (see module docstring)."""
+    J = jnp.asarray(J)
+    return _rank_from_sigma(singular_values(J), J.shape, J.dtype, rtol)
+
+
+def _effective_rank_from_sigma(sigma):
+    total = jnp.sum(sigma, axis=-1, keepdims=True)
+    p = sigma / jnp.where(total > 0, total, 1.0)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return jnp.where(total[..., 0] > 0, jnp.exp(entropy), 0.0)
+
+
+def effective_rank(J: jax.Array) -> jax.Array:
+    """Roy–Vetterli effective rank exp(−Σ p_i log p_i), p = σ / ‖σ‖₁."""
+    return _effective_rank_from_sigma(singular_values(J))
+
+
+def _stable_rank_from_sigma(sigma):
+    top = sigma[..., 0]
+    return jnp.where(top > 0, jnp.sum(sigma**2, axis=-1) / jnp.where(top > 0, top, 1.0) ** 2, 0.0)
+
+
+def stable_rank(J: jax.Array) -> jax.Array:
+    """‖J‖_F² / ‖J‖₂²."""
+    return _stable_rank_from_sigma(singular_values(J))
+
+
+def _singular_mask(sigma, shape, dtype, rtol):
+    return _rank_from_sigma(sigma, shape, dtype, rtol) < sigma.shape[-1]
+
+
+def _condition_from_sigma(sigma, singular):
+    return jnp.where(singular, jnp.inf, sigma[..., 0] / jnp.where(singular, 1.0, sigma[..., -1]))
+
+
+def _log_volume_from_sigma(sigma, singular):
+    safe = jnp.where(singular[..., None], 1.0, sigma)
+    return jnp.where(singular, -jnp.inf, jnp.sum(jnp.log(safe), axis=-1))
+
+
+def condition_number(J: jax.Array, rtol: float | None = None) -> jax.Array:
+    """σ_max / σ_min; +inf where J is numerically rank-deficient."""
+    J = jnp.asarray(J)
+    sigma = singular_values(J)
+    return _condition_from_sigma(sigma, _singular_mask(sigma, J.shape, J.dtype, rtol))
+
+
+def log_volume(J: jax.Array, rtol: float | None = None) -> jax.Array:
+    """Σ log σ_i (the log volume element); −inf where J is numerically rank-deficient."""
+    J = jnp.asarray(J)
+    sigma = singular_values(J)
+    return _log_volume_from_sigma(sigma, _singular_mask(sigma, J.shape, J.dtype, rtol))
+
+
+def summary(J: jax.Array, rtol: float | None = None) -> dict[str, jax.Array]:
+    """All of the above from one SVD: the batched per-point record used by experiments."""
+    J = jnp.asarray(J)
+    sigma = singular_values(J)
+    rank = _rank_from_sigma(sigma, J.shape, J.dtype, rtol)
+    singular = rank < sigma.shape[-1]
+    return {
+        "sigma_max": sigma[..., 0],
+        "sigma_min": sigma[..., -1],
+        "numerical_rank": rank,
+        "effective_rank": _effective_rank_from_sigma(sigma),
+        "stable_rank": _stable_rank_from_sigma(sigma),
+        "condition_number": _condition_from_sigma(sigma, singular),
+        "log_volume": _log_volume_from_sigma(sigma, singular),
+    }

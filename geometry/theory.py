@@ -1,0 +1,150 @@
+"""Closed forms: ground truth for tests and theory overlays for figures.
+
+* ReLU dead units. With iid symmetric pre-activations, P(at least one of n units
+  has z ≤ 0) = 1 − 2⁻ⁿ (deeper layers: see `prob_any_dead`). For an m×n Gaussian W and a fixed x ≠ 0 the pre-activations
+  z = Wx are iid N(0, ‖x‖²σ²), and any k ≥ n rows of W span Rⁿ almost surely, so
+  rank(D_φ W) < n iff fewer than n units are active: P = P(Binomial(m, ½) < n).
+* Mean field (Poole et al. 2016; Schoenholz et al. 2017). Length map
+  q ← σ_w² E[φ(√q z)²] + σ_b², z ~ N(0, 1), iterated to its fixed point q*;
+  χ₁ = σ_w² E[φ'(√q* z)²] is the mean squared singular value of one layer's Jacobian,
+  so the end-to-end Jacobian of L layers has mean eigenvalue of JJᵀ equal to χ₁^L.
+* Free probability (Pennington et al. 2017/2018): with μ_k = E[φ'(√q* z)^{2k}], the
+  eigenvalues of JJᵀ have variance / mean² = L (μ₂/μ₁² − 1 − s₁), s₁ = −1 for Gaussian
+  and 0 for orthogonal weights.
+* Products of L square Gaussian matrices (entries N(0, 1/N), N → ∞): the k-th moment of
+  the eigenvalues of MMᵀ is the Fuss–Catalan number C((L+1)k, k) / (Lk + 1).
+
+Expectations over z ~ N(0, 1) use probabilists' Gauss–Hermite quadrature with an even
+number of nodes. The nodes are symmetric and none sits at 0, so the rule integrates the
+even part (g(z) + g(−z))/2; for ReLU and leaky ReLU that part is a polynomial
+(e.g. relu(z)² → z²/2, relu'(z)² → ½) and the rule is exact despite the kink.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import numpy as np
+from numpy.polynomial.hermite_e import hermegauss
+
+from geometry import activations
+
+QUADRATURE_NODES = 128
+_NODES, _WEIGHTS = hermegauss(QUADRATURE_NODES)
+_WEIGHTS = _WEIGHTS / math.sqrt(2.0 * math.pi)  # now Σ w = 1: expectations under N(0, 1)
+
+
+def prob_any_dead(n, layer: int = 1):
+    """P(at least one of n units has z ≤ 0) at hidden layer `layer` of a zero-bias ReLU net.
+
+    Layer 1 (iid symmetric pre-activations): 1 − 2⁻ⁿ. Deeper, z_l is iid symmetric given
+    h_{l−1} only when h_{l−1} ≠ 0; once a whole layer is dead, every later z is exactly 0.
+    So P(no dead unit at layer l) = 2⁻ⁿ (1 − 2⁻ⁿ)^(l−1), which matters only for small n.
+    """
+    n = np.asarray(n, dtype=float)
+    if np.any(n < 0) or layer < 1:
+        raise ValueError(f"need width n >= 0 and layer >= 1, got n={n}, layer={layer}")
+    all_alive = np.exp(-n * math.log(2.0))
+    return -np.expm1(-n * math.log(2.0) + (layer - 1) * np.log1p(-all_alive))
+
+
+def prob_relu_rank_deficient(m: int, n: int) -> float:
+    """P(rank D_φ(Wx) W < n) for an m×n Gaussian W under ReLU = P(Binomial(m, ½) < n)."""
+    if int(m) != m or int(n) != n or m < 1 or n < 1:
+        raise ValueError(f"m and n must be positive integers, got m={m}, n={n}")
+    m, n = int(m), int(n)
+    favourable = sum(math.comb(m, k) for k in range(min(n, m + 1)))
+    return favourable / 2**m  # exact big-integer sum, rounded once
+
+
+def gaussian_expectation(g: Callable, q: float = 1.0) -> float:
+    """E[g(√q z)] for z ~ N(0, 1), by Gauss–Hermite quadrature in float64."""
+    with jax.enable_x64(True):
+        values = np.asarray(g(math.sqrt(q) * _NODES), dtype=np.float64)
+    return float(np.dot(_WEIGHTS, values))
+
+
+def derivative_moment(activation, q: float, k: int = 1) -> float:
+    """μ_k = E[φ'(√q z)^{2k}]."""
+    derivative = activations.get(activation).derivative
+    return gaussian_expectation(lambda z: derivative(z) ** (2 * k), q)
+
+
+def length_map(activation, sigma_w2: float, sigma_b2: float, q: float) -> float:
+    """One step of the length map: σ_w² E[φ(√q z)²] + σ_b²."""
+    phi = activations.get(activation)
+    return sigma_w2 * gaussian_expectation(lambda z: phi(z) ** 2, q) + sigma_b2
+
+
+def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0, tol: float = 1e-12,
+                  max_iter: int = 10_000) -> float:
+    """The fixed point q* reached from q0 (+inf if the iteration diverges).
+
+    Plain iteration converges only algebraically at criticality (tanh, σ_w² = 1,
+    σ_b² = 0: q_t ~ 1/t), so each step tries a Newton step on F(q) = map(q) − q
+    (centred-difference slope) and keeps it only when it points downhill and stays within
+    a factor 10 of q; otherwise it takes the plain step. Converged when
+    |Δq| ≤ tol·q + 1e-15 (q below 1e-15 is zero for every quantity derived from it).
+    """
+    q = float(q0)
+    for _ in range(max_iter):
+        mapped = length_map(activation, sigma_w2, sigma_b2, q)
+        if not np.isfinite(mapped) or mapped > 1e12 * max(1.0, q0):
+            return math.inf
+        q_next = mapped
+        if q > 0:
+            h = 1e-4 * q
+            slope = (length_map(activation, sigma_w2, sigma_b2, q + h)
+                     - length_map(activation, sigma_w2, sigma_b2, q - h)) / (2 * h) - 1.0
+            if slope < -1e-9:  # a flat F (degenerate criticality) has no Newton step
+                newton = q - (mapped - q) / slope
+                if q / 10 <= newton <= 10 * q:
+                    q_next = newton
+        if abs(q_next - q) <= tol * q_next + 1e-15:
+            return q_next
+        q = q_next
+    return q
+
+
+def mean_field(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0) -> tuple[float, float]:
+    """(q*, χ₁) for weights N(0, σ_w²/fan_in) and biases N(0, σ_b²).
+
+    If the length map diverges (e.g. ReLU with σ_w² > 2), q* = inf and χ₁ is evaluated at
+    q = 1e12·q0; for positively homogeneous φ (ReLU, leaky ReLU, identity) χ₁ does not
+    depend on q, so it is still exact. At the degenerate critical point of such φ
+    (e.g. ReLU, σ_w² = 2, σ_b² = 0) every q is a fixed point and q* = q0.
+    """
+    if sigma_w2 < 0 or sigma_b2 < 0:
+        raise ValueError(f"variances must be >= 0, got sigma_w2={sigma_w2}, sigma_b2={sigma_b2}")
+    q_star = fixed_point_q(activation, sigma_w2, sigma_b2, q0=q0)
+    return q_star, sigma_w2 * derivative_moment(activation, _finite_q(q_star, q0), 1)
+
+
+def _finite_q(q_star: float, q0: float = 1.0) -> float:
+    return q_star if math.isfinite(q_star) else 1e12 * max(1.0, q0)
+
+
+def isometry_prediction(activation, sigma_w2: float, sigma_b2: float, depth: int,
+                        weights: str = "gaussian") -> dict[str, float]:
+    """Predicted mean and variance/mean² of the eigenvalues of JJᵀ after `depth` layers."""
+    s1 = {"gaussian": -1.0, "orthogonal": 0.0}.get(weights)
+    if s1 is None:
+        raise ValueError(f"weights must be 'gaussian' or 'orthogonal', got {weights!r}")
+    q_star, chi1 = mean_field(activation, sigma_w2, sigma_b2)
+    mu1 = derivative_moment(activation, _finite_q(q_star), 1)
+    mu2 = derivative_moment(activation, _finite_q(q_star), 2)
+    return {
+        "q_star": q_star,
+        "chi1": chi1,
+        "mean": chi1**depth,
+        "variance_over_mean2": depth * (mu2 / mu1**2 - 1.0 - s1),
+    }
+
+
+def fuss_catalan(L: int, k: int) -> int:
+    """Fuss–Catalan number C((L+1)k, k) / (Lk + 1); L = 1 gives the Catalan numbers."""
+    if L < 0 or k < 0:
+        raise ValueError(f"L and k must be >= 0, got L={L}, k={k}")
+    return math.comb((L + 1) * k, k) // (L * k + 1)
