@@ -66,7 +66,10 @@ def any_dead_fractions(key, n: int, config: Config) -> tuple[np.ndarray, int]:
             h = jax.nn.relu(z)
         return jnp.stack(dead)
 
-    dead = jax.jit(jax.vmap(one_draw))(jax.random.split(key, trials))  # (trials, depth)
+    # each draw holds `depth` n×n weight matrices: batch the draws to ~64 MB of weights
+    batch = max(1, int(64e6 / (4 * n * max(n, config.input_dim) * depth)))
+    draws = jax.jit(lambda keys: jax.lax.map(one_draw, keys, batch_size=batch))
+    dead = draws(jax.random.split(key, trials))  # (trials, depth)
     return np.asarray(jnp.mean(dead, axis=0)), trials
 
 

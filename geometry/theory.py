@@ -46,8 +46,11 @@ def prob_any_dead(n, layer: int = 1):
     n = np.asarray(n, dtype=float)
     if np.any(n < 0) or layer < 1:
         raise ValueError(f"need width n >= 0 and layer >= 1, got n={n}, layer={layer}")
-    all_alive = np.exp(-n * math.log(2.0))
-    return -np.expm1(-n * math.log(2.0) + (layer - 1) * np.log1p(-all_alive))
+    log_all_alive = -n * math.log(2.0)
+    if layer > 1:
+        with np.errstate(divide="ignore"):  # n = 0: log1p(−1) = −inf, P = 1, as it should
+            log_all_alive = log_all_alive + (layer - 1) * np.log1p(-np.exp(log_all_alive))
+    return -np.expm1(log_all_alive)
 
 
 def prob_relu_rank_deficient(m: int, n: int) -> float:

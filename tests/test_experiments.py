@@ -1,0 +1,76 @@
+"""The runner's command line, and every experiment's quick variant checked against theory."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from experiments import EXPERIMENTS
+from experiments.runner import run_experiment
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "experiments", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_listing_and_unknown_name():
+    listing = _cli()
+    assert listing.returncode == 0
+    for name in EXPERIMENTS:
+        assert name in listing.stdout
+    unknown = _cli("activations", "no_such_experiment")
+    assert unknown.returncode == 2
+    assert "unknown experiment(s): no_such_experiment" in unknown.stderr
+    assert "grid_warp" in unknown.stderr
+
+
+def test_cli_quick_run_prints_paths(tmp_path):
+    result = _cli("activations", "--quick", "--seed", "3", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for suffix in ("png", "pdf", "json"):
+        assert f"wrote {tmp_path / ('activations.' + suffix)}" in result.stdout
+    record = json.loads((tmp_path / "activations.json").read_text())
+    assert record["seed"] == 3 and record["quick"] is True
+    assert {"config", "versions", "device", "wall_time_s", "numbers"} <= set(record)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+@pytest.fixture(scope="module")
+def quick_records(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures")
+    return {name: run_experiment(name, quick=True, seed=0, out_dir=out) for name in EXPERIMENTS}, out
+
+
+def test_every_experiment_writes_its_outputs(quick_records):
+    records, out = quick_records
+    for name in EXPERIMENTS:
+        for suffix in ("png", "pdf", "json"):
+            assert (out / f"{name}.{suffix}").stat().st_size > 0
+        assert json.loads((out / f"{name}.json").read_text())["numbers"] is not None
+    assert (out / "grid_warp.html").stat().st_size < 5 * 2**20
+
+
+def test_activations_numbers(quick_records):
+    numbers = quick_records[0]["activations"]["numbers"]
+    assert all(m["facts_agree"] for m in numbers["activations"].values())
+    collapse = numbers["collapse"]
+    assert collapse["float64"]["max_abs_diff_linear"] < 1e-12
+    assert collapse["float32"]["max_abs_diff_linear"] < 1e-5 * collapse["float32"]["max_abs_output"]
+    assert collapse["float32"]["max_abs_diff_with_relu"] > 0.1
+    assert any(f.startswith("gelu: the seed calls it strictly monotone") for f in numbers["findings"])
+
+
+def test_grid_warp_matches_theory(quick_records):
+    results = quick_records[0]["grid_warp"]["numbers"]["activations"]
+    for name, result in results.items():
+        for measured in result["measured"].values():
+            # grid discretisation: points on the dead axes and the disk edge, ~1/grid
+            assert abs(measured["folded"] - result["theory"]["folded"]) < 0.02, name
+            assert abs(measured["orientation_reversed"] - result["theory"]["orientation_reversed"]) < 0.02, name
+    assert results["relu"]["theory"]["folded"] == 0.75
+
+
+def test_dead_units_agree_with_theory(quick_records):
+    numbers = quick_records[0]["dead_units"]["numbers"]
+    assert numbers["agreement"]["all_within_4_se"], numbers["agreement"]

@@ -1,0 +1,100 @@
+"""Spectral summaries against closed forms and float64 NumPy references."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geometry import metric, spectra
+
+
+def test_effective_and_stable_rank_closed_forms(x64):
+    for k in (1, 2, 5, 17):
+        np.testing.assert_allclose(spectra.effective_rank(np.eye(k)), k, rtol=1e-12)
+        np.testing.assert_allclose(spectra.stable_rank(np.eye(k)), k, rtol=1e-12)
+    d = np.diag([3.0, 2.0, 1.0])
+    p = np.array([3, 2, 1]) / 6
+    np.testing.assert_allclose(spectra.effective_rank(d), np.exp(-np.sum(p * np.log(p))), rtol=1e-12)
+    np.testing.assert_allclose(spectra.effective_rank(d), 2.7495, atol=5e-5)
+    np.testing.assert_allclose(spectra.stable_rank(d), 14 / 9, rtol=1e-12)
+    np.testing.assert_allclose(spectra.stable_rank(d), 1.5556, atol=5e-5)
+
+
+def test_condition_number_and_log_volume(x64):
+    d = np.diag([3.0, 2.0, 0.5])
+    np.testing.assert_allclose(spectra.condition_number(d), 6.0, rtol=1e-12)
+    np.testing.assert_allclose(spectra.log_volume(d), np.log(3.0), rtol=1e-12)
+    singular = np.array([[1.0, 2.0], [2.0, 4.0]])
+    assert spectra.condition_number(singular) == np.inf
+    assert spectra.log_volume(singular) == -np.inf
+    assert spectra.numerical_rank(singular) == 1
+    zero = np.zeros((3, 2))
+    assert spectra.numerical_rank(zero) == 0
+    assert spectra.effective_rank(zero) == 0 and spectra.stable_rank(zero) == 0
+
+
+def test_rank_tolerance_convention(x64):
+    # NumPy's matrix_rank default: σ_max · max(m, n) · eps; rtol overrides it
+    J = np.diag([1.0, 1e-3, 1e-20])
+    assert spectra.numerical_rank(J) == np.linalg.matrix_rank(J) == 2
+    assert spectra.numerical_rank(J, rtol=1e-2) == 1
+    assert spectra.condition_number(J, rtol=1e-2) == np.inf
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    m=st.integers(1, 7),
+    n=st.integers(1, 7),
+    rank=st.integers(0, 7),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_batched_against_numpy(batch, m, n, rank, seed):
+    import jax
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(seed)
+        r = min(rank, m, n)
+        J = rng.normal(size=(batch, m, r)) @ rng.normal(size=(batch, r, n))  # rank r exactly
+        sigma = np.linalg.svd(J, compute_uv=False)
+        np.testing.assert_allclose(spectra.singular_values(J), sigma, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(spectra.numerical_rank(J), np.linalg.matrix_rank(J))
+        np.testing.assert_array_equal(spectra.numerical_rank(J), r)
+        top = sigma[:, 0]
+        np.testing.assert_allclose(spectra.stable_rank(J), np.where(top > 0, (sigma**2).sum(1) / np.where(top > 0, top, 1) ** 2, 0),
+                                   rtol=1e-10)
+        full = r == min(m, n) and r > 0
+        expected_cond = sigma[:, 0] / sigma[:, -1] if full else np.full(batch, np.inf)
+        np.testing.assert_allclose(spectra.condition_number(J), expected_cond, rtol=1e-8)
+        summary = spectra.summary(J)
+        np.testing.assert_allclose(summary["condition_number"], expected_cond, rtol=1e-8)
+        if m >= n:
+            sign, logdet = np.linalg.slogdet(np.swapaxes(J, 1, 2) @ J)
+            expected = np.where(full, 0.5 * logdet, -np.inf)
+            np.testing.assert_allclose(spectra.log_volume(J), expected, rtol=1e-8)
+            np.testing.assert_allclose(summary["log_volume"], expected, rtol=1e-8)
+
+
+def test_pullback_metric_eigenvalues_are_squared_singular_values(x64):
+    rng = np.random.default_rng(0)
+    J = rng.normal(size=(5, 7, 3))
+    g = metric.pullback_metric(J)
+    np.testing.assert_allclose(g, np.einsum("bki,bkj->bij", J, J), rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.eigvalsh(g)[:, ::-1], np.linalg.svd(J, compute_uv=False) ** 2, rtol=1e-10)
+
+
+def test_metric_ellipse_of_known_metric(x64):
+    angle = 0.3
+    R = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    g = R @ np.diag([9.0, 0.25]) @ R.T
+    semi_axes, major = metric.metric_ellipse(g)
+    np.testing.assert_allclose(semi_axes, [3.0, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(np.mod(major, np.pi), angle, rtol=1e-10)
+    with pytest.raises(ValueError, match="2x2"):
+        metric.metric_ellipse(np.eye(3))
+
+
+def test_distance_distortion_of_a_scaling(x64):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
+    np.testing.assert_allclose(metric.distance_distortion(lambda v: 2.5 * v, x, y), 2.5, rtol=1e-12)
