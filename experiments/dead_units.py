@@ -39,7 +39,7 @@ class Config:
     input_dim: int = 16
     deep_layer: int = 3
     trials: int = 200_000  # random (network, input) draws per width, capped by max_work
-    max_work: float = 2e9  # trials × n² × depth multiply-adds per width, at most
+    max_work: float = 5e8  # trials × n² × depth random numbers per width, at most
     rank_widths: tuple[int, ...] = (2, 4, 8, 16)  # n of the m×n layer; m runs from n to 4n
     rank_m_points: int = 13
     rank_draws: int = 20_000
@@ -52,7 +52,8 @@ QUICK = Config(widths=(1, 2, 4, 8, 16, 64), trials=20_000, max_work=2e8, rank_wi
 def any_dead_fractions(key, n: int, config: Config) -> tuple[np.ndarray, int]:
     """Fraction of draws with a dead unit at layers 1..deep_layer of random ReLU nets."""
     depth = config.deep_layer
-    trials = int(min(config.trials, max(1000, config.max_work / (n * n * depth))))
+    # wide layers: P(no dead unit) < 1e-19 is beyond any sample size; a few hundred draws suffice
+    trials = int(min(config.trials, max(200, config.max_work / (n * n * depth))))
 
     def one_draw(key):
         keys = jax.random.split(key, depth + 1)
@@ -70,7 +71,7 @@ def any_dead_fractions(key, n: int, config: Config) -> tuple[np.ndarray, int]:
     batch = max(1, int(64e6 / (4 * n * max(n, config.input_dim) * depth)))
     draws = jax.jit(lambda keys: jax.lax.map(one_draw, keys, batch_size=batch))
     dead = draws(jax.random.split(key, trials))  # (trials, depth)
-    return np.asarray(jnp.mean(dead, axis=0)), trials
+    return np.asarray(dead).mean(axis=0, dtype=np.float64), trials  # float32 means round near 1
 
 
 def rank_deficient_fraction(key, m: int, n: int, config: Config) -> float:
@@ -84,7 +85,7 @@ def rank_deficient_fraction(key, m: int, n: int, config: Config) -> float:
     weights = jax.random.normal(w_key, (config.rank_draws, m, n)) / math.sqrt(n)
     inputs = jax.random.normal(x_key, (config.rank_draws, n))
     J = jax.vmap(jax.jacfwd(lambda w, x: jax.nn.relu(w @ x), argnums=1))(weights, inputs)  # (draws, m, n)
-    return float(jnp.mean(spectra.numerical_rank(J) < n))
+    return float(np.mean(np.asarray(spectra.numerical_rank(J) < n), dtype=np.float64))
 
 
 def _binomial_se(p: float, samples: int) -> float:

@@ -39,9 +39,9 @@ class Config:
     activations: tuple[str, ...] = activations.NAMES
     angles_deg: tuple[float, ...] = (0.0, 30.0, 60.0, 135.0)
     disk_grid: int = 601  # measurement grid per axis over [−1, 1]²; points inside the disk count
-    html_frames: int = 36  # slider steps over one full turn
-    html_disk_grid: int = 201
-    html_dpi: int = 55
+    html_frames: int = 24  # slider steps over one full turn (15°); keeps the page under 5 MB
+    html_disk_grid: int = 101
+    html_dpi: int = 80
     grid_lines: int = 13  # lines per direction over [−1.5, 1.5]
 
 
@@ -98,8 +98,8 @@ def measure(name: str, theta: float, points: np.ndarray) -> dict:
     folded = spectra.numerical_rank(J) < 2
     reversed_ = (jnp.linalg.det(J) < 0) & ~folded
     return {
-        "folded": float(jnp.mean(folded)),
-        "orientation_reversed": float(jnp.mean(reversed_)),
+        "folded": float(np.mean(np.asarray(folded), dtype=np.float64)),
+        "orientation_reversed": float(np.mean(np.asarray(reversed_), dtype=np.float64)),
         "shade": np.asarray(jnp.where(folded, 0.1, jnp.where(reversed_, 0.5, 0.88))),
     }
 
@@ -150,12 +150,9 @@ def _html(config: Config, disk: np.ndarray, hue: np.ndarray) -> str:
         return []
 
     anim = animation.FuncAnimation(fig, draw, frames=len(angles), blit=False)
-    previous = plt.rcParams["animation.embed_limit"]
-    plt.rcParams["animation.embed_limit"] = 5.0  # MB: the page must stay under 5 MB
-    try:
+    # frames are saved at savefig.dpi; the embed limit (MB) guards the 5 MB page budget
+    with plt.rc_context({"savefig.dpi": config.html_dpi, "animation.embed_limit": 5.0}):
         html = anim.to_jshtml(fps=4, default_mode="loop")
-    finally:
-        plt.rcParams["animation.embed_limit"] = previous
     plt.close(fig)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>grid_warp: φ(Wx), W a rotation</title></head>"

@@ -81,42 +81,61 @@ def length_map(activation, sigma_w2: float, sigma_b2: float, q: float) -> float:
     return sigma_w2 * gaussian_expectation(lambda z: phi(z) ** 2, q) + sigma_b2
 
 
-def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0, tol: float = 1e-12,
-                  max_iter: int = 10_000) -> float:
-    """The fixed point q* reached from q0 (+inf if the iteration diverges).
+Q_ZERO = 1e-30  # q below this is 0 for every quantity derived from it
 
-    Plain iteration converges only algebraically at criticality (tanh, σ_w² = 1,
-    σ_b² = 0: q_t ~ 1/t), so each step tries a Newton step on F(q) = map(q) − q
-    (centred-difference slope) and keeps it only when it points downhill and stays within
-    a factor 10 of q; otherwise it takes the plain step. Converged when
-    |Δq| ≤ tol·q + 1e-15 (q below 1e-15 is zero for every quantity derived from it).
+
+def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0, tol: float = 1e-12) -> float:
+    """The fixed point q* that iterating the length map from q0 converges to.
+
+    Iterating is slow near criticality (tanh, σ_w² = 1, σ_b² = 0: q_t ~ 1/t; ReLU near
+    σ_w² = 2: geometric with ratio → 1), so the fixed point is found as a root instead:
+    the iteration moves in the direction of F(q) = map(q) − q, so the root it reaches is
+    the first sign change of F in that direction. It is bracketed by stepping q from q0
+    by factors of 4 and refined by bisection to relative width `tol`. Returns +inf when
+    no sign change exists below 1e12·max(1, q0) (the map diverges), and 0 when none
+    exists above `Q_ZERO` (q decays to 0, e.g. tanh with σ_b² = 0, σ_w² ≤ 1).
+    |F(q)| ≤ 1e-14·q counts as a root (ReLU at σ_w² = 2, σ_b² = 0: every q is one).
     """
+    def excess(q):
+        return length_map(activation, sigma_w2, sigma_b2, q) - q
+
+    def is_root(q, f):  # zero up to the quadrature's float64 rounding
+        return abs(f) <= 1e-14 * q
+
     q = float(q0)
-    for _ in range(max_iter):
-        mapped = length_map(activation, sigma_w2, sigma_b2, q)
-        if not np.isfinite(mapped) or mapped > 1e12 * max(1.0, q0):
+    f = excess(q)
+    if is_root(q, f):
+        return q
+    factor, limit = (4.0, 1e12 * max(1.0, q0)) if f > 0 else (0.25, Q_ZERO)
+    while True:
+        other = q * factor
+        if (factor > 1 and other > limit) or (factor < 1 and other < limit):
+            return math.inf if factor > 1 else 0.0
+        f_other = excess(other)
+        if not np.isfinite(f_other):
             return math.inf
-        q_next = mapped
-        if q > 0:
-            h = 1e-4 * q
-            slope = (length_map(activation, sigma_w2, sigma_b2, q + h)
-                     - length_map(activation, sigma_w2, sigma_b2, q - h)) / (2 * h) - 1.0
-            if slope < -1e-9:  # a flat F (degenerate criticality) has no Newton step
-                newton = q - (mapped - q) / slope
-                if q / 10 <= newton <= 10 * q:
-                    q_next = newton
-        if abs(q_next - q) <= tol * q_next + 1e-15:
-            return q_next
-        q = q_next
-    return q
+        if is_root(other, f_other):
+            return other
+        if (f_other > 0) != (f > 0):
+            break
+        q, f = other, f_other
+    lo, hi = sorted((q, other))
+    f_lo = excess(lo)
+    while hi - lo > tol * hi:
+        mid = 0.5 * (lo + hi)
+        f_mid = excess(mid)
+        if f_mid == 0.0:
+            return mid
+        lo, hi, f_lo = (mid, hi, f_mid) if (f_mid > 0) == (f_lo > 0) else (lo, mid, f_lo)
+    return 0.5 * (lo + hi)
 
 
 def mean_field(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0) -> tuple[float, float]:
     """(q*, χ₁) for weights N(0, σ_w²/fan_in) and biases N(0, σ_b²).
 
     If the length map diverges (e.g. ReLU with σ_w² > 2), q* = inf and χ₁ is evaluated at
-    q = 1e12·q0; for positively homogeneous φ (ReLU, leaky ReLU, identity) χ₁ does not
-    depend on q, so it is still exact. At the degenerate critical point of such φ
+    q = 1e12·q0; if q decays to 0, at q = `Q_ZERO`. For positively homogeneous φ (ReLU,
+    leaky ReLU, identity) χ₁ does not depend on q, so both are exact. At the degenerate critical point of such φ
     (e.g. ReLU, σ_w² = 2, σ_b² = 0) every q is a fixed point and q* = q0.
     """
     if sigma_w2 < 0 or sigma_b2 < 0:
@@ -126,7 +145,12 @@ def mean_field(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0)
 
 
 def _finite_q(q_star: float, q0: float = 1.0) -> float:
-    return q_star if math.isfinite(q_star) else 1e12 * max(1.0, q0)
+    """Where to evaluate φ' moments: q* itself, clamped into [Q_ZERO, 1e12·q0].
+
+    q* = 0 means q → 0 along the iteration, never q = 0: the moments are their limits as
+    q ↓ 0 (ReLU: ½, not relu'(0)² = 0), which a tiny positive q gives.
+    """
+    return min(max(q_star, Q_ZERO), 1e12 * max(1.0, q0))
 
 
 def isometry_prediction(activation, sigma_w2: float, sigma_b2: float, depth: int,
@@ -151,3 +175,21 @@ def fuss_catalan(L: int, k: int) -> int:
     if L < 0 or k < 0:
         raise ValueError(f"L and k must be >= 0, got L={L}, k={k}")
     return math.comb((L + 1) * k, k) // (L * k + 1)
+
+
+def critical_sigma_w2(activation, sigma_b2: float, *, lo: float = 0.1, hi: float = 10.0, tol: float = 1e-10) -> float:
+    """σ_w² on the edge of chaos, χ₁(σ_w², σ_b²) = 1, by bisection on [lo, hi].
+
+    χ₁ increases with σ_w² for the activations studied here (tanh, ReLU); the bracket
+    must contain the crossing, else ValueError.
+    """
+    def excess(sigma_w2):
+        return mean_field(activation, sigma_w2, sigma_b2)[1] - 1.0
+
+    f_lo, f_hi = excess(lo), excess(hi)
+    if f_lo > 0 or f_hi < 0:
+        raise ValueError(f"χ₁ − 1 does not change sign on [{lo}, {hi}] (values {f_lo:.3g}, {f_hi:.3g})")
+    while hi - lo > tol * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
+    return 0.5 * (lo + hi)

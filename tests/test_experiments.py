@@ -74,3 +74,12 @@ def test_grid_warp_matches_theory(quick_records):
 def test_dead_units_agree_with_theory(quick_records):
     numbers = quick_records[0]["dead_units"]["numbers"]
     assert numbers["agreement"]["all_within_4_se"], numbers["agreement"]
+
+
+def test_committed_outputs_stay_small():
+    from pathlib import Path
+
+    figures = Path(__file__).resolve().parents[1] / "figures"
+    for path in figures.glob("*"):
+        limit = 5 * 2**20 if path.suffix in (".html", ".gif") else 3 * 2**20
+        assert path.stat().st_size < limit, f"{path.name} is {path.stat().st_size / 2**20:.1f} MB"

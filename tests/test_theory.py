@@ -64,6 +64,12 @@ def test_mean_field_closed_forms():
     assert q == math.inf and chi == pytest.approx(1.5, rel=1e-12)
     q, chi = theory.mean_field("tanh", 1.0, 0.0)  # critical point: q* = 0, χ₁ = 1
     assert q < 1e-8 and chi == pytest.approx(1.0, abs=1e-8)
+    q, chi = theory.mean_field("relu", 1.5, 0.0)  # q → 0 geometrically, but χ₁ is still σ_w²/2
+    assert q == 0.0 and chi == pytest.approx(0.75, rel=1e-12)
+    q, chi = theory.mean_field("relu", 2.0, 0.0, q0=3.0)  # degenerate criticality: every q is fixed
+    assert q == pytest.approx(3.0, rel=1e-12) and chi == pytest.approx(1.0, rel=1e-12)
+    q, _ = theory.mean_field("relu", 1.9999, 0.3)  # near-critical: q* = σ_b² / (1 − σ_w²/2) = 6000
+    assert q == pytest.approx(6000.0, rel=1e-8)
 
 
 def test_mean_field_tanh_against_monte_carlo():
@@ -108,3 +114,15 @@ def test_isometry_prediction_of_linear_gaussian_chain_is_fuss_catalan():
         assert theory.isometry_prediction("identity", 1.0, 0.0, L, weights="orthogonal")["variance_over_mean2"] == 0.0
     with pytest.raises(ValueError):
         theory.isometry_prediction("relu", 2.0, 0.0, 3, weights="sparse")
+
+
+def test_critical_line():
+    # ReLU: χ₁ = σ_w²/2 whatever σ_b², so the critical σ_w² is 2; tanh at σ_b² = 0 is critical at σ_w² = 1
+    np.testing.assert_allclose(theory.critical_sigma_w2("relu", 0.3, lo=0.5, hi=5.0), 2.0, rtol=1e-8)
+    # χ₁ − 1 grows only quadratically above σ_w² = 1 (≈3e-9 at 1.0001), so float64 pins the crossing to ~1e-6
+    np.testing.assert_allclose(theory.critical_sigma_w2("tanh", 0.0, lo=0.5, hi=5.0), 1.0, rtol=1e-5)
+    sigma_w2 = theory.critical_sigma_w2("tanh", 0.05)
+    assert sigma_w2 > 1.0
+    np.testing.assert_allclose(theory.mean_field("tanh", sigma_w2, 0.05)[1], 1.0, rtol=1e-8)
+    with pytest.raises(ValueError, match="does not change sign"):
+        theory.critical_sigma_w2("tanh", 0.05, lo=3.0, hi=5.0)

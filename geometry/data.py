@@ -1,0 +1,89 @@
+"""Small 2-D datasets and input grids, deterministic given a seed.
+
+Every dataset returns (X, y): X float32 of shape (n, 2), y int32 labels in {0, 1}.
+`noise` is the standard deviation of Gaussian jitter added to the points *after*
+labelling (so labels near a boundary can end up on the wrong side, as in real data).
+
+* linear:  uniform on [−2, 2]²; class 1 above the line x₂ = 0.5 x₁ + 0.2.
+* circles: x ~ N(0, s² I) with s² = 1.5² / (2 ln 2), so the classes balance: class 1 is
+           ‖x‖ < 1.5 (one class inside radius 1.5 of the origin, the rest the other).
+* xor:     uniform on [−1, 1]²; class 1 when x₁ x₂ > 0.
+* spiral:  two interleaved arms r = t, θ = 3π t + kπ (k = class), t ~ U(0.1, 1), scaled by 2.
+* moons:   the two interleaved half circles (cos θ, sin θ) and (1 − cos θ, ½ − sin θ).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DATASETS = ("linear", "circles", "xor", "spiral", "moons")
+
+
+def _linear(rng, n):
+    x = rng.uniform(-2.0, 2.0, size=(n, 2))
+    return x, (x[:, 1] > 0.5 * x[:, 0] + 0.2)
+
+
+def _circles(rng, n):
+    scale = 1.5 / math.sqrt(2.0 * math.log(2.0))
+    x = rng.normal(scale=scale, size=(n, 2))
+    return x, np.linalg.norm(x, axis=1) < 1.5
+
+
+def _xor(rng, n):
+    x = rng.uniform(-1.0, 1.0, size=(n, 2))
+    return x, x[:, 0] * x[:, 1] > 0
+
+
+def _spiral(rng, n):
+    label = np.arange(n) % 2
+    t = rng.uniform(0.1, 1.0, size=n)
+    theta = 3.0 * math.pi * t + math.pi * label
+    x = 2.0 * np.stack([t * np.cos(theta), t * np.sin(theta)], axis=1)
+    return x, label
+
+
+def _moons(rng, n):
+    label = np.arange(n) % 2
+    theta = rng.uniform(0.0, math.pi, size=n)
+    upper = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    lower = np.stack([1.0 - np.cos(theta), 0.5 - np.sin(theta)], axis=1)
+    return np.where(label[:, None] == 0, upper, lower) - np.array([0.5, 0.25]), label
+
+
+_MAKERS = {"linear": _linear, "circles": _circles, "xor": _xor, "spiral": _spiral, "moons": _moons}
+
+
+def make_dataset(name: str, n: int = 1000, *, noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(X (n, 2) float32, y (n,) int32) of the named dataset."""
+    if name not in _MAKERS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    if n < 1:
+        raise ValueError(f"dataset size must be >= 1, got {n}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    rng = np.random.default_rng(seed)
+    x, y = _MAKERS[name](rng, n)
+    x = x + noise * rng.normal(size=x.shape)
+    return x.astype(np.float32), np.asarray(y, dtype=np.int32)
+
+
+def grid(bounds: tuple[float, float, float, float] = (-2.5, 2.5, -2.5, 2.5), resolution: int = 200):
+    """Points of a regular grid: (resolution², 2) float32, row-major from (xmin, ymin).
+
+    Reshape per-point values to (resolution, resolution) for `imshow(origin="lower",
+    extent=bounds)`.
+    """
+    xmin, xmax, ymin, ymax = bounds
+    xs = np.linspace(xmin, xmax, resolution, dtype=np.float32)
+    ys = np.linspace(ymin, ymax, resolution, dtype=np.float32)
+    xx, yy = np.meshgrid(xs, ys)
+    return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
+def bounds_of(x: np.ndarray, margin: float = 0.3) -> tuple[float, float, float, float]:
+    """A square box around the data with a margin, for boundary plots."""
+    lo, hi = float(x.min()) - margin, float(x.max()) + margin
+    return lo, hi, lo, hi
