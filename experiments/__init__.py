@@ -11,4 +11,6 @@ EXPERIMENTS = {
     "activations": "experiments.activations",
     "grid_warp": "experiments.grid_warp",
     "dead_units": "experiments.dead_units",
+    "saturation": "experiments.saturation",
+    "dynamical_isometry": "experiments.dynamical_isometry",
 }

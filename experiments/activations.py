@@ -45,12 +45,6 @@ class Config:
 QUICK = Config(grid_points=2401, collapse_points=200)
 
 
-def _zones(z: np.ndarray, mask: np.ndarray) -> list[list[float]]:
-    """Maximal intervals [a, b] of the grid where mask holds."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
-    return [[round(float(z[a]), 6), round(float(z[b - 1]), 6)] for a, b in zip(edges[::2], edges[1::2])]
-
-
 def measure_activation(name: str, config: Config) -> dict:
     activation = activations.get(name)
     with jax.enable_x64(True):
@@ -74,7 +68,7 @@ def measure_activation(name: str, config: Config) -> dict:
         "max_derivative": float(derivative.max()),
         "max_derivative_jump": float(jump.max()),
         "max_abs_derivative_vs_autodiff": float(np.max(np.abs(derivative - autodiff))),
-        "low_derivative_zones": _zones(z, dead),
+        "low_derivative_zones": activations.low_derivative_zones(name, config.threshold, z_max=config.z_max),
         "low_derivative_fraction": float(dead.mean()),
         "_curves": (z, phi, derivative, dead),
     }

@@ -24,6 +24,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erf
 
 _SQRT_2 = 1.4142135623730951
@@ -159,3 +160,33 @@ def get(name: str | Activation) -> Activation:
         f"unknown activation {name!r}; valid names: {', '.join(NAMES)} "
         "(or leaky_relu_<slope> with slope > 0)"
     )
+
+
+def low_derivative_zones(activation, threshold: float = 0.05, z_max: float = 8.0,
+                         grid_points: int = 16_001) -> list[tuple[float, float]]:
+    """Intervals of [−z_max, z_max] where |φ'(z)| < threshold (dead or saturated), in float64.
+
+    Found on a grid, then each finite end refined by bisection to ~1e-12; an interval
+    touching ±z_max is reported with that end (the zone continues beyond it).
+    """
+    derivative = get(activation).derivative
+    with jax.enable_x64(True):
+        def low(z):
+            return np.abs(np.asarray(derivative(jnp.asarray(z, dtype=jnp.float64)))) < threshold
+
+        z = np.linspace(-z_max, z_max, grid_points)
+        mask = low(z)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+
+        def refine(inside: float, outside: float) -> float:
+            for _ in range(60):
+                mid = 0.5 * (inside + outside)
+                inside, outside = (mid, outside) if low(mid) else (inside, mid)
+            return 0.5 * (inside + outside)
+
+        zones = []
+        for start, stop in zip(edges[::2], edges[1::2]):
+            a = z[start] if start == 0 else refine(z[start], z[start - 1])
+            b = z[stop - 1] if stop == len(z) else refine(z[stop - 1], z[stop])
+            zones.append((float(a), float(b)))
+    return zones

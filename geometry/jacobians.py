@@ -75,7 +75,7 @@ def check_points(points) -> jax.Array:
 def _jacobian_of(pure, reduce):
     def per_point(state, x):
         jac = jax.jacfwd(pure, argnums=1)(state, x)
-        return jac if reduce is None else reduce(jac)
+        return jac if reduce is None else jax.tree_util.tree_map(reduce, jac)
 
     return per_point
 
@@ -97,8 +97,8 @@ def jacobian_field(f, points, *, chunk_size: int | None = None, reduce: Callable
       points: (N, n) array of finite inputs.
       chunk_size: points per vmapped batch (default `DEFAULT_CHUNK_SIZE`); memory is
         bounded by the chunk. Pass `len(points)` to vmap everything at once.
-      reduce: optional function applied to each point's Jacobian inside the chunked
-        loop (e.g. `geometry.spectra.singular_values`), so that only its result is
+      reduce: optional function applied to each point's Jacobian (to each leaf, for
+        pytree outputs) inside the chunked loop (e.g. `geometry.spectra.singular_values`), so that only its result is
         kept — the full (N, m, n) field never has to exist.
     """
     points = check_points(points)

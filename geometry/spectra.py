@@ -94,8 +94,17 @@ def log_volume(J: jax.Array, rtol: float | None = None) -> jax.Array:
 def summary(J: jax.Array, rtol: float | None = None) -> dict[str, jax.Array]:
     """All of the above from one SVD: the batched per-point record used by experiments."""
     J = jnp.asarray(J)
-    sigma = singular_values(J)
-    rank = _rank_from_sigma(sigma, J.shape, J.dtype, rtol)
+    return summarize_singular_values(singular_values(J), J.shape[-2:], J.dtype, rtol)
+
+
+def summarize_singular_values(sigma: jax.Array, matrix_shape: tuple[int, int], dtype, rtol: float | None = None):
+    """`summary` from precomputed singular values (..., r) of (m, n) matrices of `dtype`.
+
+    For fields computed with `jacobian_field(..., reduce=singular_values)`, which never
+    hold the Jacobians themselves.
+    """
+    sigma = jnp.asarray(sigma)
+    rank = _rank_from_sigma(sigma, tuple(matrix_shape), dtype, rtol)
     singular = rank < sigma.shape[-1]
     return {
         "sigma_max": sigma[..., 0],

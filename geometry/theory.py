@@ -69,6 +69,21 @@ def gaussian_expectation(g: Callable, q: float = 1.0) -> float:
     return float(np.dot(_WEIGHTS, values))
 
 
+def prob_low_derivative(activation, q: float, threshold: float = 0.05) -> float:
+    """P(|φ'(√q z)| < threshold), z ~ N(0, 1): the expected fraction of dead or saturated
+    units when pre-activations are N(0, q). Exact Gaussian mass of the zones found by
+    `activations.low_derivative_zones` (zones touching the search window extend to ±∞)."""
+    if q <= 0:
+        return float(abs(activations.get(activation).derivative(0.0)) < threshold)
+    z_max = 8.0 * max(1.0, math.sqrt(q))
+    total = 0.0
+    for a, b in activations.low_derivative_zones(activation, threshold, z_max=z_max):
+        lo = -math.inf if a <= -z_max else a / math.sqrt(q)
+        hi = math.inf if b >= z_max else b / math.sqrt(q)
+        total += 0.5 * (math.erfc(-hi / math.sqrt(2)) - math.erfc(-lo / math.sqrt(2)))
+    return total
+
+
 def derivative_moment(activation, q: float, k: int = 1) -> float:
     """μ_k = E[φ'(√q z)^{2k}]."""
     derivative = activations.get(activation).derivative

@@ -131,3 +131,19 @@ def test_bad_points_raise_named_errors():
         jacobians.layer_jacobians(model, jnp.ones(5))
     with pytest.raises(ValueError, match="dimension 3"):
         jacobians.jacobian_field(lambda v: jnp.ones((4, 2)) @ v, np.ones((5, 3)))
+
+
+def test_layernorm_after_bias_free_layer_nearly_kills_the_input_direction(x64):
+    # LN(c z) = (c z − c μ)/√(c² var + ε): d/dc at c = 1 is (z − μ) ε / s³, s² = var + ε. So
+    # J x = φ'(a) ⊙ (z − μ) ε / s³ — zero but for LayerNorm's ε: x is a near-null direction.
+    model = models.MLP(5, 12, depth=1, activation="tanh", norm="layernorm", dtype=jnp.float64, rngs=nnx.Rngs(8))
+    x = jnp.asarray(_points(5, 1, dtype=np.float64)[0])
+    J = jacobians.input_jacobians(model, x)[0]
+    z = model.layers[0](x)
+    epsilon = model.norms[0].epsilon
+    s = jnp.sqrt(z.var() + epsilon)
+    a = model.trace(x).preactivations[0]
+    expected = model.activation.derivative(a) * (z - z.mean()) * epsilon / s**3
+    np.testing.assert_allclose(J @ x, expected, rtol=1e-8, atol=1e-18)
+    sigma = spectra.singular_values(J)
+    assert float(sigma[-1] / sigma[0]) < 1e-5  # float32 calls this rank 4 of 5

@@ -126,3 +126,22 @@ def test_critical_line():
     np.testing.assert_allclose(theory.mean_field("tanh", sigma_w2, 0.05)[1], 1.0, rtol=1e-8)
     with pytest.raises(ValueError, match="does not change sign"):
         theory.critical_sigma_w2("tanh", 0.05, lo=3.0, hi=5.0)
+
+
+def test_low_derivative_zones_and_probability():
+    from geometry import activations
+
+    # tanh' = 1 − tanh² < t  ⇔  |z| > atanh(√(1 − t))
+    c = math.atanh(math.sqrt(0.95))
+    (a0, b0), (a1, b1) = activations.low_derivative_zones("tanh", 0.05, z_max=8.0)
+    np.testing.assert_allclose([b0, a1], [-c, c], rtol=1e-10)
+    assert a0 == -8.0 and b1 == 8.0
+    for q in (0.5, 1.0, 9.0):
+        np.testing.assert_allclose(theory.prob_low_derivative("tanh", q), math.erfc(c / math.sqrt(2 * q)), rtol=1e-10)
+    assert theory.prob_low_derivative("relu", 3.0) == pytest.approx(0.5, abs=1e-12)
+    assert theory.prob_low_derivative("identity", 3.0) == 0.0
+    z = np.random.default_rng(6).standard_normal(1_000_000) * 1.7
+    from geometry.activations import get
+
+    measured = np.mean(np.abs(np.asarray(get("gelu").derivative(z))) < 0.05)
+    np.testing.assert_allclose(theory.prob_low_derivative("gelu", 1.7**2), measured, atol=5 * math.sqrt(0.1 / 1e6))
