@@ -2,7 +2,7 @@
 
 Each experiment module defines a frozen dataclass `Config` (the full run), `QUICK` (a
 small variant for CI), and `run(config, context) -> dict` returning every number its
-figure shows. The runner (`experiments.runner`) adds config, seed, versions, device and
+figure shows. The runner (`experiments._runner`) adds config, seed, versions, device and
 wall time, and writes figures/NAME.{png,pdf,json} atomically.
 """
 
@@ -12,5 +12,8 @@ EXPERIMENTS = {
     "grid_warp": "experiments.grid_warp",
     "dead_units": "experiments.dead_units",
     "saturation": "experiments.saturation",
+    "injectivity": "experiments.injectivity",
+    "tradeoff": "experiments.tradeoff",
+    "pullback": "experiments.pullback",
     "dynamical_isometry": "experiments.dynamical_isometry",
 }

@@ -12,7 +12,7 @@ from experiments import EXPERIMENTS
 
 
 def _listing() -> str:
-    from experiments.runner import load
+    from experiments._runner import load
 
     lines = []
     for name in EXPERIMENTS:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown experiment(s): {', '.join(unknown)}\n{_listing()}", file=sys.stderr)
         return 2
-    from experiments.runner import run_experiment
+    from experiments._runner import run_experiment
 
     for i, name in enumerate(names, 1):
         print(f"== {i}/{len(names)}: {name}", flush=True)

@@ -2,12 +2,16 @@
 
 For F(x) = φ(Wx + b), g = Wᵀ D_φ² W: the eigenvalues of g are the squared singular
 values of J, and ½ log det g is the log volume element (`spectra.log_volume`).
+
+Also here: finite-distance fidelity of a representation — distance distortion, k-nearest-
+neighbour agreement and the Spearman correlation of pairwise distances.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def pullback_metric(J: jax.Array) -> jax.Array:
@@ -35,3 +39,51 @@ def distance_distortion(f, x: jax.Array, y: jax.Array) -> jax.Array:
     """‖f(x) − f(y)‖ / ‖x − y‖ for batched pairs x, y of shape (N, n)."""
     fx, fy = jax.vmap(f)(x), jax.vmap(f)(y)
     return jnp.linalg.norm((fx - fy).reshape(len(x), -1), axis=-1) / jnp.linalg.norm(x - y, axis=-1)
+
+
+def pairwise_distances(X: jax.Array) -> jax.Array:
+    """(N, N) Euclidean distances between the rows of X (N, d)."""
+    X = jnp.asarray(X).reshape(len(X), -1)
+    squared = jnp.sum(X**2, axis=1)
+    gram = X @ X.T
+    return jnp.sqrt(jnp.clip(squared[:, None] + squared[None, :] - 2 * gram, 0.0, None))
+
+
+def knn_agreement(X, Y, k: int = 10) -> float:
+    """Mean over points of |N_k^X(i) ∩ N_k^Y(i)| / k: how much of each point's k-nearest-
+    neighbour set in X survives in Y (1 = neighbourhoods preserved; k/(N−1) = chance).
+    Ties in Y (e.g. points a ReLU layer collapsed together) are broken by index."""
+    n = len(X)
+    if not 0 < k < n:
+        raise ValueError(f"need 0 < k < number of points ({n}), got k={k}")
+    neighbours = []
+    for distances in (np.array(pairwise_distances(X), np.float64), np.array(pairwise_distances(Y), np.float64)):
+        np.fill_diagonal(distances, np.inf)
+        neighbours.append(np.argsort(distances, axis=1, kind="stable")[:, :k])
+    overlap = [len(np.intersect1d(a, b, assume_unique=True)) for a, b in zip(*neighbours)]
+    return float(np.mean(overlap) / k)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their mean rank (as Spearman's ρ requires)."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]]))
+    ends = np.concatenate([starts[1:], [len(values)]])
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equal-length vectors (average ranks for ties)."""
+    ra, rb = _average_ranks(np.asarray(a, np.float64).ravel()), _average_ranks(np.asarray(b, np.float64).ravel())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt(np.sum(ra**2) * np.sum(rb**2))
+    return float(np.sum(ra * rb) / denominator) if denominator > 0 else 0.0
+
+
+def distance_rank_correlation(X, Y) -> float:
+    """Spearman ρ between all pairwise distances in X and the same pairs' distances in Y."""
+    upper = np.triu_indices(len(X), k=1)
+    return spearman(np.asarray(pairwise_distances(X))[upper], np.asarray(pairwise_distances(Y))[upper])

@@ -176,5 +176,9 @@ class MLP(nnx.Module):
     def hidden_states(self, x: jax.Array) -> tuple[jax.Array, ...]:
         return self.trace(x).hidden
 
+    def features(self, x: jax.Array) -> jax.Array:
+        """The last hidden state h_L: the representation the readout sees."""
+        return self.trace(x).hidden[-1]
+
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.trace(x).output

@@ -8,7 +8,7 @@ checkpoint takes exactly the same steps as one that never stopped.
 Checkpoints: an Orbax `CheckpointManager` saves model parameters, optimizer state and
 step every `checkpoint_every` steps and at the end (Orbax writes to a temporary
 directory and renames it: a save is atomic). A JSON item records a fingerprint of the
-run (config, parameter shapes and dtypes, data shape); resuming with a different run
+run (config, parameter shapes and dtypes, a hash of the data); resuming with a different run
 raises `CheckpointError` instead of mixing the two, and an unreadable checkpoint raises
 `CheckpointError` naming it. Neither case deletes or overwrites anything.
 """
@@ -76,9 +76,10 @@ def batch_indices(step: int, n: int, batch_size: int | None, seed: int) -> np.nd
     return order[position * batch_size : (position + 1) * batch_size]
 
 
-def _fingerprint(config: TrainConfig, params, x_shape) -> str:
+def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray) -> str:
     shapes = jax.tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape)}", params)
-    text = json.dumps({"config": dataclasses.asdict(config), "params": str(shapes), "data": list(x_shape)}, sort_keys=True)
+    data = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
+    text = json.dumps({"config": dataclasses.asdict(config), "params": str(shapes), "data": data}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -113,7 +114,7 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, check
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    fingerprint = _fingerprint(config, params, x.shape)
+    fingerprint = _fingerprint(config, params, x, y)
     start, history, manager, resumed = 0, [], None, None
     if checkpoint_dir is not None:
         manager = _manager(Path(checkpoint_dir), config)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from experiments import EXPERIMENTS
-from experiments.runner import run_experiment
+from experiments._runner import run_experiment
 
 
 def _cli(*args):

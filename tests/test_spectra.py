@@ -98,3 +98,35 @@ def test_distance_distortion_of_a_scaling(x64):
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
     np.testing.assert_allclose(metric.distance_distortion(lambda v: 2.5 * v, x, y), 2.5, rtol=1e-12)
+
+
+def test_pairwise_distances_against_numpy(x64):
+    X = np.random.default_rng(2).normal(size=(30, 4))
+    expected = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    np.testing.assert_allclose(metric.pairwise_distances(X), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_knn_agreement_limits(x64):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 3))
+    Q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    assert metric.knn_agreement(X, 2.0 * X @ Q.T + 1.0, k=10) == 1.0  # similarity transforms preserve neighbours
+    # independent random representation: overlap ≈ k / (N − 1) (hypergeometric mean)
+    Y = rng.normal(size=(200, 3))
+    assert abs(metric.knn_agreement(X, Y, k=10) - 10 / 199) < 0.03
+    with pytest.raises(ValueError, match="0 < k"):
+        metric.knn_agreement(X, Y, k=200)
+
+
+def test_spearman_against_pearson_of_ranks_and_ties():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=500)
+    b = a + 0.5 * rng.normal(size=500)
+    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))  # no ties: plain ranks
+    np.testing.assert_allclose(metric.spearman(a, b), np.corrcoef(ranks_a, ranks_b)[0, 1], rtol=1e-12)
+    assert metric.spearman(a, np.exp(a)) == pytest.approx(1.0)  # monotone maps: ρ = 1
+    # ties take mean ranks: [1, 2, 2, 3] -> ranks [1, 2.5, 2.5, 4]
+    np.testing.assert_allclose(metric._average_ranks(np.array([1.0, 2.0, 2.0, 3.0])), [1, 2.5, 2.5, 4])
+    np.testing.assert_allclose(metric.spearman([1, 2, 2, 3], [1, 2, 3, 4]),
+                               np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1], rtol=1e-12)
+    assert metric.distance_rank_correlation(a[:50, None], 3 * a[:50, None]) == pytest.approx(1.0)

@@ -1,0 +1,61 @@
+"""Trained 2-D classifiers shared by the experiments that measure trained geometry.
+
+`trained_classifier` trains an MLP on one of `geometry.data`'s datasets with Orbax
+checkpoints under OUT/.checkpoints/classifiers/<key>: an interrupted run resumes, and a
+finished one is restored instead of retrained (the checkpoint fingerprint covers the
+config, the parameter shapes and the data, so a stale checkpoint is refused, not used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from flax import nnx
+
+from geometry import data, models, training
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec:
+    dataset: str
+    activation: str
+    width: int = 32
+    depth: int = 4
+    n_train: int = 1000
+    n_test: int = 1000
+    noise: float = 0.05
+    steps: int = 3000
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        return (f"{self.dataset}-{self.activation}-w{self.width}-d{self.depth}-n{self.n_train}-"
+                f"noise{self.noise:g}-steps{self.steps}-lr{self.learning_rate:g}-seed{self.seed}")
+
+
+@dataclasses.dataclass
+class Trained:
+    spec: ClassifierSpec
+    model: models.MLP
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    train_accuracy: float
+    test_accuracy: float
+
+
+def trained_classifier(spec: ClassifierSpec, context) -> Trained:
+    x, y = data.make_dataset(spec.dataset, spec.n_train + spec.n_test, noise=spec.noise, seed=spec.seed)
+    x_train, y_train, x_test, y_test = x[: spec.n_train], y[: spec.n_train], x[spec.n_train :], y[spec.n_train :]
+    model = models.MLP(2, spec.width, depth=spec.depth, out_features=2, activation=spec.activation,
+                       rngs=nnx.Rngs(spec.seed))
+    config = training.TrainConfig(steps=spec.steps, learning_rate=spec.learning_rate, checkpoint_every=1000,
+                                  log_every=max(1, spec.steps // 4), seed=spec.seed)
+    directory = context.out_dir / ".checkpoints" / "classifiers" / spec.key
+    training.train(model, x_train, y_train, config, checkpoint_dir=directory, name=f"{context.name}: {spec.key}",
+                   log=context.log)
+    return Trained(spec, model, x_train, y_train, x_test, y_test, training.accuracy(model, x_train, y_train),
+                   training.accuracy(model, x_test, y_test))

@@ -1,0 +1,161 @@
+"""The pullback metric of networks trained on the two-arm spiral, mapped over the input plane.
+
+Command:  python -m experiments pullback [--quick]
+Writes:   figures/pullback.{png,pdf,json}
+Runtime:  ~1 min on 2 CPU cores (quick: ~20 s); reuses the spiral networks of `tradeoff`.
+
+For each activation, an MLP 2 → 32 ×4 → 2 trained on the spiral (`experiments._classifiers`;
+plus a width-4 ReLU net) defines F = x ↦ h_4(x) ∈ R³², with pullback metric g(x) = J(x)ᵀ J(x) (2×2). Over a grid
+covering the data: ½ log det g (= Σ log σ_i, the log area element), σ_min(J), the
+condition number, and metric-ellipse glyphs (semi-axes σ_1 ≥ σ_2 along the right singular
+vectors, `metric.metric_ellipse`), over the data and the decision boundary. For
+piecewise-linear φ (ReLU, leaky ReLU) also the linear regions — cells of constant
+activation pattern — their count on the grid, and the fraction of the grid where g is
+singular (numerical rank < 2), where the network crushes a neighbourhood onto a curve
+or a point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.collections import EllipseCollection
+
+from experiments._classifiers import ClassifierSpec, trained_classifier
+from geometry import data, jacobians, metric, plotting, spectra
+
+PIECEWISE_LINEAR = ("relu", "leaky_relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # (activation, width) rows; the narrow ReLU net is where g becomes singular on a visible area
+    networks: tuple[tuple[str, int], ...] = (("relu", 32), ("leaky_relu", 32), ("tanh", 32), ("sigmoid", 32),
+                                             ("gelu", 32), ("softplus", 32), ("relu", 4))
+    depth: int = 4
+    steps: int = 3000
+    grid: int = 300
+    glyph_grid: int = 15
+
+
+QUICK = Config(networks=(("relu", 32), ("tanh", 32)), steps=300, grid=80, glyph_grid=8)
+
+
+def activation_patterns(model, points: np.ndarray) -> np.ndarray:
+    """(P,) integer id of each point's pattern of signs of all pre-activations."""
+    preactivations = jax.vmap(model.trace)(jnp.asarray(points)).preactivations
+    bits = np.concatenate([np.asarray(a > 0) for a in preactivations], axis=1)  # (P, total units)
+    _, ids = np.unique(np.packbits(bits, axis=1), axis=0, return_inverse=True)
+    return ids.ravel()
+
+
+def run(config: Config, context) -> dict:
+    bounds = (-2.6, 2.6, -2.6, 2.6)
+    points = data.grid(bounds, config.grid)
+    extent = bounds
+    results = {}
+    maps = {}
+    for activation, width in context.progress(config.networks, "networks"):
+        key = f"{activation}/{width}"
+        spec = ClassifierSpec(dataset="spiral", activation=activation, width=width, depth=config.depth,
+                              steps=config.steps, seed=context.seed)
+        trained = trained_classifier(spec, context)
+        J = jacobians.jacobian_field(trained.model.features, points)  # (G², 32, 2)
+        stats = {k: np.asarray(v, dtype=np.float64) for k, v in spectra.summary(J).items()}
+        g = metric.pullback_metric(J)  # (G², 2, 2)
+        logits = np.asarray(jax.vmap(trained.model)(jnp.asarray(points)))
+        record = {
+            "train_accuracy": trained.train_accuracy,
+            "test_accuracy": trained.test_accuracy,
+            "singular_fraction": float(np.mean(stats["numerical_rank"] < 2)),
+            "median_half_log_det_g": float(np.median(stats["log_volume"])),
+            "median_sigma_min": float(np.median(stats["sigma_min"])),
+            "median_condition_number": float(np.median(stats["condition_number"])),
+            "max_condition_number_finite": float(np.max(stats["condition_number"][np.isfinite(stats["condition_number"])],
+                                                        initial=0.0)),
+        }
+        if activation in PIECEWISE_LINEAR:
+            patterns = activation_patterns(trained.model, points)
+            record["linear_regions_on_grid"] = int(len(np.unique(patterns)))
+            maps[key] = {"patterns": patterns}
+        maps.setdefault(key, {}).update(
+            stats=stats, g=np.asarray(g), decision=logits[:, 1] - logits[:, 0], trained=trained)
+        results[key] = record
+
+    n_cols = 6
+    fig, axes = plt.subplots(len(config.networks), n_cols, figsize=(2.4 * n_cols, 2.4 * len(config.networks)),
+                             squeeze=False)
+    shape = (config.grid, config.grid)
+    for row, (activation, width) in enumerate(config.networks):
+        key = f"{activation}/{width}"
+        m, r = maps[key], results[key]
+        x, y = m["trained"].x_train, m["trained"].y_train
+        panels = [
+            ("½ log det g", np.where(np.isfinite(m["stats"]["log_volume"]), m["stats"]["log_volume"], np.nan), "viridis"),
+            ("log₁₀ σ_min(J)", np.log10(np.maximum(m["stats"]["sigma_min"], 1e-12)), "magma"),
+            ("log₁₀ cond(J)", np.log10(np.where(np.isfinite(m["stats"]["condition_number"]),
+                                                 m["stats"]["condition_number"], np.nan)), "cividis"),
+        ]
+        for col, (title, values, cmap) in enumerate(panels):
+            ax = axes[row, col]
+            image = ax.imshow(values.reshape(shape), origin="lower", extent=extent, cmap=cmap)
+            singular = (m["stats"]["numerical_rank"] < 2).reshape(shape)
+            if singular.any():
+                ax.contourf(np.linspace(*extent[:2], config.grid), np.linspace(*extent[2:], config.grid), singular,
+                            levels=[0.5, 1.5], colors=["red"], alpha=0.35)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+            ax.set_title(title + (" (red: g singular)" if singular.any() else ""), fontsize=7)
+        ax = axes[row, 3]
+        _ellipses(ax, m, config, extent)
+        ax.set_title("metric ellipses, data, boundary", fontsize=7)
+        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=1, lw=0)
+        ax.contour(np.linspace(*extent[:2], config.grid), np.linspace(*extent[2:], config.grid),
+                   m["decision"].reshape(shape), levels=[0.0], colors="k", linewidths=0.8)
+        ax = axes[row, 4]
+        if "patterns" in m:
+            shuffled = np.random.default_rng(0).permutation(m["patterns"].max() + 1)[m["patterns"]]
+            ax.imshow(shuffled.reshape(shape), origin="lower", extent=extent, cmap="tab20", interpolation="nearest")
+            ax.set_title(f"linear regions: {r['linear_regions_on_grid']}", fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "smooth φ:\nno linear regions", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        ax = axes[row, 5]
+        ax.set_axis_off()
+        ax.text(0.0, 0.5, "\n".join([
+            f"test acc {r['test_accuracy']:.3f}",
+            f"g singular on {100 * r['singular_fraction']:.1f}% of grid",
+            f"median ½ log det g {r['median_half_log_det_g']:.2f}",
+            f"median σ_min {r['median_sigma_min']:.3g}",
+            f"median cond {r['median_condition_number']:.3g}",
+        ]), fontsize=7, va="center", transform=ax.transAxes)
+        axes[row, 0].set_ylabel(f"{activation}, width {width}", color=plotting.color(activation), fontsize=9)
+    for ax in axes[:, :5].flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    context.save_figure(fig)
+    return {"networks": results, "grid": config.grid, "bounds": bounds,
+            "architecture": f"2 -> width x {config.depth} -> 2, trained on spiral; keys are activation/width"}
+
+
+def _ellipses(ax, m: dict, config: Config, extent) -> None:
+    """Glyphs on a coarse sub-grid: the image shape of a small circle, normalised per panel."""
+    step = max(1, config.grid // config.glyph_grid)
+    index = np.arange(config.grid)[step // 2 :: step]
+    flat = (index[:, None] * config.grid + index[None, :]).ravel()  # row-major (y, x)
+    points = data.grid(extent, config.grid)[flat]
+    semi_axes, angle = (np.asarray(a) for a in metric.metric_ellipse(jnp.asarray(m["g"][flat])))
+    spacing = (extent[1] - extent[0]) / config.glyph_grid
+    scale = 0.9 * spacing / max(float(np.median(semi_axes[:, 0])) * 2, 1e-12)
+    widths = np.clip(2 * semi_axes[:, 0] * scale, 0, 1.5 * spacing)
+    heights = np.clip(2 * semi_axes[:, 1] * scale, 0, 1.5 * spacing)
+    ax.add_collection(EllipseCollection(widths, heights, np.degrees(angle), units="xy", offsets=points,
+                                        offset_transform=ax.transData, facecolors="none", edgecolors="0.3",
+                                        linewidths=0.6))
+    ax.set_xlim(extent[:2])
+    ax.set_ylim(extent[2:])
+    ax.set_aspect("equal")
