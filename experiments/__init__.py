@@ -11,9 +11,11 @@ EXPERIMENTS = {
     "activations": "experiments.activations",
     "grid_warp": "experiments.grid_warp",
     "dead_units": "experiments.dead_units",
+    "rank_depth": "experiments.rank_depth",
     "saturation": "experiments.saturation",
     "injectivity": "experiments.injectivity",
     "tradeoff": "experiments.tradeoff",
     "pullback": "experiments.pullback",
+    "fidelity": "experiments.fidelity",
     "dynamical_isometry": "experiments.dynamical_isometry",
 }

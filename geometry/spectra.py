@@ -115,3 +115,29 @@ def summarize_singular_values(sigma: jax.Array, matrix_shape: tuple[int, int], d
         "condition_number": _condition_from_sigma(sigma, singular),
         "log_volume": _log_volume_from_sigma(sigma, singular),
     }
+
+
+def chained_ranks(layer_jacobians, rtol: float | None = None) -> list[jax.Array]:
+    """Ranks of the products J_l ⋯ J_1 for l = 1..L, computed stably.
+
+    rank(J_l ⋯ J_1) = rank(J_l Q), Q an orthonormal basis of the column space of the
+    product so far, so each step only ever factors one layer's matrix times an
+    orthonormal basis: the condition number of the whole product — which for deep
+    random networks exceeds 1/eps even in float64 — never enters. `layer_jacobians`
+    is a sequence of (..., k_l, k_{l−1}) arrays (batched over leading axes); ranks use
+    the `numerical_rank` tolerance per step.
+    """
+    ranks = []
+    first = jnp.asarray(layer_jacobians[0])
+    n0 = first.shape[-1]
+    basis = jnp.broadcast_to(jnp.eye(n0, dtype=first.dtype), first.shape[:-2] + (n0, n0))
+    for J in layer_jacobians:
+        product = jnp.asarray(J) @ basis  # (..., k_l, r): the product's image, one layer at a time
+        u, sigma, _ = jnp.linalg.svd(product, full_matrices=False)
+        rank = _rank_from_sigma(sigma, product.shape[-2:], product.dtype, rtol)
+        ranks.append(rank)
+        # keep the leading `rank` left singular vectors; zero the rest so shapes stay static
+        columns = jnp.arange(u.shape[-1]).reshape((1,) * rank.ndim + (-1,))
+        keep = columns < rank[..., None]
+        basis = u * keep[..., None, :]
+    return ranks

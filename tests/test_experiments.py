@@ -76,6 +76,45 @@ def test_dead_units_agree_with_theory(quick_records):
     assert numbers["agreement"]["all_within_4_se"], numbers["agreement"]
 
 
+def test_dynamical_isometry_quick_agrees_within_sampling_error(quick_records):
+    numbers = quick_records[0]["dynamical_isometry"]["numbers"]
+    for case in numbers["spectra"]:
+        # quick size (N = 200, L = 4): the tolerance is statistical, 4 standard errors of the mean
+        assert abs(case["measured_mean"] - case["prediction"]["mean"]) < 4 * case["mean_standard_error"], case
+    assert numbers["summary"]["fuss_catalan_within_3pct"]
+    assert all(p["rel_error"] < 0.1 for p in numbers["phase_diagram"]["probes"])
+
+
+def test_saturation_quick_matches_gaussian_theory(quick_records):
+    numbers = quick_records[0]["saturation"]["numbers"]
+    # 64 points × 32 units per layer: the binomial standard error is ≤ 0.011
+    assert numbers["max_abs_gap_to_theory_layer1"]["none"] < 0.06
+    assert numbers["max_abs_gap_to_theory_layer1"]["layernorm"] < 0.06
+    assert numbers["layernorm_first_layer_median_ranks"] == [15.0]  # n₀ − 1: the near-null radial direction
+
+
+def test_injectivity_and_rank_identity(quick_records):
+    assert quick_records[0]["injectivity"]["numbers"]["theory_holds"]
+    relu_2 = quick_records[0]["injectivity"]["numbers"]["results"]["relu/2"]["collision_fraction"]
+    assert max(relu_2["circle"]) > 0.01  # width-2 ReLU collapses whole regions of the circle
+    rank_depth = quick_records[0]["rank_depth"]["numbers"]
+    assert rank_depth["relu_rank_identity_exact_everywhere"]
+    plain_identity = rank_depth["random"]["plain/identity/8"]["numerical"]["median"]
+    assert plain_identity == [1.0] * len(plain_identity)  # a linear chain keeps full rank
+
+
+def test_trained_geometry_experiments(quick_records):
+    tradeoff = {(r["dataset"], r["activation"]): r for r in quick_records[0]["tradeoff"]["numbers"]["rows"]}
+    # no activation: a linear classifier, far from solving the spiral
+    assert tradeoff[("spiral", "identity")]["test_accuracy"] < 0.75
+    assert tradeoff[("spiral", "identity")]["rank_deficient_fraction"] == 0.0
+    pullback = quick_records[0]["pullback"]["numbers"]["networks"]
+    assert pullback["relu/32"]["linear_regions_on_grid"] > 10
+    assert pullback["tanh/32"]["singular_fraction"] == 0.0
+    fidelity = quick_records[0]["fidelity"]["numbers"]["results"]
+    assert min(fidelity["identity/32"]["random"]["distance_spearman"]) > 0.8
+
+
 def test_committed_outputs_stay_small():
     from pathlib import Path
 

@@ -130,3 +130,28 @@ def test_spearman_against_pearson_of_ranks_and_ties():
     np.testing.assert_allclose(metric.spearman([1, 2, 2, 3], [1, 2, 3, 4]),
                                np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1], rtol=1e-12)
     assert metric.distance_rank_correlation(a[:50, None], 3 * a[:50, None]) == pytest.approx(1.0)
+
+
+def test_chained_ranks_of_ill_conditioned_products(x64):
+    rng = np.random.default_rng(5)
+    # well-conditioned case: equals the rank of the explicit product
+    mats = [rng.normal(size=(6, 4)), rng.normal(size=(3, 6)) @ np.diag([1, 1, 1, 0, 0, 1.0]), rng.normal(size=(5, 3))]
+    product, expected = np.eye(4), []
+    for m in mats:
+        product = m @ product
+        expected.append(np.linalg.matrix_rank(product))
+    np.testing.assert_array_equal([int(r) for r in spectra.chained_ranks(mats)], expected)
+    # 60 layers each scaling one direction by 1e-1: the product's condition number is 1e60,
+    # beyond float64, yet every factor is invertible, so the true rank stays 3
+    layers = []
+    for _ in range(60):
+        q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        layers.append(q @ np.diag([1.0, 1.0, 0.1]))
+    explicit = np.eye(3)
+    for m in layers:
+        explicit = m @ explicit
+    assert np.linalg.matrix_rank(explicit) < 3  # the naive route loses rank numerically
+    assert [int(r) for r in spectra.chained_ranks(layers)] == [3] * 60
+    # batched over a leading axis
+    batch = [np.stack([m, 2 * m]) for m in mats]
+    np.testing.assert_array_equal(np.stack(spectra.chained_ranks(batch))[:, 0], expected)
