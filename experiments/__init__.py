@@ -9,6 +9,11 @@ wall time, and writes figures/NAME.{png,pdf,json} atomically.
 # name -> module, in the order `all` runs them
 EXPERIMENTS = {
     "activations": "experiments.activations",
+    "linear_collapse": "experiments.linear_collapse",
+    "similarity": "experiments.similarity",
+    "failure_table": "experiments.failure_table",
+    "training_animation": "experiments.training_animation",
+    "vanishing_gradients": "experiments.vanishing_gradients",
     "grid_warp": "experiments.grid_warp",
     "dead_units": "experiments.dead_units",
     "rank_depth": "experiments.rank_depth",

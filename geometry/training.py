@@ -8,7 +8,8 @@ checkpoint takes exactly the same steps as one that never stopped.
 Checkpoints: an Orbax `CheckpointManager` saves model parameters, optimizer state and
 step every `checkpoint_every` steps and at the end (Orbax writes to a temporary
 directory and renames it: a save is atomic). A JSON item records a fingerprint of the
-run (config, parameter shapes and dtypes, a hash of the data); resuming with a different run
+run (the config fields that shape the trajectory, parameter shapes and dtypes, a hash of
+the data): a run may be extended to more steps, but resuming with a different run
 raises `CheckpointError` instead of mixing the two, and an unreadable checkpoint raises
 `CheckpointError` naming it. Neither case deletes or overwrites anything.
 """
@@ -76,10 +77,15 @@ def batch_indices(step: int, n: int, batch_size: int | None, seed: int) -> np.nd
     return order[position * batch_size : (position + 1) * batch_size]
 
 
+# fields that do not change the trajectory: a run may be resumed with more steps or other logging
+_TRAJECTORY_FREE = ("steps", "log_every", "checkpoint_every")
+
+
 def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray) -> str:
     shapes = jax.tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape)}", params)
     data = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
-    text = json.dumps({"config": dataclasses.asdict(config), "params": str(shapes), "data": data}, sort_keys=True)
+    trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in _TRAJECTORY_FREE}
+    text = json.dumps({"config": trajectory, "params": str(shapes), "data": data}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -119,6 +125,9 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, check
     if checkpoint_dir is not None:
         manager = _manager(Path(checkpoint_dir), config)
         latest = manager.latest_step()
+        if latest is not None and latest > config.steps:
+            raise CheckpointError(f"checkpoint in {checkpoint_dir} is at step {latest}, past the {config.steps} steps "
+                                  "asked for; ask for at least as many steps or use another directory")
         if latest is not None:
             params, opt_state, start, history = _restore(manager, latest, params, opt_state, fingerprint, checkpoint_dir)
             resumed = start

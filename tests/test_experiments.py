@@ -115,6 +115,35 @@ def test_trained_geometry_experiments(quick_records):
     assert min(fidelity["identity/32"]["random"]["distance_spearman"]) > 0.8
 
 
+def test_linear_collapse_and_representation_experiments(quick_records):
+    records = quick_records[0]
+    summary = records["linear_collapse"]["numbers"]["summary"]
+    assert summary["none_never_beats_a_line"]
+    assert summary["max_rank_W_total"] <= 2
+    for dataset, result in records["linear_collapse"]["numbers"]["results"].items():
+        if dataset.endswith("/identity"):
+            collapse = result["collapse"]
+            # the stack equals one matrix up to float32 rounding of the outputs
+            assert collapse["max_abs_difference_stack_vs_single_matrix"] < 1e-5 * max(1.0, collapse["max_abs_output"])
+    assert summary["spiral_train_accuracy"]["relu"] >= 0.95 and summary["spiral_train_accuracy"]["tanh"] >= 0.95
+    for activation, result in records["similarity"]["numbers"]["results"].items():
+        for key in ("cka_linear", "cka_rbf", "cka_linear_debiased", "cka_rbf_debiased"):
+            assert all(abs(row[i] - 1.0) < 1e-5 for i, row in enumerate(result[key])), (activation, key)
+    for run in records["failure_table"]["numbers"]["runs"]:
+        if run["activation"] == "none":
+            assert run["severity"]["linear collapse"] == "severe" and run["values"]["linear collapse"] > 0.9999
+
+
+def test_training_dynamics_experiments(quick_records):
+    records, out = quick_records
+    accuracy = records["training_animation"]["numbers"]["final_train_accuracy"]
+    assert accuracy["tanh"] > accuracy["identity"]
+    for suffix in ("gif", "html"):
+        assert 0 < (out / f"training_animation.{suffix}").stat().st_size < 5 * 2**20
+    ratios = records["vanishing_gradients"]["numbers"]["first_over_last_at_init"]
+    assert ratios["sigmoid"] < 1e-2 < ratios["relu"]  # sigmoid's φ' ≤ ¼ shrinks the backward pass per layer
+
+
 def test_committed_outputs_stay_small():
     from pathlib import Path
 

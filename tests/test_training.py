@@ -1,6 +1,7 @@
 """Training is deterministic, learns, and resumes exactly after SIGKILL; bad checkpoints
 and bad data give named errors and destroy nothing."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -118,3 +119,19 @@ def test_bad_data_and_optimizer():
         training.train(model, np.array([[0.0, 1.0], [np.nan, 1.0]]), np.zeros(2))
     with pytest.raises(ValueError, match="unknown optimizer"):
         training.train(model, np.zeros((2, 2)), np.zeros(2), training.TrainConfig(optimizer="lbfgs"))
+
+
+def test_a_finished_run_can_be_extended_but_not_shortened(tmp_path):
+    x, y, config = _small_run(tmp_path, steps=20)
+    longer = dataclasses.replace(config, steps=30)
+    extended = models.MLP(2, 16, depth=2, out_features=2, activation="relu", rngs=nnx.Rngs(0))
+    result = training.train(extended, x, y, longer, checkpoint_dir=tmp_path / "ckpt", log=lambda _: None)
+    assert result["resumed_from"] == 20
+    straight = models.MLP(2, 16, depth=2, out_features=2, activation="relu", rngs=nnx.Rngs(0))
+    training.train(straight, x, y, longer, log=lambda _: None)
+    for a, b in zip(jax.tree_util.tree_leaves(nnx.state(extended, nnx.Param)),
+                    jax.tree_util.tree_leaves(nnx.state(straight, nnx.Param))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(training.CheckpointError, match="past the 10 steps"):
+        training.train(straight, x, y, dataclasses.replace(config, steps=10), checkpoint_dir=tmp_path / "ckpt",
+                       log=lambda _: None)
