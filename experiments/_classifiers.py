@@ -18,10 +18,15 @@ from geometry import data, models, training
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierSpec:
+    """An MLP (`activation`, `width`, `depth`) or, with model "yat"/"rbf", a KernelMLP with
+    `units` kernel units and a `width`-wide linear map per block, `depth` blocks."""
+
     dataset: str
     activation: str
     width: int = 32
     depth: int = 4
+    model: str = "mlp"
+    units: int = 0
     n_train: int = 1000
     n_test: int = 1000
     noise: float = 0.05
@@ -31,14 +36,21 @@ class ClassifierSpec:
 
     @property
     def key(self) -> str:
-        return (f"{self.dataset}-{self.activation}-w{self.width}-d{self.depth}-n{self.n_train}-"
+        kind = self.activation if self.model == "mlp" else f"{self.model}{self.units}"
+        return (f"{self.dataset}-{kind}-w{self.width}-d{self.depth}-n{self.n_train}-"
                 f"noise{self.noise:g}-steps{self.steps}-lr{self.learning_rate:g}-seed{self.seed}")
+
+    def build(self):
+        if self.model == "mlp":
+            return models.MLP(2, self.width, depth=self.depth, out_features=2, activation=self.activation,
+                              rngs=nnx.Rngs(self.seed))
+        return models.KernelMLP(2, self.units, self.width, self.depth, 2, kernel=self.model, rngs=nnx.Rngs(self.seed))
 
 
 @dataclasses.dataclass
 class Trained:
     spec: ClassifierSpec
-    model: models.MLP
+    model: nnx.Module
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -50,8 +62,7 @@ class Trained:
 def trained_classifier(spec: ClassifierSpec, context) -> Trained:
     x, y = data.make_dataset(spec.dataset, spec.n_train + spec.n_test, noise=spec.noise, seed=spec.seed)
     x_train, y_train, x_test, y_test = x[: spec.n_train], y[: spec.n_train], x[spec.n_train :], y[spec.n_train :]
-    model = models.MLP(2, spec.width, depth=spec.depth, out_features=2, activation=spec.activation,
-                       rngs=nnx.Rngs(spec.seed))
+    model = spec.build()
     config = training.TrainConfig(steps=spec.steps, learning_rate=spec.learning_rate, checkpoint_every=1000,
                                   log_every=max(1, spec.steps // 4), seed=spec.seed)
     directory = context.out_dir / ".checkpoints" / "classifiers" / spec.key

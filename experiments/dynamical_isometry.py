@@ -51,7 +51,7 @@ class Config:
     tolerance_moments: float = 0.03
 
 
-QUICK = Config(width=200, depth=4, networks=2, inputs_per_network=2, linear_depths=(1, 2), linear_networks=2,
+QUICK = Config(width=200, depth=4, networks=4, inputs_per_network=2, linear_depths=(1, 2), linear_networks=2,
                phase_grid=(12, 8), phase_width=150, phase_depth=3)
 
 

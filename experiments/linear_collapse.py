@@ -72,7 +72,7 @@ def affine_collapse(model, x: np.ndarray) -> dict:
     for w, b in zip(weights, biases):
         w_total, b_total = w @ w_total, w @ b_total + b
     stacked = jax.vmap(model)(jnp.asarray(x))
-    collapsed = jnp.asarray(x) @ w_total.T + b_total
+    collapsed = jnp.asarray(x) @ w_total.T + b_total[None, :]
     return {
         "W_total": np.asarray(w_total),
         "numerical_rank": int(spectra.numerical_rank(w_total)),

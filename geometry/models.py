@@ -20,12 +20,41 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from geometry import activations
 
 INITS = ("he", "xavier", "gaussian", "orthogonal")
 NORMS = (None, "layernorm")
+
+
+def gaussian(key, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Standard normal draws of `shape`, from a NumPy generator seeded by a JAX key.
+
+    jax.random.normal compiles an XLA program for every new shape (~0.2 s each on CPU),
+    which made building a model cost seconds; NumPy's generator needs no compilation and
+    is just as deterministic given the key.
+    """
+    return jnp.asarray(_normal_draws(key, shape), dtype=dtype)
+
+
+def _normal_draws(key, shape: tuple[int, ...]) -> np.ndarray:
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def orthogonal(key, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
+    """A Haar-random matrix with orthonormal rows (out ≤ in) or columns (out ≥ in)."""
+    rows, cols = shape
+    q, r = np.linalg.qr(_normal_draws(key, (max(shape), min(shape))))
+    q = q * np.sign(np.diag(r))  # the sign fix makes the distribution Haar
+    return jnp.asarray(q if rows >= cols else q.T, dtype=dtype)
+
+
+def leading_axes(v: jax.Array, x: jax.Array) -> jax.Array:
+    """v (k,) reshaped to broadcast against a batch shaped like x (..., n) without rank promotion."""
+    return v.reshape((1,) * (x.ndim - 1) + v.shape)
 
 
 def init_weight(key, out_features: int, in_features: int, init: str, sigma_w2: float | None, dtype):
@@ -42,13 +71,13 @@ def init_weight(key, out_features: int, in_features: int, init: str, sigma_w2: f
         raise ValueError(f"sigma_w2 applies to init='gaussian' or 'orthogonal', not {init!r}")
     if init == "orthogonal":
         gain = jnp.sqrt(1.0 if sigma_w2 is None else sigma_w2)
-        return gain * jax.nn.initializers.orthogonal()(key, (out_features, in_features), dtype)
+        return gain * orthogonal(key, (out_features, in_features), dtype)
     variance = {
         "he": 2.0 / in_features,
         "xavier": 2.0 / (in_features + out_features),
         "gaussian": (1.0 if sigma_w2 is None else sigma_w2) / in_features,
     }[init]
-    return jnp.sqrt(variance) * jax.random.normal(key, (out_features, in_features), dtype)
+    return jnp.sqrt(variance) * gaussian(key, (out_features, in_features), dtype)
 
 
 class Dense(nnx.Module):
@@ -67,7 +96,7 @@ class Dense(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.weight = nnx.Param(init_weight(rngs.params(), out_features, in_features, init, sigma_w2, dtype))
-        bias = jnp.sqrt(sigma_b2) * jax.random.normal(rngs.params(), (out_features,), dtype)
+        bias = jnp.sqrt(sigma_b2) * gaussian(rngs.params(), (out_features,), dtype)
         self.bias = nnx.Param(bias if sigma_b2 > 0 else jnp.zeros((out_features,), dtype))
         self.spectral_norm = spectral_norm
 
@@ -81,7 +110,7 @@ class Dense(nnx.Module):
         return weight
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.effective_weight().T + self.bias[...]
+        return x @ self.effective_weight().T + leading_axes(self.bias[...], x)
 
 
 class Trace(NamedTuple):
@@ -182,3 +211,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.trace(x).output
+
+
+# Kernel layers live in their own module (one concept per file) and are re-exported here,
+# so `geometry.models` names every model of the project.
+from geometry.kernel_models import KernelMLP, RBFDense, YatDense  # noqa: E402,F401

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import EXPERIMENTS
@@ -79,8 +80,9 @@ def test_dead_units_agree_with_theory(quick_records):
 def test_dynamical_isometry_quick_agrees_within_sampling_error(quick_records):
     numbers = quick_records[0]["dynamical_isometry"]["numbers"]
     for case in numbers["spectra"]:
-        # quick size (N = 200, L = 4): the tolerance is statistical, 4 standard errors of the mean
-        assert abs(case["measured_mean"] - case["prediction"]["mean"]) < 4 * case["mean_standard_error"], case
+        # quick size: 8 samples of N = 200, L = 4. One sample's (1/N) tr JJᵀ spreads by ≈ √(L/N) = 14%, so the
+        # mean of 8 has a standard error ≈ 5%: 15% is 3 standard errors. (Full size is held to 5% in the JSON.)
+        assert case["mean_rel_error"] < 0.15, case
     assert numbers["summary"]["fuss_catalan_within_3pct"]
     assert all(p["rel_error"] < 0.1 for p in numbers["phase_diagram"]["probes"])
 
@@ -100,7 +102,7 @@ def test_injectivity_and_rank_identity(quick_records):
     rank_depth = quick_records[0]["rank_depth"]["numbers"]
     assert rank_depth["relu_rank_identity_exact_everywhere"]
     plain_identity = rank_depth["random"]["plain/identity/8"]["numerical"]["median"]
-    assert plain_identity == [1.0] * len(plain_identity)  # a linear chain keeps full rank
+    np.testing.assert_array_equal(plain_identity, 1.0)  # a short linear chain keeps full rank
 
 
 def test_trained_geometry_experiments(quick_records):
@@ -142,6 +144,17 @@ def test_training_dynamics_experiments(quick_records):
         assert 0 < (out / f"training_animation.{suffix}").stat().st_size < 5 * 2**20
     ratios = records["vanishing_gradients"]["numbers"]["first_over_last_at_init"]
     assert ratios["sigmoid"] < 1e-2 < ratios["relu"]  # sigmoid's φ' ≤ ¼ shrinks the backward pass per layer
+
+
+def test_kernel_experiments(quick_records):
+    records = quick_records[0]
+    kernel = records["kernel_layers"]["numbers"]
+    assert kernel["kernel_spiral_test_accuracy"]["yat"] >= 0.95  # no pointwise activation anywhere
+    parameters = {r["model"]: r["parameters"] for r in kernel["results"].values()}
+    assert abs(parameters["yat"] - kernel["mlp_parameters"]) <= 0.01 * kernel["mlp_parameters"]
+    yat = records["yat_xor"]["numbers"]
+    assert yat["psd_for_all_nonnegative_b"]
+    assert yat["most_negative_relative_eigenvalue_for_negative_b"] < -1e-3
 
 
 def test_committed_outputs_stay_small():
