@@ -18,8 +18,9 @@ from geometry import data, models, training
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierSpec:
-    """An MLP (`activation`, `width`, `depth`) or, with model "yat"/"rbf", a KernelMLP with
-    `units` kernel units and a `width`-wide linear map per block, `depth` blocks."""
+    """An MLP (`activation`, `width`, `depth`) or, with model "yat"/"rbf" (or "yat-shared"/
+    "rbf-shared": one kernel for all units), a KernelMLP with `units` kernel units and a
+    `width`-wide linear map per block, `depth` blocks."""
 
     dataset: str
     activation: str
@@ -44,7 +45,9 @@ class ClassifierSpec:
         if self.model == "mlp":
             return models.MLP(2, self.width, depth=self.depth, out_features=2, activation=self.activation,
                               rngs=nnx.Rngs(self.seed))
-        return models.KernelMLP(2, self.units, self.width, self.depth, 2, kernel=self.model, rngs=nnx.Rngs(self.seed))
+        kernel, _, shared = self.model.partition("-")
+        return models.KernelMLP(2, self.units, self.width, self.depth, 2, kernel=kernel, shared=shared == "shared",
+                                rngs=nnx.Rngs(self.seed))
 
 
 @dataclasses.dataclass

@@ -14,6 +14,11 @@ For the map x ↦ last hidden representation, over a grid covering the data: med
 is rank-deficient; and the collision fraction of the injectivity test (pairs of distinct
 held-out points with ‖F(x) − F(y)‖ < 1e-6 ‖x − y‖). A depth sweep stacks 1–4 Yat blocks
 on the spiral. The table reports whatever comes out, including where kernel layers lose.
+
+Kernel machine facts: a one-block Yat model with one shared (b, ε) — so each hidden output
+is exactly f_i(x) = Σ_j α_ij k(x, w_j) + c_i — is trained per dataset; over its learned
+prototypes w_j we report the Gram matrix's relative minimum eigenvalue (PSD check) and
+the RKHS norms ‖f_i‖²_H = α_iᵀ K α_i of the trained readout (`geometry.kernels`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import data, jacobians, plotting, spectra
+from geometry import data, jacobians, kernels, plotting, spectra
 from geometry.kernel_models import parameter_count
 
 MLP_REFERENCE = ClassifierSpec(dataset="spiral", activation="relu")  # 2 → 32 ×4 → 2
@@ -112,10 +117,31 @@ def run(config: Config, context) -> dict:
         grid_points = data.grid(data.bounds_of(trained.x_train), config.grid)
         sweep.append({"blocks": blocks, **measure(trained, grid_points, config.pairs, context.seed)})
 
+    machines = {}
+    for dataset in context.progress(config.datasets, "shared-kernel machines"):
+        spec = ClassifierSpec(dataset=dataset, activation="yat-shared", model="yat-shared", units=config.sweep_units,
+                              width=config.kernel_hidden, depth=1, steps=config.steps, seed=context.seed)
+        machines[dataset] = kernel_machine_facts(trained_classifier(spec, context))
+
     _plot(config, context, results, sweep)
     kernel_spiral = {k: results[f"spiral/{k}"]["test_accuracy"] for k in config.kernels if "spiral" in config.datasets}
     return {"matched_units": units, "mlp_parameters": target, "results": results, "yat_depth_sweep": sweep,
-            "kernel_spiral_test_accuracy": kernel_spiral}
+            "kernel_spiral_test_accuracy": kernel_spiral, "shared_kernel_machines": machines}
+
+
+def kernel_machine_facts(trained) -> dict:
+    """Gram PSD check over the learned prototypes and RKHS norms of the readout functions."""
+    layer, mixer = trained.model.kernel_layers[0], trained.model.mixers[0]
+    prototypes = layer.weight[...]
+    b, epsilon = float(layer.bias()[0]), float(layer.epsilon()[0])
+    K = kernels.gram(kernels.yat, prototypes, b=b, epsilon=epsilon)  # (units, units)
+    eigenvalues = np.linalg.eigvalsh(np.asarray(K, dtype=np.float64))
+    alpha = mixer.effective_weight().T  # (units, hidden): f_i = Σ_j alpha[j, i] k(·, w_j) + c_i
+    norms = np.asarray(kernels.rkhs_norm(alpha, K))
+    return {"test_accuracy": trained.test_accuracy, "b": b, "epsilon": epsilon,
+            "gram_relative_min_eigenvalue": float(eigenvalues[0] / np.abs(eigenvalues).max()),
+            "gram_is_psd": bool(kernels.is_psd(K)), "rkhs_norm_squared_per_output": norms,
+            "rkhs_norm_squared_mean": float(norms.mean())}
 
 
 def _plot(config, context, results, sweep) -> None:

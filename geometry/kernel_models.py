@@ -34,13 +34,18 @@ def _inverse_softplus(y: float) -> float:
 
 
 class YatDense(nnx.Module):
+    """Yat units. `shared=True`: one b and one ε for all units and no per-unit scale, so
+    unit j is exactly k(x, w_j) for a single kernel k and a following linear map is a
+    kernel machine Σ_j α_j k(x, w_j) with RKHS norm αᵀ K α (`geometry.kernels.rkhs_norm`)."""
+
     def __init__(self, in_features: int, out_features: int, *, epsilon: float = 1e-2, bias: float = 0.1,
-                 constrained: bool = True, learnable_scale: bool = True, rngs: nnx.Rngs):
+                 constrained: bool = True, learnable_scale: bool = True, shared: bool = False, rngs: nnx.Rngs):
         self.weight = nnx.Param(gaussian(rngs.params(), (out_features, in_features)) / jnp.sqrt(in_features))
         start = _inverse_softplus(bias) if constrained else bias
-        self.bias_raw = nnx.Param(jnp.full((out_features,), start))
-        self.epsilon_raw = nnx.Param(jnp.full((out_features,), _inverse_softplus(epsilon)))
-        self.scale = nnx.Param(jnp.ones((out_features,))) if learnable_scale else None
+        per_unit = 1 if shared else out_features
+        self.bias_raw = nnx.Param(jnp.full((per_unit,), start))
+        self.epsilon_raw = nnx.Param(jnp.full((per_unit,), _inverse_softplus(epsilon)))
+        self.scale = nnx.Param(jnp.ones((out_features,))) if learnable_scale and not shared else None
         self.constrained = constrained
 
     def bias(self) -> jax.Array:
@@ -59,9 +64,12 @@ class YatDense(nnx.Module):
 
 
 class RBFDense(nnx.Module):
-    def __init__(self, in_features: int, out_features: int, *, sigma: float = 1.0, rngs: nnx.Rngs):
+    """RBF units; `shared=True` uses one width σ for all units (a single kernel)."""
+
+    def __init__(self, in_features: int, out_features: int, *, sigma: float = 1.0, shared: bool = False,
+                 rngs: nnx.Rngs):
         self.centers = nnx.Param(gaussian(rngs.params(), (out_features, in_features)))
-        self.sigma_raw = nnx.Param(jnp.full((out_features,), _inverse_softplus(sigma)))
+        self.sigma_raw = nnx.Param(jnp.full((1 if shared else out_features,), _inverse_softplus(sigma)))
 
     def sigma(self) -> jax.Array:
         return jax.nn.softplus(self.sigma_raw[...])
@@ -81,7 +89,7 @@ class KernelMLP(nnx.Module):
     """in → [kernel layer (units) → linear (hidden)] × blocks → linear (out_features)."""
 
     def __init__(self, in_features: int, units: int, hidden: int, blocks: int, out_features: int, *,
-                 kernel: str = "yat", constrained: bool = True, rngs: nnx.Rngs):
+                 kernel: str = "yat", constrained: bool = True, shared: bool = False, rngs: nnx.Rngs):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; valid: {', '.join(KERNELS)}")
         if blocks < 1:
@@ -89,8 +97,8 @@ class KernelMLP(nnx.Module):
         self.in_features = in_features
         self.kernel = kernel
         sizes = [in_features] + [hidden] * blocks
-        make = (lambda i, o: YatDense(i, o, constrained=constrained, rngs=rngs)) if kernel == "yat" else \
-            (lambda i, o: RBFDense(i, o, rngs=rngs))
+        make = (lambda i, o: YatDense(i, o, constrained=constrained, shared=shared, rngs=rngs)) if kernel == "yat" \
+            else (lambda i, o: RBFDense(i, o, shared=shared, rngs=rngs))
         self.kernel_layers = nnx.List([make(sizes[b], units) for b in range(blocks)])
         self.mixers = nnx.List([Dense(units, hidden, init="xavier", rngs=rngs) for _ in range(blocks)])
         self.readout = Dense(hidden, out_features, init="xavier", rngs=rngs)

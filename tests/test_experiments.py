@@ -152,6 +152,9 @@ def test_kernel_experiments(quick_records):
     assert kernel["kernel_spiral_test_accuracy"]["yat"] >= 0.95  # no pointwise activation anywhere
     parameters = {r["model"]: r["parameters"] for r in kernel["results"].values()}
     assert abs(parameters["yat"] - kernel["mlp_parameters"]) <= 0.01 * kernel["mlp_parameters"]
+    for dataset, machine in kernel["shared_kernel_machines"].items():
+        assert machine["gram_is_psd"] and machine["b"] >= 0, dataset  # softplus keeps b ≥ 0: a PSD kernel
+        assert np.all(np.asarray(machine["rkhs_norm_squared_per_output"]) > 0)
     yat = records["yat_xor"]["numbers"]
     assert yat["psd_for_all_nonnegative_b"]
     assert yat["most_negative_relative_eigenvalue_for_negative_b"] < -1e-3

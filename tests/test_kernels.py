@@ -90,3 +90,13 @@ def test_layers_accept_leading_batch_axes():
         batched = layer(x)
         single = jax.vmap(jax.vmap(layer))(x)
         np.testing.assert_allclose(batched, single, rtol=1e-6)
+
+
+def test_shared_yat_layer_is_a_single_kernel(x64):
+    # with shared (b, ε) and no scale, unit j is exactly kernels.yat(x, w_j): a kernel machine
+    layer = models.YatDense(2, 5, shared=True, bias=0.3, epsilon=0.2, rngs=nnx.Rngs(5))
+    assert layer.scale is None and layer.bias_raw[...].shape == (1,)
+    x = jnp.asarray(_points(2, 1)[0])
+    expected = jax.vmap(lambda w: kernels.yat(x, w, b=float(layer.bias()[0]), epsilon=float(layer.epsilon()[0])))(
+        layer.weight[...])
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-12)
