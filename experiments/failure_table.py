@@ -11,15 +11,13 @@ The runs are the MLPs 2 → 32 ×4 → 2 of `linear_collapse` (datasets × activ
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._classifiers import ClassifierSpec, trained_classifier
-from experiments.linear_collapse import ACTIVATIONS
+from experiments import linear_collapse
 from experiments.similarity import mean_pairwise_cosine
 from geometry import jacobians, spectra
 
@@ -44,16 +42,9 @@ FAILURES = {
 SEVERITY = ("none", "mild", "severe")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    activations: tuple[str, ...] = ACTIVATIONS
-    datasets: tuple[str, ...] = ("linear", "circles", "xor", "spiral")
-    width: int = 32
-    depth: int = 4
-    steps: int = 3000
-
-
-QUICK = Config(activations=("identity", "relu", "tanh"), datasets=("circles", "spiral"), steps=300)
+# the same runs as linear_collapse, by construction: the table measures those networks
+Config = linear_collapse.Config
+QUICK = linear_collapse.QUICK
 
 
 def severity(name: str, value: float) -> str:

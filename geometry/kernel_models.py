@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geometry.models import Dense, gaussian, leading_axes
+from geometry.models import Dense, TracedModel, gaussian, leading_axes
 
 KERNELS = ("yat", "rbf")
 
@@ -85,7 +85,7 @@ class KernelTrace(NamedTuple):
     output: jax.Array
 
 
-class KernelMLP(nnx.Module):
+class KernelMLP(TracedModel, nnx.Module):
     """in → [kernel layer (units) → linear (hidden)] × blocks → linear (out_features)."""
 
     def __init__(self, in_features: int, units: int, hidden: int, blocks: int, out_features: int, *,
@@ -114,15 +114,6 @@ class KernelMLP(nnx.Module):
             h = mixer(kernel_layer(h))
             hidden.append(h)
         return KernelTrace(tuple(hidden), self.readout(h))
-
-    def hidden_states(self, x: jax.Array) -> tuple[jax.Array, ...]:
-        return self.trace(x).hidden
-
-    def features(self, x: jax.Array) -> jax.Array:
-        return self.trace(x).hidden[-1]
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.trace(x).output
 
 
 def parameter_count(model: nnx.Module) -> int:

@@ -113,13 +113,28 @@ class Dense(nnx.Module):
         return x @ self.effective_weight().T + leading_axes(self.bias[...], x)
 
 
+class TracedModel:
+    """`hidden_states`, `features` and `__call__` for any model with a `trace(x)` method
+    returning `.hidden` (one array per layer) and `.output`."""
+
+    def hidden_states(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        return self.trace(x).hidden
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """The last hidden state h_L: the representation the readout sees."""
+        return self.trace(x).hidden[-1]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.trace(x).output
+
+
 class Trace(NamedTuple):
     preactivations: tuple[jax.Array, ...]  # a_l, the argument of φ in layer l
     hidden: tuple[jax.Array, ...]  # h_l
     output: jax.Array
 
 
-class MLP(nnx.Module):
+class MLP(TracedModel, nnx.Module):
     """Multilayer perceptron with pointwise activation.
 
     Args:
@@ -201,16 +216,6 @@ class MLP(nnx.Module):
             hidden.append(h)
         output = self.readout(h) if self.readout is not None else h
         return Trace(tuple(preactivations), tuple(hidden), output)
-
-    def hidden_states(self, x: jax.Array) -> tuple[jax.Array, ...]:
-        return self.trace(x).hidden
-
-    def features(self, x: jax.Array) -> jax.Array:
-        """The last hidden state h_L: the representation the readout sees."""
-        return self.trace(x).hidden[-1]
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.trace(x).output
 
 
 # Kernel layers live in their own module (one concept per file) and are re-exported here,
