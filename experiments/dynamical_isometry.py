@@ -12,6 +12,10 @@ Jacobian J = ∂h_L/∂h_0 = Π D_l W_l (from `jacobian_field`) has, as N → �
 with s₁ = −1 (Gaussian) or 0 (orthogonal) (Pennington, Schoenholz & Ganguli 2017/2018).
 For the linear Gaussian chain the eigenvalue moments are Fuss–Catalan numbers.
 
+The mean is measured twice: from the full spectra (32 samples) and from JVPs
+(Hutchinson, E‖Jv‖²/N over 512 inputs × 8 probes: ~4× smaller standard error); the 5%
+check uses the more precise of the two and the JSON holds both with their errors.
+
 Panels: (a) eigenvalue histograms of JJᵀ per case with the predicted mean; (b) the
 Fuss–Catalan moments k = 1..3 of W_L⋯W_1 against L; (c) the tanh (σ_w², σ_b²) phase
 diagram: log χ₁ from `theory.mean_field`, the χ₁ = 1 line, and χ₁ measured as the mean
@@ -21,8 +25,10 @@ squared singular value of one layer's Jacobian D_φ W deep in a random network.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
@@ -41,6 +47,10 @@ class Config:
     # bring the standard error of the mean under 2%
     networks: int = 8
     inputs_per_network: int = 4
+    # the mean eigenvalue is also estimated from JVPs (Hutchinson) over many more samples
+    mean_networks: int = 8
+    mean_inputs: int = 64
+    probes: int = 8
     linear_depths: tuple[int, ...] = (1, 2, 4, 8)
     linear_networks: int = 3
     phase_grid: tuple[int, int] = (36, 24)  # (σ_w² points, σ_b² points) for the theory map
@@ -51,7 +61,7 @@ class Config:
     tolerance_moments: float = 0.03
 
 
-QUICK = Config(width=200, depth=4, networks=4, inputs_per_network=2, linear_depths=(1, 2), linear_networks=2,
+QUICK = Config(width=200, depth=4, networks=4, inputs_per_network=2, mean_networks=2, mean_inputs=16, probes=4, linear_depths=(1, 2), linear_networks=2,
                phase_grid=(12, 8), phase_width=150, phase_depth=3)
 
 
@@ -100,6 +110,36 @@ def jacobian_eigenvalues(case: dict, config: Config, seed: int, q_star: float) -
     return np.concatenate(eigenvalues), np.concatenate(zero)  # (samples, N) each
 
 
+@functools.lru_cache(maxsize=None)
+def _squared_jvps(graphdef):
+    """jit(state, x (P, N), probes (P, K, N)) -> (P,) mean over probes of ‖J(x) v‖², one compile per architecture."""
+
+    def squared_jvp(state, point, v):
+        tangent = jax.jvp(lambda p: nnx.merge(graphdef, state)(p), (point,), (v,))[1]
+        return jnp.sum(tangent**2)
+
+    return jax.jit(jax.vmap(lambda state, p, vs: jnp.mean(jax.vmap(lambda v: squared_jvp(state, p, v))(vs)),
+                            in_axes=(None, 0, 0)))
+
+
+def hutchinson_mean_eigenvalue(case: dict, config: Config, seed: int, q_star: float) -> tuple[float, float]:
+    """(mean, standard error) of (1/N) tr JJᵀ = E_v ‖J v‖² / N, v ~ N(0, I), from JVPs.
+
+    One JVP costs one forward pass where the full Jacobian costs N, so this estimate can
+    average over many more (network, input) samples than the spectra: its standard error
+    is several times smaller. Each input's estimate averages `probes` probe vectors.
+    """
+    per_input = []
+    rng = np.random.default_rng(seed)
+    for k in range(config.mean_networks):
+        graphdef, state = nnx.split(network(case, config.width, config.depth, seed + k))
+        x = jnp.asarray(fixed_point_inputs(case, q_star, config.width, config.mean_inputs, seed + 5000 + k))
+        probes = jnp.asarray(rng.normal(size=(config.mean_inputs, config.probes, config.width)), dtype=jnp.float32)
+        per_input.append(np.asarray(_squared_jvps(graphdef)(state, x, probes), dtype=np.float64) / config.width)
+    per_input = np.concatenate(per_input)
+    return float(per_input.mean()), float(per_input.std(ddof=1) / math.sqrt(len(per_input)))
+
+
 def _rel(measured: float, predicted: float) -> float:
     return abs(measured - predicted) / abs(predicted)
 
@@ -116,7 +156,14 @@ def run(config: Config, context) -> dict:
         record = {**case, "prediction": prediction, "measured_mean": mean, "measured_variance_over_mean2": var / mean**2,
                   "mean_standard_error": float(per_sample_mean.std(ddof=1) / math.sqrt(len(per_sample_mean))),
                   "samples": len(eig), "below_float32_resolution_fraction": float(zero.mean())}
-        record["mean_rel_error"] = _rel(mean, prediction["mean"])
+        hutchinson, hutchinson_se = hutchinson_mean_eigenvalue(case, config, 100 * context.seed + 10 * i + 7, q_start)
+        record["measured_mean_hutchinson"] = hutchinson
+        record["mean_standard_error_hutchinson"] = hutchinson_se
+        record["mean_rel_error_spectrum"] = _rel(mean, prediction["mean"])
+        # the tolerance is judged on the estimator with the smaller standard error; both are reported
+        precise = hutchinson if hutchinson_se < record["mean_standard_error"] else mean
+        record["mean_estimator_judged"] = "hutchinson" if hutchinson_se < record["mean_standard_error"] else "spectrum"
+        record["mean_rel_error"] = _rel(precise, prediction["mean"])
         record["variance_rel_error"] = _rel(var / mean**2, prediction["variance_over_mean2"]) \
             if prediction["variance_over_mean2"] > 0 else abs(var / mean**2)
         record["mean_within_tolerance"] = record["mean_rel_error"] <= config.tolerance_mean

@@ -136,15 +136,14 @@ def input_jacobians(model, x: jax.Array) -> tuple[jax.Array, ...]:
     return jax.jacfwd(pure, argnums=1)(state, x)
 
 
-def _layernorm_jacobian(norm: nnx.LayerNorm, z: jax.Array) -> jax.Array:
+def _layernorm_jacobian(norm, z: jax.Array) -> jax.Array:
     # a = γ ⊙ ẑ + β,  ẑ = (z − μ)/s,  s = √(var + ε):  ∂ẑ/∂z = (I − 11ᵀ/k − ẑẑᵀ/k) / s
     k = z.shape[-1]
     centred = z - z.mean()
     s = jnp.sqrt(jnp.mean(centred**2) + norm.epsilon)
     z_hat = centred / s
     projector = jnp.eye(k, dtype=z.dtype) - 1.0 / k - jnp.outer(z_hat, z_hat) / k
-    scale = norm.scale[...] if norm.scale is not None else jnp.ones(k, z.dtype)
-    return scale[:, None] * projector / s
+    return norm.scale[...][:, None] * projector / s
 
 
 def closed_form_input_jacobians(model, x: jax.Array) -> tuple[jax.Array, ...]:

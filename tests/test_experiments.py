@@ -92,11 +92,12 @@ def test_saturation_quick_matches_gaussian_theory(quick_records):
     # 64 points × 32 units per layer: the binomial standard error is ≤ 0.011
     assert numbers["max_abs_gap_to_theory_layer1"]["none"] < 0.06
     assert numbers["max_abs_gap_to_theory_layer1"]["layernorm"] < 0.06
-    assert numbers["layernorm_first_layer_median_ranks"] == [15.0]  # n₀ − 1: the near-null radial direction
+    ratio = numbers["first_layer_median_sigma_min_over_max"]
+    assert ratio["layernorm"] < 1e-3 * ratio["none"]  # x is a near-null direction of J under LayerNorm
 
 
 def test_injectivity_and_rank_identity(quick_records):
-    assert quick_records[0]["injectivity"]["numbers"]["theory_holds"]
+    assert quick_records[0]["injectivity"]["numbers"]["theory_holds"]  # no exact merge for monotone φ
     relu_2 = quick_records[0]["injectivity"]["numbers"]["results"]["relu/2"]["collision_fraction"]
     assert max(relu_2["circle"]) > 0.01  # width-2 ReLU collapses whole regions of the circle
     rank_depth = quick_records[0]["rank_depth"]["numbers"]

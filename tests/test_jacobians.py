@@ -147,3 +147,14 @@ def test_layernorm_after_bias_free_layer_nearly_kills_the_input_direction(x64):
     np.testing.assert_allclose(J @ x, expected, rtol=1e-8, atol=1e-18)
     sigma = spectra.singular_values(J)
     assert float(sigma[-1] / sigma[0]) < 1e-5  # float32 calls this rank 4 of 5
+
+
+@pytest.mark.parametrize("variant", [{"norm": "layernorm"}, {"residual": True}, {}])
+def test_large_jitted_fields_equal_the_closed_form_float32(variant):
+    # regression: flax's nnx.LayerNorm gave wrong Jacobians under jit(vmap(jacfwd)) beyond ~32 points
+    model = models.MLP(16, 128, depth=2, activation="tanh", rngs=nnx.Rngs(9), **variant)
+    x = _points(16, 512, seed=9)
+    field = jacobians.jacobian_field(model.hidden_states, x)
+    closed = jax.vmap(lambda p: jacobians.closed_form_input_jacobians(model, p))(jnp.asarray(x))
+    for a, b in zip(field, closed):
+        assert _rel_err(a, b) <= 1e-5
