@@ -89,7 +89,7 @@ def run(config: Config, context) -> dict:
         ("low-derivative fraction, layer 1", lambda r, ln: r["low_derivative_fraction_per_layer"][0], "linear"),
         (f"low-derivative fraction, layer {config.depth}", lambda r, ln: r["low_derivative_fraction_per_layer"][-1],
          "linear"),
-        ("median cond(J), layer 1\n(LayerNorm: σ₁/σ_{n₀−1}, x ∈ ker J)", lambda r, ln: r[
+        ("median cond(J), layer 1\n(LayerNorm: σ₁/σ_{n₀−1}; x is near-null)", lambda r, ln: r[
             "first_median_condition_without_smallest" if ln else "first_median_condition"], "log"),
         ("median σ_min(J), layer 1 (no norm)", lambda r, ln: np.nan if ln else r["first_median_sigma_min"], "log"),
         (f"median cond(J), input → layer {config.depth}\n(LayerNorm: σ₁/σ_{{n₀−1}})", lambda r, ln: r[
@@ -113,7 +113,7 @@ def run(config: Config, context) -> dict:
         ax.set_xlabel("weight scale σ_w")
         ax.set_title(title)
     axes.flat[0].legend(fontsize=6)
-    axes.flat[0].text(0.02, 0.55, "dotted: theory", transform=axes.flat[0].transAxes, fontsize=7)
+    axes.flat[0].text(0.98, 0.03, "dotted: Gaussian theory", transform=axes.flat[0].transAxes, fontsize=7, ha="right")
     fig.suptitle(f"random MLPs n₀={config.input_dim}, width {config.width}, depth {config.depth}, "
                  f"{config.points} Gaussian inputs; solid: no norm, dashed: LayerNorm", fontsize=9)
     fig.tight_layout()
