@@ -24,7 +24,6 @@ from flax import nnx
 from matplotlib import animation
 
 from geometry import data, models, plotting, training
-from geometry.io import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
