@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.metadata
+import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,6 +71,48 @@ class Context:
         print(f"  {self.name}: {message}", file=sys.stderr, flush=True)
 
 
+MANIFEST = "MANIFEST.json"
+
+
+def git_commit() -> str:
+    """HEAD of the repository the code runs from, '+dirty' if it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def config_hash(config) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def update_manifest(out_dir: Path, record: dict, written: list[Path]) -> Path:
+    """Add or replace this experiment's entry in OUT/MANIFEST.json (atomically)."""
+    path = out_dir / MANIFEST
+    manifest = {}
+    if path.exists():
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it, it is not overwritten") from error
+    manifest[record["experiment"]] = {
+        "experiment": record["experiment"],
+        "quick": record["quick"],
+        "config_hash": record["config_hash"],
+        "seed": record["seed"],
+        "git_commit": record["git_commit"],
+        "versions": record["versions"],
+        "device": record["device"],
+        "wall_time_s": record["wall_time_s"],
+        "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written},
+    }
+    return write_json(path, dict(sorted(manifest.items())))
+
+
 def load(name: str):
     return importlib.import_module(EXPERIMENTS[name])
 
@@ -85,6 +130,8 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
     record = {
         "experiment": name,
         "config": dataclasses.asdict(config),
+        "config_hash": config_hash(config),
+        "git_commit": git_commit(),
         "quick": quick,
         "seed": seed,
         "versions": versions(),
@@ -93,7 +140,8 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
         "numbers": numbers,
     }
     context.written.append(write_json(context.out_dir / f"{name}.json", record))
-    for path in context.written:
+    manifest = update_manifest(context.out_dir, record, context.written)
+    for path in [*context.written, manifest]:
         print(f"[{name}] wrote {path}", flush=True)
     print(f"[{name}] done in {wall_time:.1f} s", flush=True)
     return record

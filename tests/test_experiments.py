@@ -35,6 +35,7 @@ def test_cli_quick_run_prints_paths(tmp_path):
     assert record["seed"] == 3 and record["quick"] is True
     assert {"config", "versions", "device", "wall_time_s", "numbers"} <= set(record)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    assert "activations" in json.loads((tmp_path / "MANIFEST.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +169,16 @@ def test_committed_outputs_stay_small():
     for path in figures.glob("*"):
         limit = 5 * 2**20 if path.suffix in (".html", ".gif") else 3 * 2**20
         assert path.stat().st_size < limit, f"{path.name} is {path.stat().st_size / 2**20:.1f} MB"
+
+
+def test_manifest_records_every_output(quick_records):
+    import hashlib
+
+    records, out = quick_records
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert set(manifest) == set(EXPERIMENTS)
+    for name, entry in manifest.items():
+        assert entry["seed"] == 0 and entry["quick"] is True and len(entry["config_hash"]) == 16
+        assert {f"{name}.png", f"{name}.pdf", f"{name}.json"} <= set(entry["sha256"])
+        for filename, digest in entry["sha256"].items():
+            assert hashlib.sha256((out / filename).read_bytes()).hexdigest() == digest
