@@ -15,6 +15,7 @@ and the self-contained HTML page (slider) show every frame.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,9 @@ def run(config: Config, context) -> dict:
     accuracy = {a: [] for a in config.activations}
     for activation in config.activations:
         directory = context.out_dir / ".checkpoints" / context.name / f"{activation}-seed{context.seed}"
+        # frames advance one run by extending its checkpoint; a finished run's checkpoint is past
+        # frame 0, so each invocation starts the run afresh (its checkpoints only chain the frames)
+        shutil.rmtree(directory, ignore_errors=True)
         for step in context.progress(steps, f"{activation} frames"):
             model = models.MLP(2, config.width, depth=config.depth, out_features=2, activation=activation,
                                rngs=nnx.Rngs(context.seed))

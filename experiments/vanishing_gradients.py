@@ -17,6 +17,7 @@ checkpoint with more steps.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +58,9 @@ def run(config: Config, context) -> dict:
     results = {}
     for activation in context.progress(config.activations, "activations"):
         directory = context.out_dir / ".checkpoints" / context.name / f"{activation}-d{config.depth}-seed{context.seed}"
+        # frames advance one run by extending its checkpoint; a finished run's checkpoint is past
+        # frame 0, so each invocation starts the run afresh (its checkpoints only chain the frames)
+        shutil.rmtree(directory, ignore_errors=True)
         snapshots = {}
         for step in config.snapshots:
             model = models.MLP(2, config.width, depth=config.depth, out_features=2, activation=activation,

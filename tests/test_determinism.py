@@ -24,3 +24,11 @@ def test_same_seed_same_json(name, tmp_path):
     third = tmp_path / "third"
     run_experiment(name, quick=True, seed=6, out_dir=third)
     assert _numbers(third / f"{name}.json")["numbers"] != _numbers(first / f"{name}.json")["numbers"]
+
+
+def test_rerun_in_the_same_directory_reuses_or_restarts_cleanly(tmp_path):
+    # frame-by-frame training extends one checkpointed run; a second invocation must not trip over it
+    run_experiment("training_animation", quick=True, seed=1, out_dir=tmp_path)
+    first = _numbers(tmp_path / "training_animation.json")
+    run_experiment("training_animation", quick=True, seed=1, out_dir=tmp_path)
+    assert _numbers(tmp_path / "training_animation.json") == first
