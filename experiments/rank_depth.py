@@ -88,11 +88,9 @@ def relu_identity_check(width: int, depth: int, count: int, seed: int) -> dict:
         x = jnp.asarray(random_inputs(width, count, seed + 1).astype(np.float64))
         sigma = jacobians.jacobian_field(model.hidden_states, x, reduce=spectra.singular_values)
         chained = spectra.chained_ranks(jax.vmap(lambda p: jacobians.layer_jacobians(model, p))(x))
-        preactivations = jax.vmap(model.trace)(x).preactivations
-        bound = np.full(count, width)
+        bounds = relu_bound(model, x)  # (L, P)
         explicit_matches, chained_matches, worst_ratio = 0, 0, np.inf
-        for s, a, c in zip(sigma, preactivations, chained):
-            bound = np.minimum(bound, np.asarray(jnp.sum(a > 0, axis=-1)))
+        for s, bound, c in zip(sigma, bounds, chained):
             rank = np.asarray(spectra.summarize_singular_values(s, (width, width), jnp.float64)["numerical_rank"])
             explicit_matches += int(np.sum(rank == bound))
             chained_matches += int(np.sum(np.asarray(c) == bound))
@@ -102,14 +100,14 @@ def relu_identity_check(width: int, depth: int, count: int, seed: int) -> dict:
     checks = count * depth
     return {"checks": checks, "explicit_matches": explicit_matches, "chained_matches": chained_matches,
             "exact": chained_matches == checks, "explicit_exact": explicit_matches == checks,
-            "smallest_sigma_ratio_at_predicted_rank": worst_ratio, "median_bound_last_layer": float(np.median(bound))}
+            "smallest_sigma_ratio_at_predicted_rank": worst_ratio, "median_bound_last_layer": float(np.median(bounds[-1]))}
 
 
 def relu_bound(model, x: np.ndarray) -> np.ndarray:
-    """min(n₀, k₁, …, k_l) / n₀ per layer and point: (L, P)."""
+    """min(n₀, k₁, …, k_l) per layer and point: (L, P) integers, k_i the active units of layer i."""
     preactivations = jax.vmap(model.trace)(jnp.asarray(x)).preactivations
     active = np.stack([np.asarray(jnp.sum(a > 0, axis=-1)) for a in preactivations])  # (L, P)
-    return np.minimum.accumulate(np.minimum(active, x.shape[1]), axis=0) / x.shape[1]
+    return np.minimum.accumulate(np.minimum(active, x.shape[1]), axis=0)
 
 
 def run(config: Config, context) -> dict:
@@ -121,7 +119,7 @@ def run(config: Config, context) -> dict:
         x = random_inputs(width, count, i)
         ranks = layer_ranks(model, x, width)
         if activation == "relu" and variant in ("plain", "spectral_norm"):  # scaling W keeps every sign pattern
-            ranks["relu_identity_bound"] = relu_bound(model, x)
+            ranks["relu_identity_bound"] = relu_bound(model, x) / width
         random_results[f"{variant}/{activation}/{width}"] = {
             key: {"median": np.median(v, axis=1), "min": v.min(axis=1), "max": v.max(axis=1)} for key, v in ranks.items()
         }
