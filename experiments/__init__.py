@@ -25,4 +25,5 @@ EXPERIMENTS = {
     "vanishing_gradients": "experiments.vanishing_gradients",
     "kernel_layers": "experiments.kernel_layers",
     "yat_xor": "experiments.yat_xor",
+    "linguistic_collapse": "experiments.linguistic_collapse",
 }

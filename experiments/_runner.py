@@ -117,13 +117,25 @@ def load(name: str):
     return importlib.import_module(EXPERIMENTS[name])
 
 
-def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: str | Path = "figures") -> dict:
+def configure(module, *, quick: bool = False, scale: str | None = None, corpus: str | None = None):
+    """The experiment's config: full, QUICK, or a named scale from its SCALES; `corpus` replaces
+    the config's corpus field. Experiments without that scale or field keep their default."""
+    if quick and scale:
+        raise ValueError("--quick and --scale are exclusive")
+    config = module.QUICK if quick else getattr(module, "SCALES", {}).get(scale, module.Config())
+    if corpus is not None and "corpus" in {f.name for f in dataclasses.fields(config)}:
+        config = dataclasses.replace(config, corpus=str(corpus))
+    return config
+
+
+def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: str | Path = "figures",
+                   scale: str | None = None, corpus: str | None = None) -> dict:
     """Run one experiment; writes NAME.png/.pdf/.json (and any extras) under out_dir."""
     module = load(name)
-    config = module.QUICK if quick else module.Config()
+    config = configure(module, quick=quick, scale=scale, corpus=corpus)
     context = Context(name=name, out_dir=Path(out_dir), seed=seed, quick=quick)
     plotting.use_style()
-    print(f"[{name}] {'quick' if quick else 'full'} run, seed {seed}", flush=True)
+    print(f"[{name}] {'quick' if quick else scale or 'full'} run, seed {seed}", flush=True)
     start = time.perf_counter()
     numbers = module.run(config, context)
     wall_time = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""Small 2-D datasets and input grids, deterministic given a seed.
+"""Small 2-D datasets and input grids, deterministic given a seed; the text corpus
+(`text_dataset`, `load_corpus`, `Vocabulary`) lives in `geometry.text` and is re-exported here.
 
 Every dataset returns (X, y): X float32 of shape (n, 2), y int32 labels in {0, 1}.
 `noise` is the standard deviation of Gaussian jitter added to the points *after*
@@ -17,6 +18,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from geometry.text import (  # noqa: F401
+    TextData,
+    Vocabulary,
+    load_corpus,
+    split_documents,
+    text_dataset,
+    tokenize,
+    windows,
+)
 
 DATASETS = ("linear", "circles", "xor", "spiral", "moons")
 

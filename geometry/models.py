@@ -16,6 +16,7 @@ Jacobian helpers expect a single example and are batched with `jax.vmap`.
 
 from __future__ import annotations
 
+import importlib
 from typing import NamedTuple, Sequence
 
 import jax
@@ -239,6 +240,14 @@ class MLP(TracedModel, nnx.Module):
         return Trace(tuple(preactivations), tuple(hidden), output)
 
 
-# Kernel layers live in their own module (one concept per file) and are re-exported here,
-# so `geometry.models` names every model of the project.
-from geometry.kernel_models import KernelMLP, RBFDense, YatDense  # noqa: E402,F401
+# Kernel layers and the causal language model live in their own modules (one concept per
+# file) and are re-exported here, so `geometry.models` names every model of the project.
+# Lazily: those modules import Dense and LayerNorm from this one, in either import order.
+_REEXPORTED = {"KernelMLP": "kernel_models", "RBFDense": "kernel_models", "YatDense": "kernel_models",
+               "CausalLM": "language_model"}
+
+
+def __getattr__(name: str):
+    if name in _REEXPORTED:
+        return getattr(importlib.import_module(f"geometry.{_REEXPORTED[name]}"), name)
+    raise AttributeError(f"module 'geometry.models' has no attribute {name!r}")

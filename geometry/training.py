@@ -29,7 +29,8 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
+OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}
+SCHEDULES = ("constant", "cosine")
 
 
 class CheckpointError(RuntimeError):
@@ -45,6 +46,9 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (when a directory is given)
     log_every: int = 100
     seed: int = 0  # minibatch order
+    schedule: str = "constant"  # or "cosine": linear warm-up over warmup_steps, cosine decay to 0 at `steps`
+    warmup_steps: int = 0
+    clip_norm: float | None = None  # clip the global gradient norm (transformers)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -57,11 +61,12 @@ def accuracy(model, x, y) -> float:
 
 
 def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (N, n) (or (N, T) token ids) and integer labels (N,) (or (N, T) next tokens)."""
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"training inputs must be a non-empty (N, n) array, got shape {x.shape}")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
+    if y.shape not in ((x.shape[0],), x.shape):
+        raise ValueError(f"labels must have shape ({x.shape[0]},) or {x.shape}, got {y.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"training inputs contain NaN or inf in {int((~np.isfinite(x)).any(1).sum())} rows")
     return x, y.astype(np.int32)
@@ -79,12 +84,16 @@ def batch_indices(step: int, n: int, batch_size: int | None, seed: int) -> np.nd
 
 # fields that do not change the trajectory: a run may be resumed with more steps or other logging
 _TRAJECTORY_FREE = ("steps", "log_every", "checkpoint_every")
+_ADDED_LATER = {"schedule": "constant", "warmup_steps": 0, "clip_norm": None}
 
 
 def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray) -> str:
     shapes = jax.tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape)}", params)
     data = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
-    trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in _TRAJECTORY_FREE}
+    free = _TRAJECTORY_FREE if config.schedule == "constant" else _TRAJECTORY_FREE[1:]  # a decay ends at `steps`
+    trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
+    # fields added later are left out while at their defaults, so earlier checkpoints still resume
+    trajectory = {k: v for k, v in trajectory.items() if not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
     text = json.dumps({"config": trajectory, "params": str(shapes), "data": data}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -96,6 +105,22 @@ def _manager(directory: Path, config: TrainConfig) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.resolve(), options=options, item_names=("state", "meta"))
 
 
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    learning_rate = config.learning_rate
+    if config.schedule == "cosine":
+        # decays over the configured steps, so extending a cosine run changes its trajectory
+        learning_rate = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1),
+                                                           max(config.steps, config.warmup_steps + 1))
+    optimizer = OPTIMIZERS[config.optimizer](learning_rate)
+    if config.clip_norm is not None:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
+    return optimizer
+
+
 def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, checkpoint_dir=None, name: str = "train",
           log=None) -> dict:
     """Train `model` in place; returns {"history": [...], "resumed_from": step or None}.
@@ -103,11 +128,9 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, check
     `log` receives progress lines (default: stderr every `log_every` steps).
     """
     x, y = _check_data(x, y)
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
+    optimizer = make_optimizer(config)
     opt_state = optimizer.init(params)
 
     @jax.jit

@@ -182,3 +182,32 @@ def test_manifest_records_every_output(quick_records):
         assert {f"{name}.png", f"{name}.pdf", f"{name}.json"} <= set(entry["sha256"])
         for filename, digest in entry["sha256"].items():
             assert hashlib.sha256((out / filename).read_bytes()).hexdigest() == digest
+
+
+def test_linguistic_collapse_grid(quick_records):
+    numbers = quick_records[0]["linguistic_collapse"]["numbers"]
+    vocabulary = numbers["corpus"]["vocabulary"]
+    assert len(numbers["runs"]) == 4
+    for run in numbers["runs"]:
+        assert 0 < run["validation_loss"] < np.log(vocabulary)  # better than uniform guessing
+        assert all(np.isfinite(run["metrics"][name]) for name in ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle",
+                                                                  "gnc2", "nc3", "unc3", "nc4"))
+        assert 0 <= run["metrics"]["nc4"] <= 1 and run["metrics"]["nc4_tokens"] > 1000
+        ratios = np.array(run["attention_entropy_ratio"])
+        assert ratios.shape[0] == run["depth"] and np.all((ratios > 0) & (ratios <= 1 + 1e-6))
+    for name, fitted in numbers["fits"].items():
+        assert 0 <= fitted["r2"] <= 1, name
+    assert sorted(numbers["r2_order"]) == sorted(numbers["fits"])
+
+
+def test_scale_and_corpus_options(tmp_path):
+    from experiments import _runner
+
+    module = _runner.load("linguistic_collapse")
+    assert _runner.configure(module, corpus="stories.txt").corpus == "stories.txt"
+    assert _runner.configure(module, scale="gpu") == module.SCALES["gpu"]
+    assert _runner.configure(_runner.load("activations"), scale="gpu", corpus="x") == _runner.load("activations").Config()
+    result = _cli("linguistic_collapse", "--corpus", str(tmp_path / "missing.txt"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+    result = _cli("linguistic_collapse", "--quick", "--scale", "gpu")
+    assert result.returncode == 2 and "exclusive" in result.stderr

@@ -1,0 +1,233 @@
+"""Linguistic collapse: neural-collapse metrics of small causal LMs over a width × depth grid.
+
+Command:  python -m experiments linguistic_collapse [--quick] [--corpus PATH] [--scale gpu]
+Writes:   figures/linguistic_collapse.{png,pdf,json}, linguistic_collapse_scaling.{png,pdf},
+          linguistic_collapse_attention.{png,pdf}
+Runtime:  ~6 min on 2 CPU cores (9 models; quick: ~40 s); checkpointed, so a rerun restores.
+
+Each model (`geometry.models.CausalLM`, head dimension 32) is trained with AdamW (cosine
+schedule, clipped gradients) on next-token prediction over the word-level corpus
+(`geometry.data.text_dataset`: pydoc_data.topics by default, any UTF-8 file with
+--corpus). The next token is the class. Its last-layer features (final LayerNorm output)
+over the training tokens give the class statistics, streamed in three passes through
+`geometry.collapse.CollapseAccumulator` (nc4 on validation tokens); classes with fewer than
+`min_count` training tokens are excluded and counted. Per model also: validation loss,
+attention entropy per layer and head relative to uniform attention over the visible
+keys, and the anisotropy (mean pairwise cosine) of the token embeddings.
+
+(a) every metric against validation loss over the grid, with the R² of a least-squares
+line (log10 of nc1 and cdnv, which span decades). Wu & Papyan (2024) found collapse
+grows with scale and tracks validation loss, most strongly for CDNV, NC4 and GNC2 and
+hardly for equinorm; the JSON puts our R² ordering next to theirs, whatever it is.
+`--scale gpu` trains a larger grid for an accelerator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from flax import nnx
+
+from geometry import collapse, data, language_model, models, training
+
+PUBLISHED = {"strongest": ["cdnv", "nc4", "gnc2"], "weakest": ["nc2_equinorm"],
+             "source": "Wu & Papyan (2024), Linguistic Collapse, TinyStories width x depth grid"}
+LOG_SCALE = ("nc1", "cdnv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    widths: tuple[int, ...] = (64, 128, 256)
+    depths: tuple[int, ...] = (1, 2, 4)
+    head_dim: int = 32
+    context: int = 64
+    max_vocab: int = 2048
+    steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    min_count: int = 10  # training tokens a class needs to enter the metrics
+    eval_batch: int = 64  # windows per evaluation batch
+    corpus: str | None = None  # None: pydoc_data.topics
+
+
+QUICK = Config(widths=(16, 32), depths=(1, 2), head_dim=8, context=32, max_vocab=512, steps=60, warmup_steps=6)
+SCALES = {"gpu": Config(widths=(128, 256, 512, 768), depths=(2, 4, 8), context=128, max_vocab=8192, steps=3000,
+                        batch_size=64, learning_rate=1e-3, warmup_steps=200)}
+
+
+def model_key(config: Config, width: int, depth: int, seed: int) -> str:
+    shape = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("widths", "depths", "eval_batch")}
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
+    return f"w{width}-d{depth}-seed{seed}-{digest}"
+
+
+def batches(inputs: np.ndarray, targets: np.ndarray, size: int):
+    for start in range(0, len(inputs), size):
+        yield inputs[start:start + size], targets[start:start + size]
+
+
+def measure(model: models.CausalLM, text: data.TextData, config: Config) -> dict:
+    """Validation loss, streamed collapse metrics, attention entropy, embedding anisotropy."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def evaluate(state, tokens, targets):  # (B, T) ids
+        trace = jax.vmap(nnx.merge(graphdef, state).trace)(tokens)
+        loss = training.cross_entropy(trace.logits, targets) * targets.size  # summed over tokens
+        entropy = jnp.sum(language_model.attention_entropy(trace.attention), axis=0)  # (L, H, T)
+        return trace.features, loss, entropy
+
+    accumulator = collapse.CollapseAccumulator(len(text.vocabulary), model.width, min_count=config.min_count)
+    train = list(batches(text.train_inputs, text.train_targets, config.eval_batch))
+    for tokens, targets in train:  # pass 1
+        accumulator.add_means(np.asarray(evaluate(state, tokens, targets)[0]).reshape(-1, model.width), targets.ravel())
+    for tokens, targets in train:  # pass 2
+        accumulator.add_variability(np.asarray(evaluate(state, tokens, targets)[0]).reshape(-1, model.width),
+                                    targets.ravel())
+    head_weight, head_bias = np.asarray(model.head.weight[...]), np.asarray(model.head.bias[...])  # (V, d), (V,)
+    loss_sum, entropy_sum = 0.0, 0.0
+    for tokens, targets in batches(text.validation_inputs, text.validation_targets, config.eval_batch):  # pass 3
+        features, loss, entropy = evaluate(state, tokens, targets)
+        accumulator.add_decisions(np.asarray(features).reshape(-1, model.width), targets.ravel(), head_weight, head_bias)
+        loss_sum, entropy_sum = loss_sum + float(loss), entropy_sum + np.asarray(entropy, dtype=np.float64)
+    windows = len(text.validation_inputs)
+    entropy = entropy_sum / windows  # (L, H, T) mean entropy at each query position
+    uniform = np.log(np.arange(1, config.context + 1))  # entropy of uniform attention over t + 1 keys
+    entropy_ratio = np.mean(entropy[..., 1:] / uniform[1:], axis=-1)  # (L, H); position 0 has one key
+    return {
+        "validation_loss": loss_sum / text.validation_targets.size,
+        "metrics": accumulator.result(head_weight),
+        "attention_entropy_ratio": entropy_ratio.tolist(),
+        "attention_entropy_nats": entropy[..., 1:].mean(-1).tolist(),
+        "embedding_anisotropy": language_model.embedding_anisotropy(model.token_embedding[...]),
+        "feature_mean_anisotropy": language_model.embedding_anisotropy(jnp.asarray(accumulator.means[accumulator.included])),
+    }
+
+
+def train_model(config: Config, text: data.TextData, width: int, depth: int, context) -> tuple[models.CausalLM, dict]:
+    heads = max(1, width // config.head_dim)
+    model = models.CausalLM(len(text.vocabulary), width=width, depth=depth, heads=heads, context=config.context,
+                            rngs=nnx.Rngs(context.seed))
+    train_config = training.TrainConfig(steps=config.steps, learning_rate=config.learning_rate,
+                                        batch_size=config.batch_size, optimizer="adamw", schedule="cosine",
+                                        warmup_steps=config.warmup_steps, clip_norm=1.0, seed=context.seed,
+                                        log_every=max(config.steps // 5, 1), checkpoint_every=max(config.steps // 3, 1))
+    key = model_key(config, width, depth, context.seed)
+    result = training.train(model, text.train_inputs, text.train_targets, train_config,
+                            checkpoint_dir=context.out_dir / ".checkpoints" / context.name / key,
+                            name=f"  {context.name}: {key}")
+    parameters = sum(p.size for p in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
+    return model, {"width": width, "depth": depth, "heads": heads, "parameters": int(parameters),
+                   "train_loss_history": result["history"]}
+
+
+def fit(x: np.ndarray, y: np.ndarray) -> dict:
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    r2 = 1.0 - np.sum(residual**2) / np.sum((y - y.mean()) ** 2) if np.ptp(y) > 0 else float("nan")
+    return {"slope": float(slope), "intercept": float(intercept), "r2": float(r2)}
+
+
+def fits(runs: list[dict]) -> dict:
+    loss = np.array([r["validation_loss"] for r in runs])
+    out = {}
+    for name in collapse.METRICS:
+        values = np.array([r["metrics"][name] for r in runs], dtype=np.float64)
+        scale = "log10" if name in LOG_SCALE else "linear"
+        out[name] = {"scale": scale, **fit(loss, np.log10(values) if scale == "log10" else values)}
+    return out
+
+
+def run(config: Config, context) -> dict:
+    text = data.text_dataset(config.corpus, context=config.context, max_vocab=config.max_vocab)
+    context.log(f"corpus {config.corpus or 'pydoc_data.topics'}: {text.train_targets.size} training and "
+                f"{text.validation_targets.size} validation tokens, vocabulary {len(text.vocabulary)}, "
+                f"<unk> {text.unknown_fraction:.3f}")
+    runs = []
+    grid = [(w, d) for w in config.widths for d in config.depths]
+    for width, depth in context.progress(grid, "models trained and measured"):
+        model, record = train_model(config, text, width, depth, context)
+        runs.append({**record, **measure(model, text, config)})
+        context.log(f"w{width} d{depth}: validation loss {runs[-1]['validation_loss']:.3f}, "
+                    f"cdnv {runs[-1]['metrics']['cdnv']:.3f}, nc4 {runs[-1]['metrics']['nc4']:.3f}")
+    fitted = fits(runs)
+    ranked = sorted(fitted, key=lambda name: -np.nan_to_num(fitted[name]["r2"], nan=-1.0))
+    plot(config, runs, fitted, context)
+    return {
+        "corpus": {"source": config.corpus or "pydoc_data.topics", "documents": list(text.documents),
+                   "train_tokens": int(text.train_targets.size), "validation_tokens": int(text.validation_targets.size),
+                   "vocabulary": len(text.vocabulary), "unknown_fraction": text.unknown_fraction},
+        "runs": runs,
+        "fits": fitted,
+        "r2_order": ranked,
+        "published": PUBLISHED,
+        "published_strongest_in_our_top3": [name for name in PUBLISHED["strongest"] if name in ranked[:3]],
+    }
+
+
+def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(config.widths)))
+    markers = dict(zip(config.depths, "os^Dv<>"))
+    style = {w: colors[i] for i, w in enumerate(config.widths)}
+    loss = np.array([r["validation_loss"] for r in runs])
+
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6.4))
+    for ax, name in zip(axes.ravel(), collapse.METRICS):
+        values = np.array([r["metrics"][name] for r in runs])
+        for r, v in zip(runs, values):
+            ax.scatter(r["validation_loss"], v, color=style[r["width"]], marker=markers[r["depth"]], s=36, zorder=3)
+        line = np.linspace(loss.min(), loss.max(), 20)
+        trend = fitted[name]["slope"] * line + fitted[name]["intercept"]
+        ax.plot(line, 10**trend if name in LOG_SCALE else trend, color="0.4", lw=1, ls="--")
+        if name in LOG_SCALE:
+            ax.set_yscale("log")
+        ax.set_title(f"{name}   R² = {fitted[name]['r2']:.2f}")
+        ax.set_xlabel("validation loss (nats/token)")
+    for w in config.widths:
+        axes[0, 0].scatter([], [], color=style[w], label=f"width {w}")
+    for d in config.depths:
+        axes[0, 0].scatter([], [], color="0.3", marker=markers[d], label=f"depth {d}")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Neural-collapse metrics of causal LMs against validation loss (class = next token)")
+    context.save_figure(fig)
+    plt.close(fig)
+
+    panels = ("validation_loss", "nc1", "cdnv", "gnc2", "nc4", "embedding_anisotropy")
+    fig, axes = plt.subplots(1, len(panels), figsize=(17, 3.4))
+    for ax, name in zip(axes, panels):
+        for d in config.depths:
+            rows = [r for r in runs if r["depth"] == d]
+            values = [r[name] if name in r else r["metrics"][name] for r in rows]
+            ax.plot([r["width"] for r in rows], values, marker=markers[d], label=f"depth {d}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log" if name in LOG_SCALE else "linear")
+        ax.set_xlabel("width")
+        ax.set_title(name)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Scaling: metrics against width, one line per depth")
+    context.save_figure(fig, "_scaling")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(config.widths), figsize=(4.2 * len(config.widths), 3.4), sharey=True,
+                             squeeze=False)
+    for ax, w in zip(axes[0], config.widths):
+        for i, d in enumerate(config.depths):
+            ratio = np.array(next(r for r in runs if r["width"] == w and r["depth"] == d)["attention_entropy_ratio"])
+            layers = np.arange(1, ratio.shape[0] + 1)
+            jitter = (np.arange(ratio.shape[1]) - (ratio.shape[1] - 1) / 2) * 0.04
+            ax.scatter((layers[:, None] + jitter[None, :] + 0.12 * i).ravel(), ratio.ravel(), s=10,
+                       marker=markers[d], label=f"depth {d}")
+        ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+        ax.set_title(f"width {w}: attention entropy / uniform")
+        ax.set_xlabel("layer (dots: heads)")
+    axes[0, 0].set_ylabel("H(attention) / log(t + 1)")
+    axes[0, 0].legend(fontsize=7)
+    context.save_figure(fig, "_attention")
+    plt.close(fig)

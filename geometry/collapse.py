@@ -1,0 +1,218 @@
+"""Neural-collapse metrics of last-layer features, in memory or streamed in three passes.
+
+Notation: features h ∈ R^d with class labels y (for a language model, the next token);
+n_c tokens of class c; μ_c the class mean; only classes with n_c ≥ `min_count` enter
+(the others are counted in `classes_excluded` / `tokens_excluded`); C of them remain.
+μ_G = (1/C) Σ_c μ_c, the plain, unweighted mean of class means (not the token mean, which
+the frequent classes would dominate); M (C, d) has rows μ_c − μ_G.
+
+    Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ       (N tokens of the included classes)
+    Σ_B = (1/C) Mᵀ M
+    nc1 = Tr(Σ_W Σ_B⁺) / C,   Σ_B⁺ keeping eigenvalues > PINV_RTOL · λ_max(Σ_B)
+    σ_c² = (1/n_c) Σ_{i∈c} ‖h_i − μ_c‖²
+    cdnv = mean over pairs c < c' of (σ_c² + σ_c'²) / (2 ‖μ_c − μ_c'‖²)
+    nc2_equinorm = std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖
+    nc2_equiangle = std over pairs c < c' of cos(μ_c − μ_G, μ_c' − μ_G)   (a simplex ETF: all −1/(C−1))
+    gnc2 = mean over pairs of log(1 / ‖μ̂_c − μ̂_c'‖), μ̂_c = (μ_c − μ_G)/‖μ_c − μ_G‖ (gnc2_std: their std)
+    nc3 = ‖W/‖W‖_F − M/‖M‖_F‖_F,    W (C, d) the head's rows of the included classes
+    unc3 = std_c cos(w_c, μ_c − μ_G) / mean_c cos(w_c, μ_c − μ_G)
+    nc4 = fraction of evaluated tokens where the nearest class mean, argmin_c ‖h − μ_c‖, equals
+          the head's decision argmax_c (w_c·h + b_c), both taken over the included classes
+
+`collapse_metrics(H, y, W)` holds H in memory. `CollapseAccumulator` streams batches in
+three passes (1: per-class sums and counts; 2: per-class Σ‖h − μ_c‖² and the d × d Σ_W sum;
+3: decisions on, e.g., validation tokens) with O(C·d + d²) memory, never O(N·d). All
+statistics are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PINV_RTOL = 1e-10
+DEFAULT_MIN_COUNT = 10
+METRICS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "gnc2", "nc3", "unc3", "nc4")
+
+
+def _check(H, y, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    H, y = np.asarray(H, dtype=np.float64), np.asarray(y)
+    if H.ndim != 2 or H.shape[0] == 0:
+        raise ValueError(f"features must be a non-empty (N, d) array, got shape {H.shape}")
+    if y.shape != (H.shape[0],):
+        raise ValueError(f"labels must have shape ({H.shape[0]},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    if not np.all(np.isfinite(H)):
+        raise ValueError(f"features contain NaN or inf in {int((~np.isfinite(H)).any(1).sum())} rows")
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        raise ValueError(f"labels outside [0, {num_classes}): min {int(y.min())}, max {int(y.max())}")
+    return H, y.astype(np.int64)
+
+
+def _pairs(matrix: np.ndarray) -> np.ndarray:
+    """Entries above the diagonal of a (C, C) matrix: one per unordered pair."""
+    return matrix[np.triu_indices(matrix.shape[0], k=1)]
+
+
+def _cv(values: np.ndarray) -> float:
+    return float(np.std(values) / np.mean(values))
+
+
+def head_decisions(H: np.ndarray, W: np.ndarray, bias: np.ndarray | None, included: np.ndarray) -> np.ndarray:
+    logits = H @ W[included].T + (0.0 if bias is None else bias[included])  # (N, C)
+    return np.argmax(logits, axis=1)
+
+
+def nearest_mean_decisions(H: np.ndarray, means: np.ndarray) -> np.ndarray:
+    # argmin ‖h − μ_c‖² = argmin (‖μ_c‖² − 2 h·μ_c): no (N, C, d) difference array
+    return np.argmin(np.sum(means**2, axis=1) - 2.0 * H @ means.T, axis=1)
+
+
+def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=None, agreement=None) -> dict:
+    """The metrics from class statistics (see module docstring); `agreement` = (agree, total) for nc4."""
+    C = int(included.sum())
+    if C < 2:
+        raise ValueError(f"need at least 2 classes with enough samples, got {C}")
+    mu = means[included]  # (C, d)
+    centred = mu - mu.mean(axis=0)  # M, (C, d)
+    n_included = counts[included].sum()
+    sigma_w = within_cov / n_included
+    sigma_b = centred.T @ centred / C
+    eigenvalues, eigenvectors = np.linalg.eigh(sigma_b)
+    keep = eigenvalues > PINV_RTOL * eigenvalues.max()
+    projected = np.einsum("dk,de,ek->k", eigenvectors[:, keep], sigma_w, eigenvectors[:, keep])
+    nc1 = float(np.sum(projected / eigenvalues[keep]) / C)
+
+    variances = within_sq[included] / counts[included]  # σ_c²
+    squared_norms = np.sum(centred**2, axis=1)  # centred: the same distances, less cancellation
+    mean_distances = squared_norms[:, None] + squared_norms[None, :] - 2.0 * centred @ centred.T  # (C, C)
+    cdnv = float(np.mean(_pairs(variances[:, None] + variances[None, :]) / (2.0 * _pairs(mean_distances))))
+
+    norms = np.linalg.norm(centred, axis=1)
+    unit = centred / norms[:, None]
+    cosines = _pairs(unit @ unit.T)
+    unit_distances = np.sqrt(np.maximum(2.0 - 2.0 * cosines, np.finfo(np.float64).tiny))
+    result = {
+        "nc1": nc1,
+        "cdnv": cdnv,
+        "nc2_equinorm": _cv(norms),
+        "nc2_equiangle": float(np.std(cosines)),
+        "mean_cosine": float(np.mean(cosines)),
+        "simplex_cosine": -1.0 / (C - 1),
+        "gnc2": float(np.mean(-np.log(unit_distances))),
+        "gnc2_std": float(np.std(-np.log(unit_distances))),
+        "nc3": None, "unc3": None, "nc4": None,
+        "classes": C,
+        "classes_excluded": int(np.sum(~included & (counts > 0))),
+        "tokens": int(n_included),
+        "tokens_excluded": int(counts[~included].sum()),
+        "pinv_kept": int(keep.sum()),
+        "global_mean": "unweighted mean of class means",
+    }
+    if W is not None:
+        weights = np.asarray(W, dtype=np.float64)[included]
+        result["nc3"] = float(np.linalg.norm(weights / np.linalg.norm(weights) - centred / np.linalg.norm(centred)))
+        alignment = np.sum(weights * centred, axis=1) / (np.linalg.norm(weights, axis=1) * norms)
+        result["unc3"] = _cv(alignment)
+    if agreement is not None and agreement[1] > 0:
+        result["nc4"] = agreement[0] / agreement[1]
+        result["nc4_tokens"] = int(agreement[1])
+    return result
+
+
+def _check_head(W, bias, num_classes: int, dim: int):
+    W = np.asarray(W, dtype=np.float64)
+    if W.shape != (num_classes, dim):
+        raise ValueError(f"head weights must have shape ({num_classes}, {dim}) (classes, features), got {W.shape}")
+    if bias is not None:
+        bias = np.asarray(bias, dtype=np.float64)
+        if bias.shape != (num_classes,):
+            raise ValueError(f"head bias must have shape ({num_classes},), got {bias.shape}")
+    return W, bias
+
+
+def collapse_metrics(H, y, W=None, bias=None, *, num_classes: int | None = None, min_count: int = DEFAULT_MIN_COUNT,
+                     H_eval=None, y_eval=None) -> dict:
+    """Collapse metrics of features H (N, d) with labels y (N,), all in memory.
+
+    W (num_classes, d) and bias are the linear head (needed for nc3, unc3, nc4). nc4 is
+    measured on (H_eval, y_eval) when given (validation tokens; only those whose label is
+    an included class), otherwise on H.
+    """
+    H, y = _check(H, y, num_classes)
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    counts = np.bincount(y, minlength=num_classes)
+    order = np.argsort(y, kind="stable")
+    groups = np.split(H[order], np.cumsum(counts)[:-1])
+    means = np.stack([g.mean(axis=0) if len(g) else np.zeros(H.shape[1]) for g in groups])  # (K, d)
+    included = counts >= min_count
+    keep = included[y]
+    residuals = H[keep] - means[y[keep]]  # (N_kept, d)
+    within_sq = np.bincount(y[keep], weights=np.sum(residuals**2, axis=1), minlength=num_classes)
+    agreement = None
+    if W is not None:
+        W, bias = _check_head(W, bias, num_classes, H.shape[1])
+        H_eval, y_eval = (H, y) if H_eval is None else _check(H_eval, y_eval, num_classes)
+        H_eval = H_eval[included[y_eval]]
+        same = nearest_mean_decisions(H_eval, means[included]) == head_decisions(H_eval, W, bias, included)
+        agreement = (int(same.sum()), len(H_eval))
+    return metrics_from_statistics(counts, means, within_sq, residuals.T @ residuals, included, W, agreement)
+
+
+class CollapseAccumulator:
+    """The same metrics from batches, in three passes:
+
+        acc = CollapseAccumulator(num_classes, dim)
+        for H, y in batches: acc.add_means(H, y)          # pass 1
+        for H, y in batches: acc.add_variability(H, y)    # pass 2
+        for H, y in eval_batches: acc.add_decisions(H, y, W, bias)   # pass 3 (optional)
+        metrics = acc.result(W)
+    """
+
+    def __init__(self, num_classes: int, dim: int, *, min_count: int = DEFAULT_MIN_COUNT):
+        self.num_classes, self.dim, self.min_count = num_classes, dim, min_count
+        self.counts = np.zeros(num_classes, dtype=np.int64)
+        self.sums = np.zeros((num_classes, dim))
+        self.within_sq = np.zeros(num_classes)
+        self.within_cov = np.zeros((dim, dim))
+        self.agree = self.evaluated = 0
+        self._means = None
+
+    def add_means(self, H, y) -> None:
+        if self._means is not None:
+            raise RuntimeError("pass 1 (add_means) must finish before pass 2 (add_variability) starts")
+        H, y = _check(H, y, self.num_classes)
+        np.add.at(self.sums, y, H)
+        self.counts += np.bincount(y, minlength=self.num_classes)
+
+    @property
+    def means(self) -> np.ndarray:
+        if self._means is None:
+            if not self.counts.any():
+                raise ValueError("no features were added (pass 1 saw no data)")
+            self._means = self.sums / np.maximum(self.counts, 1)[:, None]
+        return self._means
+
+    @property
+    def included(self) -> np.ndarray:
+        return self.counts >= self.min_count
+
+    def add_variability(self, H, y) -> None:
+        H, y = _check(H, y, self.num_classes)
+        keep = self.included[y]
+        residuals = H[keep] - self.means[y[keep]]
+        self.within_sq += np.bincount(y[keep], weights=np.sum(residuals**2, axis=1), minlength=self.num_classes)
+        self.within_cov += residuals.T @ residuals
+
+    def add_decisions(self, H, y, W, bias=None) -> None:
+        H, y = _check(H, y, self.num_classes)
+        W, bias = _check_head(W, bias, self.num_classes, self.dim)
+        H = H[self.included[y]]
+        same = nearest_mean_decisions(H, self.means[self.included]) == head_decisions(H, W, bias, self.included)
+        self.agree += int(same.sum())
+        self.evaluated += len(H)
+
+    def result(self, W=None) -> dict:
+        agreement = (self.agree, self.evaluated) if self.evaluated else None
+        return metrics_from_statistics(self.counts, self.means, self.within_sq, self.within_cov, self.included,
+                                       W, agreement)
