@@ -39,6 +39,9 @@ from geometry import collapse, data, language_model, models, training
 PUBLISHED = {"strongest": ["cdnv", "nc4", "gnc2"], "weakest": ["nc2_equinorm"],
              "source": "Wu & Papyan (2024), Linguistic Collapse, TinyStories width x depth grid"}
 LOG_SCALE = ("nc1", "cdnv")
+# more collapse = smaller value for every metric but nc4 (agreement): the sign of the loss slope
+# a metric needs for "collapse tracks generalisation" (lower loss, more collapse)
+COLLAPSE_SLOPE_SIGN = {name: (-1 if name == "nc4" else 1) for name in collapse.METRICS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +144,9 @@ def fits(runs: list[dict]) -> dict:
     for name in collapse.METRICS:
         values = np.array([r["metrics"][name] for r in runs], dtype=np.float64)
         scale = "log10" if name in LOG_SCALE else "linear"
-        out[name] = {"scale": scale, **fit(loss, np.log10(values) if scale == "log10" else values)}
+        line = fit(loss, np.log10(values) if scale == "log10" else values)
+        line["lower_loss_means_more_collapse"] = bool(np.sign(line["slope"]) == COLLAPSE_SLOPE_SIGN[name])
+        out[name] = {"scale": scale, **line}
     return out
 
 

@@ -4,7 +4,9 @@ Inputs here are low-dimensional (2-D grids, a few features), so `jax.jacfwd` —
 forward pass carrying n tangents — is the right mode: its cost is about (n + 1) forward
 passes whatever the output width. `jacobian_field` vmaps it over points and walks the
 points in chunks with `jax.lax.map(batch_size=...)`, so peak memory is set by the chunk,
-not by the grid.
+not by the grid. With several devices (GPUs, a TPU slice, or CPU devices forced with
+XLA_FLAGS=--xla_force_host_platform_device_count=N) the points are sharded over all of
+them along a 1-D mesh, without any change to the calling code.
 
 Functions given as `nnx.Module`s (or their bound methods) are split once with
 `nnx.split`; the parameters become arguments of the jitted function (not baked-in
@@ -16,12 +18,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+POINT_AXIS = "points"  # the name of the 1-D device mesh axis the points are split over
 DEFAULT_CHUNK_SIZE = 4096  # points per vmapped batch; ~tens of MB for a width-256, depth-8 MLP
 
 
@@ -80,15 +86,40 @@ def _jacobian_of(pure, reduce):
     return per_point
 
 
-@functools.partial(jax.jit, static_argnames=("pure", "chunk_size", "reduce"))
-def _field(pure, state, points, chunk_size, reduce):
+def _local_field(pure, state, points, chunk_size, reduce):
     per_point = _jacobian_of(pure, reduce)
     if chunk_size >= points.shape[0]:
         return jax.vmap(per_point, in_axes=(None, 0))(state, points)
     return jax.lax.map(lambda x: per_point(state, x), points, batch_size=chunk_size)
 
 
-def jacobian_field(f, points, *, chunk_size: int | None = None, reduce: Callable | None = None):
+_field = jax.jit(_local_field, static_argnames=("pure", "chunk_size", "reduce"))
+
+
+@functools.partial(jax.jit, static_argnames=("pure", "chunk_size", "reduce", "mesh"))
+def _sharded_field(pure, state, points, chunk_size, reduce, mesh):
+    # each device walks its own slice of the points in chunks: memory per device is set by
+    # the chunk, and no device waits on another (the points are independent)
+    local = functools.partial(_local_field, pure, chunk_size=chunk_size, reduce=reduce)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(POINT_AXIS)), out_specs=P(POINT_AXIS))(state, points)
+
+
+def _spread(pure, state, points, chunk_size, reduce, devices):
+    """Pad the points to a multiple of the device count, shard them over a 1-D mesh, unpad."""
+    mesh = Mesh(np.asarray(devices), (POINT_AXIS,))
+    count = points.shape[0]
+    padded = -(-count // len(devices)) * len(devices)
+    if padded > count:  # repeat the last point; its extra Jacobians are dropped below
+        points = jnp.concatenate([points, jnp.broadcast_to(points[-1:], (padded - count, points.shape[1]))])
+    points = jax.device_put(points, NamedSharding(mesh, P(POINT_AXIS)))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    local_chunk = min(chunk_size, padded // len(devices))
+    field = _sharded_field(pure, state, points, local_chunk, reduce, mesh)
+    return jax.tree_util.tree_map(lambda leaf: leaf[:count], field)
+
+
+def jacobian_field(f, points, *, chunk_size: int | None = None, reduce: Callable | None = None,
+                   devices: Sequence[jax.Device] | None = None):
     """Jacobian of f: Rⁿ → Rᵐ at every point: an (N, m, n) array.
 
     Args:
@@ -100,6 +131,9 @@ def jacobian_field(f, points, *, chunk_size: int | None = None, reduce: Callable
       reduce: optional function applied to each point's Jacobian (to each leaf, for
         pytree outputs) inside the chunked loop (e.g. `geometry.spectra.singular_values`), so that only its result is
         kept — the full (N, m, n) field never has to exist.
+      devices: the devices to spread the points over (default: all of `jax.devices()`). With
+        more than one, the point axis is sharded over a 1-D mesh (`NamedSharding`) and each
+        device runs the chunked loop on its share; the result equals the one-device field.
     """
     points = check_points(points)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
@@ -110,6 +144,9 @@ def jacobian_field(f, points, *, chunk_size: int | None = None, reduce: Callable
         jax.eval_shape(pure, state, points[0])
     except (TypeError, ValueError) as error:
         raise ValueError(f"f cannot take points of dimension {points.shape[1]}: {error}") from error
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) > 1:
+        return _spread(pure, state, points, chunk_size, reduce, devices)
     return _field(pure, state, points, min(chunk_size, points.shape[0]), reduce)
 
 

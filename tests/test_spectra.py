@@ -1,5 +1,6 @@
 """Spectral summaries against closed forms and float64 NumPy references."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -155,3 +156,28 @@ def test_chained_ranks_of_ill_conditioned_products(x64):
     # batched over a leading axis
     batch = [np.stack([m, 2 * m]) for m in mats]
     np.testing.assert_array_equal(np.stack(spectra.chained_ranks(batch))[:, 0], expected)
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (64, 48)])  # Gram side (m ≤ n) and metric side (m > n)
+def test_dense_layer_singular_values_equal_svd(x64, shape):
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal(shape) / np.sqrt(shape[1])
+    derivatives = 1.0 - np.tanh(rng.standard_normal((37, shape[0]))) ** 2  # tanh' at random pre-activations
+    got = metric.dense_layer_singular_values(jnp.asarray(weight), jnp.asarray(derivatives), chunk_size=8)
+    expected = np.linalg.svd(derivatives[:, :, None] * weight[None], compute_uv=False)  # float64 SVD of D W
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_dense_layer_singular_values_float32_relative_to_largest():
+    rng = np.random.default_rng(6)
+    weight = rng.standard_normal((128, 128)) / np.sqrt(128)
+    derivatives = 1.0 - np.tanh(rng.standard_normal((16, 128))) ** 2
+    got = np.asarray(metric.dense_layer_singular_values(jnp.asarray(weight, jnp.float32),
+                                                        jnp.asarray(derivatives, jnp.float32)))
+    expected = np.linalg.svd(derivatives[:, :, None] * weight[None], compute_uv=False)
+    # squaring: float32 error ~ eps · σ_max² / σ, i.e. about √eps · σ_max at the bottom of the spectrum
+    assert np.max(np.abs(got - expected) / expected[:, :1]) < 1e-3
+    large = expected > 0.1 * expected[:, :1]
+    np.testing.assert_allclose(got[large], expected[large], rtol=1e-4)
+    with pytest.raises(ValueError, match="derivatives must have shape"):
+        metric.dense_layer_singular_values(jnp.asarray(weight), jnp.ones((3, 5)))

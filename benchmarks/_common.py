@@ -1,0 +1,52 @@
+"""Timing, machine description and result files shared by the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+from experiments._runner import device, git_commit, versions
+from geometry.io import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def block(tree):
+    return jax.tree_util.tree_map(lambda leaf: leaf.block_until_ready() if hasattr(leaf, "block_until_ready")
+                                  else leaf, tree)
+
+
+def timed(fn, repeats: int = 3) -> dict:
+    """Seconds of fn() after one warm-up call (which includes compilation): median and all runs."""
+    start = time.perf_counter()
+    block(fn())
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(fn())
+        runs.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(runs), "runs": runs, "first_call_seconds": first}
+
+
+def machine() -> dict:
+    return {"device": device(), "devices": [str(d) for d in jax.devices()], "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "versions": versions(), "git_commit": git_commit()}
+
+
+def result_name(prefix: str) -> str:
+    first = jax.devices()[0]
+    kind = first.platform if first.platform == "cpu" else f"{first.platform}-{first.device_kind}"
+    return f"{prefix}-{kind}".replace(" ", "_").lower()
+
+
+def write_result(name: str, payload: dict) -> Path:
+    path = write_json(RESULTS / f"{name}.json", {"machine": machine(), **payload})
+    print(f"wrote {path}", flush=True)
+    return path

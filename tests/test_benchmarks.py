@@ -1,0 +1,21 @@
+"""The benchmark's methods compute the same Jacobians (the timings themselves are not tested)."""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks import jacobians as bench
+from geometry import data, models
+
+
+def test_every_benchmarked_method_agrees_with_jacobian_field():
+    model = models.MLP(2, 16, 3, activation="tanh", init="xavier", rngs=nnx.Rngs(0))
+    points = jnp.asarray(data.grid((-2, 2, -2, 2), 16))
+    rows = bench.measure(model, points, loop_points=8)
+    expected = {"jacobian_field", "closed_form", "vmap_jacrev", "python_loop_jacfwd", "forward"}
+    assert expected <= set(rows)
+    for name, row in rows.items():
+        if name != "forward":
+            assert row["max_error_vs_jacobian_field"] < 1e-5, (name, row["max_error_vs_jacobian_field"])
+        assert row["points_per_second"] > 0 and np.isfinite(row["cost_in_forward_passes"])
+    assert rows["jacobian_field"]["slowdown_vs_jacobian_field"] == 1.0
