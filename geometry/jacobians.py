@@ -190,17 +190,18 @@ def closed_form_input_jacobians(model, x: jax.Array) -> tuple[jax.Array, ...]:
     `input_jacobians` and `jacobian_field` are tested against.
     """
     trace = model.trace(x)
-    total = jnp.eye(model.in_features, dtype=x.dtype)
+    total = jnp.eye(model.in_features, dtype=x.dtype)  # ∂h_0/∂x, (n₀, n₀)
     inputs = (x, *trace.hidden[:-1])
     result = []
     for l, (h, a) in enumerate(zip(inputs, trace.preactivations)):
-        layer_jacobian = model.layers[l].effective_weight()  # (k_l, k_{l-1})
+        # applied to the running product, never formed as a (k_l, k_{l-1}) matrix per point:
+        # D_φ [J_LN] W J_{l-1} costs k_l k_{l-1} n₀ instead of k_l² k_{l-1}
+        chained = model.layers[l].effective_weight() @ total  # (k_l, n₀)
         if len(model.norms):
-            z = model.layers[l](h)
-            layer_jacobian = _layernorm_jacobian(model.norms[l], z) @ layer_jacobian
-        layer_jacobian = model.activation.derivative(a)[:, None] * layer_jacobian
-        if model.residual and layer_jacobian.shape[0] == layer_jacobian.shape[1]:
-            layer_jacobian = layer_jacobian + jnp.eye(layer_jacobian.shape[0], dtype=x.dtype)
-        total = layer_jacobian @ total
+            chained = _layernorm_jacobian(model.norms[l], model.layers[l](h)) @ chained
+        chained = model.activation.derivative(a)[:, None] * chained
+        if model.residual and chained.shape[0] == total.shape[0]:
+            chained = chained + total
+        total = chained
         result.append(total)
     return tuple(result)

@@ -1,0 +1,178 @@
+"""Generate the paper's tables and in-text numbers from figures/*.json and benchmarks/results/*.json.
+
+Command:  python paper/make_tables.py
+Writes:   paper/tables/*.tex (one tabular each) and paper/tables/numbers.tex (\\newcommand macros)
+Runtime:  < 1 s
+
+No number in the paper is typed by hand: tables are `\\input` from here and the prose uses
+the macros. `tests/test_paper.py` regenerates everything and fails if a committed file
+differs, i.e. if a table or macro disagrees with its JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES, TABLES = ROOT / "figures", ROOT / "paper" / "tables"
+BENCHMARKS = ROOT / "benchmarks" / "results"
+
+
+def load(name: str) -> dict:
+    return json.loads((FIGURES / f"{name}.json").read_text())["numbers"]
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number as LaTeX: fixed or scientific with `digits` significant digits; inf as $\\infty$."""
+    if value is None:
+        return "--"
+    if isinstance(value, str) and value in ("inf", "-inf"):
+        return "$\\infty$" if value == "inf" else "$-\\infty$"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}".replace(",", "\\,")
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+        return f"${mantissa} \\times 10^{{{int(exponent)}}}$"
+    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def tabular(header: list[str], rows: list[list], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(header) - 1)
+    lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
+    lines += [" & ".join(cell if isinstance(cell, str) else fmt(cell) for cell in row) + " \\\\" for row in rows]
+    return "\n".join([*lines, "\\bottomrule", "\\end{tabular}", ""])
+
+
+def linear_collapse_table() -> str:
+    numbers = load("linear_collapse")
+    results, best = numbers["results"], numbers["best_linear_accuracy"]
+    activations = ("identity", "relu", "tanh", "gelu")
+    rows = [[name, best[name], *(results[f"{name}/{a}"]["test_accuracy"] for a in activations)] for name in best]
+    return tabular(["dataset", "best line", "no activation", "ReLU", "tanh", "GELU"], rows)
+
+
+def grid_warp_table() -> str:
+    activations = load("grid_warp")["activations"]
+    rows = []
+    for name, entry in activations.items():
+        measured = entry["measured"]["0"]
+        rows.append([name.replace("_", "\\_"), measured["folded"], entry["theory"]["folded"],
+                     measured["orientation_reversed"], entry["theory"]["orientation_reversed"]])
+    return tabular(["activation", "folded", "theory", "folded over", "theory"], rows)
+
+
+def pullback_table() -> str:
+    networks = load("pullback")["networks"]
+    rows = [[key.replace("_", "\\_").replace("/", ", width "), n["test_accuracy"], n["singular_fraction"],
+             n["median_condition_number"], n["median_half_log_det_g"]] for key, n in networks.items()]
+    return tabular(["network", "test acc.", "singular frac.", "median cond.", "median $\\frac12\\log\\det g$"], rows)
+
+
+def isometry_table() -> str:
+    rows = [[s["activation"], s["weights"], s["regime"], s["sigma_w2"], s["prediction"]["mean"],
+             s["measured_mean_hutchinson"], s["prediction"]["variance_over_mean2"], s["measured_variance_over_mean2"]]
+            for s in load("dynamical_isometry")["spectra"]]
+    return tabular(["$\\phi$", "weights", "regime", "$\\sigma_w^2$", "$\\chi_1^L$", "mean (meas.)",
+                    "var/mean$^2$ (theory)", "(meas.)"], rows, "lllrrrrr")
+
+
+def kernel_table() -> str:
+    results = load("kernel_layers")["results"]
+    rows = [[key.split("/")[0], key.split("/")[1], r["test_accuracy"], r["median_condition_number"],
+             r["median_half_log_det_g"]] for key, r in results.items() if "test_accuracy" in r]
+    return tabular(["dataset", "model", "test acc.", "median cond.", "median $\\frac12\\log\\det g$"], rows, "llrrr")
+
+
+def linguistic_fit_table() -> str:
+    numbers = load("linguistic_collapse")
+    strongest = set(numbers["published"]["strongest"])
+    rows = [[name.replace("_", "\\_"), f["scale"], f["r2"], f["slope"], f["lower_loss_means_more_collapse"],
+             "strong" if name in strongest else ("weak" if name in numbers["published"]["weakest"] else "--")]
+            for name, f in sorted(numbers["fits"].items(), key=lambda item: -item[1]["r2"])]
+    return tabular(["metric", "fit on", "$R^2$", "slope", "collapse $\\uparrow$ as loss $\\downarrow$",
+                    "Wu \\& Papyan"], rows, "llrrll")
+
+
+def linguistic_runs_table() -> str:
+    runs = load("linguistic_collapse")["runs"]
+    rows = [[str(r["width"]), str(r["depth"]), r["parameters"], r["validation_loss"],
+             *(r["metrics"][m] for m in ("nc1", "cdnv", "gnc2", "nc4"))] for r in runs]
+    return tabular(["width", "depth", "parameters", "val. loss", "NC1", "CDNV", "GNC2", "NC4"], rows, "rrrrrrrr")
+
+
+def benchmark_table() -> str:
+    result = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())
+    rows = [[name.replace("_", "\\_"), row["points_per_second"], row["cost_in_forward_passes"],
+             row["slowdown_vs_jacobian_field"]] for name, row in result["main"].items()]
+    return tabular(["method", "points/s", "forward passes", "time / jacobian\\_field"], rows)
+
+
+def macros() -> dict[str, object]:
+    linear, rank, iso = load("linear_collapse"), load("rank_depth"), load("dynamical_isometry")["summary"]
+    saturation, yat, language = load("saturation"), load("yat_xor"), load("linguistic_collapse")
+    relu4 = load("pullback")["networks"]["relu/4"]
+    wide = json.loads((BENCHMARKS / "wide_layers-cpu.json").read_text())
+    memory = json.loads((BENCHMARKS / "memory-cpu.json").read_text())
+    speed = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())["targets"]
+    return {
+        "StackVsSingle": linear["summary"]["max_abs_difference_stack_vs_single_matrix"],
+        "SpiralNone": linear["summary"]["spiral_train_accuracy"]["identity"],
+        "ReluRankExact": rank["relu_rank_identity_exact_everywhere"],
+        "IsoMeanErr": 100 * iso["worst_mean_rel_error"],
+        "IsoVarErr": 100 * iso["worst_variance_rel_error"],
+        "IsoMomentErr": 100 * iso["worst_moment_rel_error"],
+        "LNSigmaRatio": saturation["first_layer_median_sigma_min_over_max"]["layernorm"],
+        "PlainSigmaRatio": saturation["first_layer_median_sigma_min_over_max"]["none"],
+        "SatGap": saturation["max_abs_gap_to_theory_layer1"]["none"],
+        "NarrowSingular": 100 * relu4["singular_fraction"],
+        "NarrowAccuracy": 100 * relu4["test_accuracy"],
+        "YatXorAccuracy": 100 * yat["single_unit"]["b >= 0 (softplus)"]["grid_accuracy"],
+        "YatMostNegative": yat["most_negative_relative_eigenvalue_for_negative_b"],
+        "LCModels": len(language["runs"]),
+        "LCTopMetric": language["r2_order"][0].replace("_", "\\_"),
+        "LCTopRsq": language["fits"][language["r2_order"][0]]["r2"],
+        "LCCdnvRsq": language["fits"]["cdnv"]["r2"],
+        "LCNcFourRsq": language["fits"]["nc4"]["r2"],
+        "LCGncTwoRsq": language["fits"]["gnc2"]["r2"],
+        "LCEquinormRsq": language["fits"]["nc2_equinorm"]["r2"],
+        "LCTrainTokens": language["corpus"]["train_tokens"],
+        "BenchForwardPasses": speed["cost_in_forward_passes"],
+        "BenchTorchSpeedup": speed["speedup_vs_torch"],
+        "WideSpeedup": wide["speedup"],
+        "WideSpeedupDouble": wide["speedup_float64"],
+        "MemoryGrowth": memory["chunked_growth"],
+    }
+
+
+TABLE_FUNCTIONS = {
+    "linear_collapse": linear_collapse_table, "grid_warp": grid_warp_table, "pullback": pullback_table,
+    "isometry": isometry_table, "kernel_layers": kernel_table, "linguistic_fits": linguistic_fit_table,
+    "linguistic_runs": linguistic_runs_table, "benchmark": benchmark_table,
+}
+
+
+def generate() -> dict[str, str]:
+    """file name -> contents of every generated file."""
+    files = {f"{name}.tex": function() for name, function in TABLE_FUNCTIONS.items()}
+    files["numbers.tex"] = "".join(f"\\newcommand{{\\{name}}}{{{fmt(value)}}}\n" for name, value in macros().items())
+    return files
+
+
+def main() -> int:
+    from geometry.io import atomic_write
+
+    for name, text in generate().items():
+        path = atomic_write(TABLES / name, text)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
