@@ -10,8 +10,8 @@ way (4096 points per batch), jitted; times are medians of 3 calls after a warm-u
 (compilation is reported apart). The forward pass alone sets the scale: forward-mode
 autodiff with n = 2 inputs carries 2 tangents, so its floor is about n + 1 = 3 forward
 passes. Every method's Jacobians are checked against jacobian_field's before timing.
-The naive ways are timed on subsets (Python loop: 256 points, vmap(jacrev): 8192) and
-reported per point.
+The naive ways and torch are timed on subsets (Python loop: 256 points, vmap(jacrev) and
+torch.func: 8192), one call after the warm-up, and reported per point.
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ class Config:
     sweep_resolution: int = 64
     loop_points: int = 256  # points timed in the per-point Python loop
     jacrev_points: int = 8192  # points timed for vmap(jacrev), whose (points, 256, 256) cotangents are slow
+    torch_points: int = 8192  # points timed for torch.func (slow on CPU at width >= 256)
     activation: str = "tanh"
 
 
 QUICK = Config(width=64, depth=4, resolution=64, sweep_widths=(32, 64), sweep_resolution=32, loop_points=32,
-               jacrev_points=1024)
+               jacrev_points=1024, torch_points=1024)
 
 
 def chunked(per_point, chunk_size: int = DEFAULT_CHUNK_SIZE):
@@ -101,8 +102,8 @@ def torch_method(model: models.MLP):
     return run, torch.__version__
 
 
-def measure(model: models.MLP, points, loop_points: int, *, jacrev_points: int | None = None, check: bool = True,
-            skip=()) -> dict:
+def measure(model: models.MLP, points, loop_points: int, *, jacrev_points: int | None = None,
+            torch_points: int | None = None, check: bool = True, skip=()) -> dict:
     methods = {name: method for name, method in jax_methods(model).items() if name not in skip}
     torch_run = torch_method(model) if model.activation.name == "tanh" else None
     if torch_run is not None:
@@ -111,12 +112,12 @@ def measure(model: models.MLP, points, loop_points: int, *, jacrev_points: int |
     scale = np.abs(reference).max()
     rows = {}
     for name, method in methods.items():
-        subset = name == "python_loop_jacfwd"
-        inputs = points[:loop_points] if subset else points[:jacrev_points] if name == "vmap_jacrev" else points
+        limit = {"python_loop_jacfwd": loop_points, "vmap_jacrev": jacrev_points, "torch_func_vmap_jacfwd": torch_points}
+        inputs = points[:limit.get(name)]
         error = None
         if check and name != "forward":
             error = float(np.abs(np.asarray(method(points[:loop_points])) - reference).max() / scale)
-        timing = timed(lambda method=method, inputs=inputs: method(inputs), repeats=1 if subset else 3)
+        timing = timed(lambda method=method, inputs=inputs: method(inputs), repeats=1 if name in limit else 3)
         rows[name] = {**timing, "points": len(inputs), "points_per_second": len(inputs) / timing["seconds"],
                       "max_error_vs_jacobian_field": error}
         print(f"  {name}: {rows[name]['points_per_second']:.4g} points/s", flush=True)
@@ -150,14 +151,15 @@ def main(argv=None) -> None:
     config = QUICK if args.quick else Config()
     points = jnp.asarray(data.grid((-2, 2, -2, 2), config.resolution), jnp.float32)
     print(f"width {config.width}, depth {config.depth}, {len(points)} points", flush=True)
-    rows = measure(build(config, config.width), points, config.loop_points, jacrev_points=config.jacrev_points)
+    rows = measure(build(config, config.width), points, config.loop_points, jacrev_points=config.jacrev_points,
+                   torch_points=config.torch_points)
     floor = 2 + 1  # n_in + 1 forward passes
     print(table(rows, f"width {config.width}, depth {config.depth}, {len(points)} points ({jax.devices()[0]})"))
     sweep = {}
     sweep_points = jnp.asarray(data.grid((-2, 2, -2, 2), config.sweep_resolution), jnp.float32)
     for width in config.sweep_widths:  # the naive ways are left out of the sweep: they are slow at every width
         sweep[width] = measure(build(config, width), sweep_points, config.loop_points,
-                               skip=("python_loop_jacfwd", "vmap_jacrev"))
+                               torch_points=config.torch_points, skip=("python_loop_jacfwd", "vmap_jacrev"))
         print(table(sweep[width], f"\nsweep: width {width}, {len(sweep_points)} points"))
     targets = {
         "cost_in_forward_passes": rows["jacobian_field"]["cost_in_forward_passes"],

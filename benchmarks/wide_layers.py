@@ -2,7 +2,7 @@
 
 Command:  python -m benchmarks.wide_layers [--quick] [--inputs N]
 Writes:   benchmarks/results/wide_layers-<device>.json, and prints the result
-Runtime:  ~6 min on 2 CPU cores for 1024 inputs (quick: ~20 s)
+Runtime:  ~5 min on 2 CPU cores for the default 256 inputs (quick: ~20 s); use --inputs 4096 on a GPU
 
 A tanh layer F(x) = tanh(W x + b), m = n = 1024, W ~ N(0, 1/n), at N random inputs.
 Route 1 (`geometry.metric.dense_layer_singular_values`): squared singular values are the
@@ -30,7 +30,7 @@ from geometry import jacobians, metric, spectra
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.wide_layers", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--inputs", type=int, default=1024)
+    parser.add_argument("--inputs", type=int, default=256)
     parser.add_argument("--width", type=int, default=1024)
     args = parser.parse_args(argv)
     width, count = (256, 64) if args.quick else (args.width, args.inputs)

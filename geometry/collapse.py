@@ -106,7 +106,8 @@ def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=No
         "classes_excluded": int(np.sum(~included & (counts > 0))),
         "tokens": int(n_included),
         "tokens_excluded": int(counts[~included].sum()),
-        "pinv_kept": int(keep.sum()),
+        "pinv_kept": int(keep.sum()),  # eigenvalues of Σ_B above the cut-off
+        "pinv_rtol": PINV_RTOL,
         "global_mean": "unweighted mean of class means",
     }
     if W is not None:
