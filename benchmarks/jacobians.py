@@ -6,8 +6,8 @@ Runtime:  ~8 min on 2 CPU cores (quick: ~30 s)
 
 An MLP (tanh, width 256, depth 8, inputs in R²) on a 256 × 256 grid of [−2, 2]². Each
 method computes the end-to-end Jacobian ∂h_8/∂x (256 × 2) at every point, chunked the same
-way (4096 points per batch), jitted; times are medians of 3 calls after a warm-up call
-(compilation is reported apart). The forward pass alone sets the scale: forward-mode
+way (4096 points per batch), jitted; times are the best of 5 calls after a warm-up call
+(medians and compilation are in the JSON). The forward pass alone sets the scale: forward-mode
 autodiff with n = 2 inputs carries 2 tangents, so its floor is about n + 1 = 3 forward
 passes. Every method's Jacobians are checked against jacobian_field's before timing.
 The naive ways and torch are timed on subsets (Python loop: 256 points, vmap(jacrev) and
@@ -117,7 +117,7 @@ def measure(model: models.MLP, points, loop_points: int, *, jacrev_points: int |
         error = None
         if check and name != "forward":
             error = float(np.abs(np.asarray(method(points[:loop_points])) - reference).max() / scale)
-        timing = timed(lambda method=method, inputs=inputs: method(inputs), repeats=1 if name in limit else 3)
+        timing = timed(lambda method=method, inputs=inputs: method(inputs), repeats=1 if name in limit else 5)
         rows[name] = {**timing, "points": len(inputs), "points_per_second": len(inputs) / timing["seconds"],
                       "max_error_vs_jacobian_field": error}
         print(f"  {name}: {rows[name]['points_per_second']:.4g} points/s", flush=True)

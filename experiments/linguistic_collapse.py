@@ -31,6 +31,7 @@ import json
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import numpy as np
 from flax import nnx
 
@@ -177,6 +178,16 @@ def run(config: Config, context) -> dict:
     }
 
 
+def log_axis(ax) -> None:
+    """Log y axis with plain tick labels (the ranges here span less than a decade or two)."""
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+    # label the minor ticks too when no decade boundary (major tick) falls inside the range
+    minor = ticker.FormatStrFormatter("%.3g") if high / low < 10 else ticker.NullFormatter()
+    ax.yaxis.set_minor_formatter(minor)
+
+
 def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(config.widths)))
     markers = dict(zip(config.depths, "os^Dv<>"))
@@ -192,7 +203,7 @@ def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
         trend = fitted[name]["slope"] * line + fitted[name]["intercept"]
         ax.plot(line, 10**trend if name in LOG_SCALE else trend, color="0.4", lw=1, ls="--")
         if name in LOG_SCALE:
-            ax.set_yscale("log")
+            log_axis(ax)
         ax.set_title(f"{name}   R² = {fitted[name]['r2']:.2f}")
         ax.set_xlabel("validation loss (nats/token)")
     for w in config.widths:
@@ -201,6 +212,7 @@ def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
         axes[0, 0].scatter([], [], color="0.3", marker=markers[d], label=f"depth {d}")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Neural-collapse metrics of causal LMs against validation loss (class = next token)")
+    fig.tight_layout()
     context.save_figure(fig)
     plt.close(fig)
 
@@ -212,11 +224,13 @@ def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
             values = [r[name] if name in r else r["metrics"][name] for r in rows]
             ax.plot([r["width"] for r in rows], values, marker=markers[d], label=f"depth {d}")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log" if name in LOG_SCALE else "linear")
+        if name in LOG_SCALE:
+            log_axis(ax)
         ax.set_xlabel("width")
         ax.set_title(name)
     axes[0].legend(fontsize=7)
     fig.suptitle("Scaling: metrics against width, one line per depth")
+    fig.tight_layout()
     context.save_figure(fig, "_scaling")
     plt.close(fig)
 
@@ -234,5 +248,6 @@ def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
         ax.set_xlabel("layer (dots: heads)")
     axes[0, 0].set_ylabel("H(attention) / log(t + 1)")
     axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
     context.save_figure(fig, "_attention")
     plt.close(fig)

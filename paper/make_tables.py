@@ -30,6 +30,8 @@ def fmt(value, digits: int = 3) -> str:
         return "--"
     if isinstance(value, str) and value in ("inf", "-inf"):
         return "$\\infty$" if value == "inf" else "$-\\infty$"
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
@@ -147,6 +149,13 @@ def macros() -> dict[str, object]:
         "WideSpeedup": wide["speedup"],
         "WideSpeedupDouble": wide["speedup_float64"],
         "MemoryGrowth": memory["chunked_growth"],
+        "BenchVerdict": "meets" if speed["cost_in_forward_passes"] <= speed["target_cost_in_forward_passes"] else "misses",
+        "TorchVerdict": "meets" if (speed["speedup_vs_torch"] or 0) >= speed["target_speedup_vs_torch"] else "misses",
+        "WideVerdict": "meets" if wide["speedup"] >= wide["target_speedup"] else "misses",
+        "WideInputs": wide["inputs"],
+        "WideSvdInputsPerSecond": wide["inputs"] / wide["routes"]["jacfwd_svd"]["seconds"],
+        "WideMetricInputsPerSecond": wide["inputs"] / wide["routes"]["pullback_metric"]["seconds"],
+        "WideFloatErr": wide["agreement_vs_float64_svd"]["pullback_metric"]["max_error_relative_to_sigma_max"],
     }
 
 
