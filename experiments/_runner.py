@@ -136,6 +136,7 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
     context = Context(name=name, out_dir=Path(out_dir), seed=seed, quick=quick)
     plotting.use_style()
     print(f"[{name}] {'quick' if quick else scale or 'full'} run, seed {seed}", flush=True)
+    commit = git_commit()  # the code as it was when the run started, not after edits made during it
     start = time.perf_counter()
     numbers = module.run(config, context)
     wall_time = time.perf_counter() - start
@@ -143,7 +144,7 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
         "experiment": name,
         "config": dataclasses.asdict(config),
         "config_hash": config_hash(config),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "quick": quick,
         "seed": seed,
         "versions": versions(),
