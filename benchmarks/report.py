@@ -25,7 +25,7 @@ def jacobians_section(result: dict) -> list[str]:
     lines = [f"MLP tanh, width {c['width']}, depth {c['depth']}, {c['resolution']}² grid; end-to-end Jacobian "
              f"(256 × 2) per point. Floor: n_in + 1 = 3 forward passes.", "",
              "| method | points/s | cost (forward passes) | × jacobian_field time | max rel. error |", "|---|---:|---:|---:|---:|"]
-    for name, row in result["main"].items():
+    for name, row in sorted(result["main"].items(), key=lambda item: item[1]["cost_in_forward_passes"]):
         error = "—" if row["max_error_vs_jacobian_field"] is None else f"{row['max_error_vs_jacobian_field']:.1e}"
         lines.append(f"| {name} | {row['points_per_second']:.3g} | {row['cost_in_forward_passes']:.2f} | "
                      f"{row['slowdown_vs_jacobian_field']:.2f} | {error} |")
@@ -34,9 +34,10 @@ def jacobians_section(result: dict) -> list[str]:
     lines += ["", f"jacobian_field: {t['cost_in_forward_passes']:.2f} forward passes (target ≤ "
               f"{t['target_cost_in_forward_passes']:.1f}); faster than torch.func by {torch}.", "",
               f"Width sweep ({c['sweep_resolution']}² grid): cost in forward passes", ""]
-    methods = list(next(iter(result["sweep"].values())))
+    methods = [m for m in ("forward", "jacobian_field", "closed_form", "torch_func_vmap_jacfwd")
+               if m in next(iter(result["sweep"].values()))]
     lines += ["| width | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    for width, rows in result["sweep"].items():
+    for width, rows in sorted(result["sweep"].items(), key=lambda item: int(item[0])):
         lines.append(f"| {width} | " + " | ".join(f"{rows[m]['cost_in_forward_passes']:.2f}" for m in methods) + " |")
     return lines
 
@@ -57,7 +58,7 @@ def wide_section(result: dict) -> list[str]:
     lines = [f"m = n = {result['width']}, {result['inputs']} inputs; agreement against a float64 SVD of D W on "
              f"{result['checked_inputs']} inputs.", "",
              "| route | seconds | inputs/s | max \\|Δσ\\|/σ_max | max rel. error, σ ≥ 0.1 σ_max |", "|---|---:|---:|---:|---:|"]
-    for name, timing in result["routes"].items():
+    for name, timing in sorted(result["routes"].items(), key=lambda item: item[1]["seconds"]):
         a = result["agreement_vs_float64_svd"][name]
         lines.append(f"| {name} | {timing['seconds']:.2f} | {result['inputs'] / timing['seconds']:.1f} | "
                      f"{a['max_error_relative_to_sigma_max']:.1e} | {a['max_relative_error_sigma_ge_0.1_max']:.1e} |")

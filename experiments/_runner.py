@@ -75,12 +75,14 @@ MANIFEST = "MANIFEST.json"
 
 
 def git_commit() -> str:
-    """HEAD of the repository the code runs from, '+dirty' if it has uncommitted changes."""
+    """HEAD of the repository the code runs from, '+dirty' if its code (anything outside
+    figures/) has uncommitted changes."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, check=True)
+        # the committed outputs under figures/ change as experiments run; only code makes a run dirty
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)figures"], cwd=root, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")

@@ -152,7 +152,7 @@ def _html(config: Config, disk: np.ndarray, hue: np.ndarray) -> str:
     anim = animation.FuncAnimation(fig, draw, frames=len(angles), blit=False)
     # frames are saved at savefig.dpi; the embed limit (MB) guards the 5 MB page budget
     with plt.rc_context({"savefig.dpi": config.html_dpi, "animation.embed_limit": 5.0}):
-        html = anim.to_jshtml(fps=4, default_mode="loop")
+        html = plotting.animation_html(anim, "grid_warp", fps=4, default_mode="loop")
     plt.close(fig)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>grid_warp: φ(Wx), W a rotation</title></head>"

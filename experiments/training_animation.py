@@ -85,7 +85,7 @@ def run(config: Config, context) -> dict:
     fig, axes = plt.subplots(1, len(config.activations), figsize=(3.2 * len(config.activations), 3.4))
     anim = animation.FuncAnimation(fig, lambda i: draw(axes, i), frames=len(steps))
     with plt.rc_context({"savefig.dpi": config.dpi, "animation.embed_limit": 5.0}):
-        html = anim.to_jshtml(fps=5, default_mode="once")
+        html = plotting.animation_html(anim, "training_animation", fps=5, default_mode="once")
         gif_path = context.out_dir / f".{context.name}.gif.tmp.gif"
         anim.save(gif_path, writer=animation.PillowWriter(fps=5), dpi=config.dpi)
     plt.close(fig)

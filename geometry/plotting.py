@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -60,6 +62,17 @@ def color(name: str) -> str:
     if name.startswith("leaky_relu"):
         name = "leaky_relu"
     return ACTIVATION_COLORS.get(name, "#333333")
+
+
+def animation_html(anim, name: str, **kwargs) -> str:
+    """`anim.to_jshtml(**kwargs)` with matplotlib's random element id (a uuid4 per call)
+    replaced by one derived from `name`, so the same frames give the same bytes."""
+    html = anim.to_jshtml(**kwargs)
+    element_ids = set(re.findall(r"_anim_\w*?([0-9a-f]{32})", html))
+    stable = hashlib.sha256(name.encode()).hexdigest()[:32]
+    for element_id in element_ids:
+        html = html.replace(element_id, stable)
+    return html
 
 
 def save_figure(fig, stem: str | os.PathLike, *, formats=("png", "pdf")) -> list[Path]:
