@@ -68,8 +68,17 @@ def nearest_mean_decisions(H: np.ndarray, means: np.ndarray) -> np.ndarray:
     return np.argmin(np.sum(means**2, axis=1) - 2.0 * H @ means.T, axis=1)
 
 
-def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=None, agreement=None) -> dict:
-    """The metrics from class statistics (see module docstring); `agreement` = (agree, total) for nc4."""
+def agreement(H: np.ndarray, y: np.ndarray, means: np.ndarray, included: np.ndarray, W: np.ndarray,
+              bias: np.ndarray | None) -> tuple[int, int]:
+    """(tokens where the nearest class mean and the head decide alike, tokens evaluated), over the
+    tokens whose label is an included class."""
+    H = H[included[y]]
+    same = nearest_mean_decisions(H, means[included]) == head_decisions(H, W, bias, included)
+    return int(same.sum()), len(H)
+
+
+def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=None, decided=None) -> dict:
+    """The metrics from class statistics (see module docstring); `decided` = (agree, total) for nc4."""
     C = int(included.sum())
     if C < 2:
         raise ValueError(f"need at least 2 classes with enough samples, got {C}")
@@ -115,9 +124,9 @@ def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=No
         result["nc3"] = float(np.linalg.norm(weights / np.linalg.norm(weights) - centred / np.linalg.norm(centred)))
         alignment = np.sum(weights * centred, axis=1) / (np.linalg.norm(weights, axis=1) * norms)
         result["unc3"] = _cv(alignment)
-    if agreement is not None and agreement[1] > 0:
-        result["nc4"] = agreement[0] / agreement[1]
-        result["nc4_tokens"] = int(agreement[1])
+    if decided is not None and decided[1] > 0:
+        result["nc4"] = decided[0] / decided[1]
+        result["nc4_tokens"] = int(decided[1])
     return result
 
 
@@ -150,14 +159,12 @@ def collapse_metrics(H, y, W=None, bias=None, *, num_classes: int | None = None,
     keep = included[y]
     residuals = H[keep] - means[y[keep]]  # (N_kept, d)
     within_sq = np.bincount(y[keep], weights=np.sum(residuals**2, axis=1), minlength=num_classes)
-    agreement = None
+    decided = None
     if W is not None:
         W, bias = _check_head(W, bias, num_classes, H.shape[1])
         H_eval, y_eval = (H, y) if H_eval is None else _check(H_eval, y_eval, num_classes)
-        H_eval = H_eval[included[y_eval]]
-        same = nearest_mean_decisions(H_eval, means[included]) == head_decisions(H_eval, W, bias, included)
-        agreement = (int(same.sum()), len(H_eval))
-    return metrics_from_statistics(counts, means, within_sq, residuals.T @ residuals, included, W, agreement)
+        decided = agreement(H_eval, y_eval, means, included, W, bias)
+    return metrics_from_statistics(counts, means, within_sq, residuals.T @ residuals, included, W, decided)
 
 
 class CollapseAccumulator:
@@ -208,12 +215,11 @@ class CollapseAccumulator:
     def add_decisions(self, H, y, W, bias=None) -> None:
         H, y = _check(H, y, self.num_classes)
         W, bias = _check_head(W, bias, self.num_classes, self.dim)
-        H = H[self.included[y]]
-        same = nearest_mean_decisions(H, self.means[self.included]) == head_decisions(H, W, bias, self.included)
-        self.agree += int(same.sum())
-        self.evaluated += len(H)
+        agree, evaluated = agreement(H, y, self.means, self.included, W, bias)
+        self.agree += agree
+        self.evaluated += evaluated
 
     def result(self, W=None) -> dict:
-        agreement = (self.agree, self.evaluated) if self.evaluated else None
+        decided = (self.agree, self.evaluated) if self.evaluated else None
         return metrics_from_statistics(self.counts, self.means, self.within_sq, self.within_cov, self.included,
-                                       W, agreement)
+                                       W, decided)
