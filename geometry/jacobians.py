@@ -194,8 +194,8 @@ def closed_form_input_jacobians(model, x: jax.Array) -> tuple[jax.Array, ...]:
     inputs = (x, *trace.hidden[:-1])
     result = []
     for l, (h, a) in enumerate(zip(inputs, trace.preactivations)):
-        # applied to the running product, never formed as a (k_l, k_{l-1}) matrix per point:
-        # D_φ [J_LN] W J_{l-1} costs k_l k_{l-1} n₀ instead of k_l² k_{l-1}
+        # D_φ [J_LN] W applied to the running product, not formed: under vmap a formed D_φ W
+        # is a (k_l, k_{l-1}) array per point, while W J_{l-1} shares W across all points
         chained = model.layers[l].effective_weight() @ total  # (k_l, n₀)
         if len(model.norms):
             chained = _layernorm_jacobian(model.norms[l], model.layers[l](h)) @ chained

@@ -90,7 +90,9 @@ _ADDED_LATER = {"schedule": "constant", "warmup_steps": 0, "clip_norm": None}
 def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray) -> str:
     shapes = jax.tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape)}", params)
     data = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
-    free = _TRAJECTORY_FREE if config.schedule == "constant" else _TRAJECTORY_FREE[1:]  # a decay ends at `steps`
+    free = set(_TRAJECTORY_FREE)
+    if config.schedule != "constant":
+        free.discard("steps")  # a decay ends at `steps`: more steps is another trajectory
     trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
     # fields added later are left out while at their defaults, so earlier checkpoints still resume
     trajectory = {k: v for k, v in trajectory.items() if not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
