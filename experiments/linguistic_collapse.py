@@ -88,13 +88,16 @@ def measure(model: models.CausalLM, text: data.TextData, config: Config) -> dict
         entropy = jnp.sum(language_model.attention_entropy(trace.attention), axis=0)  # (L, H, T)
         return trace.features, loss, entropy
 
+    @jax.jit
+    def features_of(state, tokens):  # the training passes need only the features: no loss, no entropy
+        return jax.vmap(nnx.merge(graphdef, state).features)(tokens).reshape(-1, model.width)
+
     accumulator = collapse.CollapseAccumulator(len(text.vocabulary), model.width, min_count=config.min_count)
     train = list(batches(text.train_inputs, text.train_targets, config.eval_batch))
     for tokens, targets in train:  # pass 1
-        accumulator.add_means(np.asarray(evaluate(state, tokens, targets)[0]).reshape(-1, model.width), targets.ravel())
+        accumulator.add_means(np.asarray(features_of(state, tokens)), targets.ravel())
     for tokens, targets in train:  # pass 2
-        accumulator.add_variability(np.asarray(evaluate(state, tokens, targets)[0]).reshape(-1, model.width),
-                                    targets.ravel())
+        accumulator.add_variability(np.asarray(features_of(state, tokens)), targets.ravel())
     head_weight, head_bias = np.asarray(model.head.weight[...]), np.asarray(model.head.bias[...])  # (V, d), (V,)
     loss_sum, entropy_sum = 0.0, 0.0
     for tokens, targets in batches(text.validation_inputs, text.validation_targets, config.eval_batch):  # pass 3
