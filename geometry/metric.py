@@ -13,7 +13,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg  # noqa: F401  (eigh_tridiagonal, solve_triangular)
+import jax.scipy.linalg  # eigh_tridiagonal, solve_triangular
 import numpy as np
 
 
