@@ -198,6 +198,9 @@ def test_dense_layer_singular_values_float32_dead_units():
     # as many exact zeros as dead units: a refine below that count leaves √(eps) σ_max-sized zeros (4.7e-4)
     assert _float32_error(weight, derivatives, refine=16) > 1e-4
     assert _float32_error(weight, derivatives, refine=48) < 1e-5
+    # a dead layer (J = 0): the inverse iteration meets an all-zero tridiagonal matrix and must not divide by 0
+    dead = metric.dense_layer_singular_values(jnp.asarray(weight, jnp.float32), jnp.zeros((2, 64), jnp.float32))
+    np.testing.assert_array_equal(dead, np.zeros((2, 64)))
 
 
 def test_dense_layer_singular_values_errors():
