@@ -125,9 +125,11 @@ def apply_tridiagonal_q(packed, taus, vectors, block: int = 16):
     rank-one updates. Block j's reflectors vanish above row j·block + 1, so only the rows
     below are read and updated (half the work of full-height blocks). Identity reflectors
     (τ = 0) are dropped. The loop over blocks is unrolled: static slices let XLA read each
-    block in place, where a `fori_loop` of dynamic slices took twice as long on CPU.
+    block in place, where a `fori_loop` of dynamic slices took twice as long on CPU; blocks
+    grow past `block` for k > 64 · block, so that at most 64 are unrolled.
     """
     size = packed.shape[0]
+    block = max(block, -(-size // 64))
     taus = jnp.pad(taus, (0, 1))  # H_(k−1) = I: one τ per column
     for start in reversed(range(0, size, block)):  # Q v = H_0 (H_1 (… v)): last block first
         stop = min(start + block, size)
