@@ -58,17 +58,6 @@ def dense_layer_singular_values(weight: jax.Array, derivatives: jax.Array, *, re
                                         min(refine, m, n))
 
 
-def symmetric_eigenvalues(matrix: jax.Array) -> jax.Array:
-    """Eigenvalues of a symmetric (k, k) matrix, without eigenvectors (unsorted).
-
-    Householder reduction to tridiagonal form, then bisection on the tridiagonal matrix:
-    ~(4/3) k³ flops. `jnp.linalg.eigvalsh` also computes eigenvectors and took 2.7× as
-    long for k = 1024 on CPU.
-    """
-    _, diagonal, off_diagonal, _ = jax.lax.linalg.tridiagonal(matrix, lower=True)
-    return jax.scipy.linalg.eigh_tridiagonal(diagonal, off_diagonal, eigvals_only=True)
-
-
 @functools.partial(jax.jit, static_argnames=("chunk_size", "gram_side", "refine"))
 def _dense_layer_singular_values(weight, derivatives, chunk_size, gram_side, refine):
     gram = weight @ weight.T if gram_side else None  # (m, m), once for every input
@@ -79,6 +68,8 @@ def _dense_layer_singular_values(weight, derivatives, chunk_size, gram_side, ref
         else:
             scaled = d[:, None] * weight
             metric = scaled.T @ scaled  # Wᵀ D² W, (n, n)
+        # Householder tridiagonalisation, then bisection: no eigenvectors (jnp.linalg.eigvalsh
+        # computes them too and took 2.7× as long for k = 1024 on CPU)
         packed, diagonal, off_diagonal, taus = jax.lax.linalg.tridiagonal(metric, lower=True)
         eigenvalues = jnp.sort(jax.scipy.linalg.eigh_tridiagonal(diagonal, off_diagonal, eigvals_only=True))
         values = jnp.sqrt(jnp.clip(eigenvalues, 0.0, None))  # ascending
