@@ -210,13 +210,19 @@ def test_dense_layer_singular_values_errors():
         metric.dense_layer_singular_values(jnp.ones((5, 4)), jnp.ones((3, 5)), refine=-1)
 
 
+def _tridiagonalise(matrix):
+    """(packed, taus, diagonal, off_diagonal, the dense tridiagonal T) of jax's reduction A = Q T Qᵀ."""
+    packed, diagonal, off_diagonal, taus = jax.lax.linalg.tridiagonal(jnp.asarray(matrix), lower=True)
+    dense = np.diag(diagonal) + np.diag(off_diagonal, 1) + np.diag(off_diagonal, -1)
+    return packed, taus, diagonal, off_diagonal, dense
+
+
 @pytest.mark.parametrize("size, block", [(37, 8), (64, 16), (5, 16)])  # ragged last block; block > size
 def test_apply_tridiagonal_q_reconstructs(x64, size, block):
     rng = np.random.default_rng(size)
     matrix = rng.standard_normal((size, size))
     matrix = matrix + matrix.T
-    packed, diagonal, off_diagonal, taus = jax.lax.linalg.tridiagonal(jnp.asarray(matrix), lower=True)
-    tridiagonal = np.diag(diagonal) + np.diag(off_diagonal, 1) + np.diag(off_diagonal, -1)
+    packed, taus, _, _, tridiagonal = _tridiagonalise(matrix)
     q = np.asarray(metric.apply_tridiagonal_q(packed, taus, jnp.eye(size), block=block))
     np.testing.assert_allclose(q.T @ q, np.eye(size), atol=1e-13)
     np.testing.assert_allclose(q @ tridiagonal @ q.T, matrix, atol=1e-12)
@@ -227,8 +233,7 @@ def test_tridiagonal_bottom_eigenvectors_span_a_cluster(x64):
     basis = np.linalg.qr(rng.standard_normal((40, 40)))[0]
     eigenvalues = np.concatenate([np.zeros(6), np.linspace(1.0, 5.0, 34)])  # a 6-fold zero cluster
     matrix = basis @ np.diag(eigenvalues) @ basis.T
-    _, diagonal, off_diagonal, _ = jax.lax.linalg.tridiagonal(jnp.asarray(matrix), lower=True)
-    tridiagonal = np.diag(diagonal) + np.diag(off_diagonal, 1) + np.diag(off_diagonal, -1)
+    _, _, diagonal, off_diagonal, tridiagonal = _tridiagonalise(matrix)
     shifts = np.sort(np.linalg.eigvalsh(tridiagonal))[:8]  # the cluster and the next two
     vectors = np.asarray(metric.tridiagonal_bottom_eigenvectors(diagonal, off_diagonal, jnp.asarray(shifts)))
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(8), atol=1e-12)
