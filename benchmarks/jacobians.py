@@ -60,7 +60,7 @@ def jax_methods(model: models.MLP) -> dict:
         return nnx.merge(graphdef, state)(x)
 
     def closed_form(x):
-        return jacobians.closed_form_input_jacobians(nnx.merge(graphdef, state), x)[-1]
+        return models.closed_form_input_jacobians(nnx.merge(graphdef, state), x)[-1]
 
     per_point = jax.jit(jax.jacfwd(last_hidden))
     return {
@@ -82,7 +82,7 @@ def torch_method(model: models.MLP):
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count() or 1)
-    layers = [(torch.tensor(np.array(layer.weight[...])), torch.tensor(np.array(layer.bias[...])))
+    layers = [(torch.tensor(np.array(layer.dense.weight[...])), torch.tensor(np.array(layer.dense.bias[...])))
               for layer in model.layers]
 
     def forward(x):

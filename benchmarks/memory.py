@@ -36,7 +36,7 @@ def worker(resolution: int, chunked: bool) -> None:
     model = models.MLP(2, 256, 8, activation="tanh", init="xavier", rngs=nnx.Rngs(0))
     points = jnp.asarray(data.grid((-2, 2, -2, 2), resolution))
     start = time.perf_counter()
-    values = jacobians.jacobian_field(lambda x: model.hidden_states(x)[-1], points, reduce=spectra.singular_values,
+    values = jacobians.jacobian_field(model.features, points, reduce=spectra.singular_values,
                                       chunk_size=None if chunked else len(points))
     values.block_until_ready()
     seconds = time.perf_counter() - start

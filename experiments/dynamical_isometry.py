@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from geometry import jacobians, models, plotting, spectra, theory
+from geometry import jacobians, models, plotting, probe, spectra, theory
 
 TANH_SIGMA_B2 = 0.05
 
@@ -216,8 +216,8 @@ def phase_diagram(config: Config, context) -> dict:
         model = network(case, config.phase_width, config.phase_depth, 5000 + j)
         x = fixed_point_inputs(case, max(q_star, 1e-3), config.phase_width, 4, 6000 + j)
         # χ₁ measured as ‖D_φ W‖_F² / N of each layer past the first, averaged over layers and inputs
-        chi_samples = [float(jnp.sum(J**2)) / config.phase_width
-                       for xi in x for J in jacobians.layer_jacobians(model, jnp.asarray(xi))[1:]]
+        local = list(probe.local_jacobian_field(model, x, "layers/*").values())[1:]  # (points, N, N) per layer
+        chi_samples = [float(jnp.sum(J[i] ** 2)) / config.phase_width for i in range(len(x)) for J in local]
         chi_measured = float(np.mean(chi_samples))
         points.append({"sigma_w2": float(w), "sigma_b2": float(b), "chi1_theory": chi_theory,
                        "chi1_measured": chi_measured, "rel_error": _rel(chi_measured, chi_theory)})

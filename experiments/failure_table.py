@@ -19,7 +19,7 @@ import numpy as np
 from experiments._classifiers import ClassifierSpec, trained_classifier
 from experiments import linear_collapse
 from experiments.similarity import mean_pairwise_cosine
-from geometry import jacobians, spectra
+from geometry import jacobians, probe, spectra
 
 LOW_DERIVATIVE = 0.05
 
@@ -64,17 +64,18 @@ def affine_r2(x: np.ndarray, outputs: np.ndarray) -> float:
 
 def measure(trained) -> dict:
     model, x = trained.model, trained.x_train
-    trace = jax.vmap(model.trace)(jnp.asarray(x))
+    preactivations = probe.inputs(model, x, "layers/*/activation").values()  # L arrays (N, k)
     low = np.concatenate([np.abs(np.asarray(model.activation.derivative(a))) < LOW_DERIVATIVE
-                          for a in trace.preactivations], axis=1)  # (N, total hidden units)
+                          for a in preactivations], axis=1)  # (N, total hidden units)
     dead = low.all(axis=0)
     J = jacobians.jacobian_field(model.features, x)
+    last_hidden = probe.outputs(model, x, f"layers/{model.depth - 1}")[f"layers/{model.depth - 1}"]
     return {
-        "linear collapse": affine_r2(x, np.asarray(trace.output)),
+        "linear collapse": affine_r2(x, np.asarray(jax.vmap(model)(jnp.asarray(x)))),
         "rank collapse": float(np.mean(np.asarray(spectra.numerical_rank(J)) < x.shape[1])),
         "dead units": float(dead.mean()),
         "saturation": float(low[:, ~dead].mean()) if (~dead).any() else 1.0,
-        "representation collapse": mean_pairwise_cosine(np.asarray(trace.hidden[-1])),
+        "representation collapse": mean_pairwise_cosine(np.asarray(last_hidden)),
     }
 
 

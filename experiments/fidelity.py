@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
 from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import metric, models, plotting
+from geometry import metric, models, plotting, probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +40,7 @@ QUICK = Config(activations=("identity", "relu", "tanh"), widths=(32,), steps=300
 
 
 def layer_scores(model, x: np.ndarray, k: int) -> dict:
-    hidden = jax.vmap(model.hidden_states)(jnp.asarray(x))
+    hidden = probe.outputs(model, x, "layers/*").values()
     return {
         "knn_agreement": [metric.knn_agreement(x, h, k) for h in hidden],
         "distance_spearman": [metric.distance_rank_correlation(x, h) for h in hidden],

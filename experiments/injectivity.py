@@ -29,13 +29,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from geometry import activations, models, plotting, spectra
+from geometry import activations, models, plotting, probe, spectra
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +66,8 @@ def collision_fractions(model, x: np.ndarray, y: np.ndarray, tolerance: float) -
     """Per hidden layer: fractions of pairs with ‖h_l(x) − h_l(y)‖ < tolerance ‖x − y‖ and with
     h_l(x) = h_l(y) exactly, and the smallest ratio ‖h_l(x) − h_l(y)‖ / ‖x − y‖ among the pairs
     that are not exactly merged."""
-    hx = jax.vmap(model.hidden_states)(jnp.asarray(x))
-    hy = jax.vmap(model.hidden_states)(jnp.asarray(y))
+    hx = probe.outputs(model, x, "layers/*").values()
+    hy = probe.outputs(model, y, "layers/*").values()
     gap = np.linalg.norm(x - y, axis=1)
     distances = [np.linalg.norm(np.asarray(a - b, dtype=np.float64), axis=1) for a, b in zip(hx, hy)]
     return {
@@ -91,7 +89,7 @@ def run(config: Config, context) -> dict:
             model = models.MLP(2, width, depth=config.depth, activation=name, sigma_b2=config.sigma_b2,
                                rngs=nnx.Rngs(int(rng.integers(2**31))))
             for layer in model.layers:
-                W = layer.effective_weight()
+                W = layer.dense.effective_weight()
                 all_full_rank &= int(spectra.numerical_rank(W)) == min(W.shape) == W.shape[1]
             for manifold in per_manifold:
                 x, y = manifold_pairs(manifold, config.pairs, rng)

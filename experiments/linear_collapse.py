@@ -66,8 +66,8 @@ def best_linear_accuracy(x: np.ndarray, y: np.ndarray, angles: int, extra_direct
 
 def affine_collapse(model, x: np.ndarray) -> dict:
     """W_total, b_total of an identity-activation MLP and how exactly the stack equals them."""
-    weights = [layer.effective_weight() for layer in model.layers] + [model.readout.effective_weight()]
-    biases = [layer.bias[...] for layer in model.layers] + [model.readout.bias[...]]
+    weights = [layer.dense.effective_weight() for layer in model.layers] + [model.readout.effective_weight()]
+    biases = [layer.dense.bias[...] for layer in model.layers] + [model.readout.bias[...]]
     w_total, b_total = jnp.eye(2), jnp.zeros(2)
     for w, b in zip(weights, biases):
         w_total, b_total = w @ w_total, w @ b_total + b

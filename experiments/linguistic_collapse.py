@@ -35,7 +35,7 @@ import matplotlib.ticker as ticker
 import numpy as np
 from flax import nnx
 
-from geometry import collapse, data, language_model, models, training
+from geometry import collapse, data, language_model, models, probe, training
 
 PUBLISHED = {"strongest": ["cdnv", "nc4", "gnc2"], "weakest": ["nc2_equinorm"],
              "source": "Wu & Papyan (2024), Linguistic Collapse, TinyStories width x depth grid"}
@@ -80,13 +80,16 @@ def batches(inputs: np.ndarray, targets: np.ndarray, size: int):
 def measure(model: models.CausalLM, text: data.TextData, config: Config) -> dict:
     """Validation loss, streamed collapse metrics, attention entropy, embedding anisotropy."""
     graphdef, state = nnx.split(model)
+    attention_paths = [f"blocks/{l}/attention/probabilities" for l in range(model.depth)]
+    forward, _, _ = probe.capture_fn(model, ["final_norm", *attention_paths], example=text.train_inputs[0])
 
     @jax.jit
     def evaluate(state, tokens, targets):  # (B, T) ids
-        trace = jax.vmap(nnx.merge(graphdef, state).trace)(tokens)
-        loss = training.cross_entropy(trace.logits, targets) * targets.size  # summed over tokens
-        entropy = jnp.sum(language_model.attention_entropy(trace.attention), axis=0)  # (L, H, T)
-        return trace.features, loss, entropy
+        logits, records = jax.vmap(forward, in_axes=(None, 0))(state, tokens)
+        attention = jnp.stack([records[path] for path in attention_paths], axis=1)  # (B, L, H, T, T)
+        loss = training.cross_entropy(logits, targets) * targets.size  # summed over tokens
+        entropy = jnp.sum(language_model.attention_entropy(attention), axis=0)  # (L, H, T)
+        return records["final_norm"], loss, entropy
 
     @jax.jit
     def features_of(state, tokens):  # the training passes need only the features: no loss, no entropy

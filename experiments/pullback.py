@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.collections import EllipseCollection
 
 from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import data, jacobians, metric, plotting, spectra
+from geometry import data, jacobians, metric, plotting, probe, spectra
 
 PIECEWISE_LINEAR = ("relu", "leaky_relu")
 
@@ -47,7 +47,7 @@ QUICK = Config(networks=(("relu", 32), ("tanh", 32)), steps=300, grid=80, glyph_
 
 def activation_patterns(model, points: np.ndarray) -> np.ndarray:
     """(P,) integer id of each point's pattern of signs of all pre-activations."""
-    preactivations = jax.vmap(model.trace)(jnp.asarray(points)).preactivations
+    preactivations = probe.inputs(model, points, "layers/*/activation").values()
     bits = np.concatenate([np.asarray(a > 0) for a in preactivations], axis=1)  # (P, total units)
     _, ids = np.unique(np.packbits(bits, axis=1), axis=0, return_inverse=True)
     return ids.ravel()

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import jacobians, models, plotting, spectra
+from geometry import jacobians, models, plotting, probe, spectra
 
 VARIANTS = {
     "plain": {},
@@ -66,7 +66,7 @@ def random_inputs(width: int, count: int, seed: int) -> np.ndarray:
 
 def layer_ranks(model, x: np.ndarray, n0: int) -> dict:
     """Per layer: numerical and effective rank / n₀ of ∂h_l/∂x over the points."""
-    sigma = jacobians.jacobian_field(model.hidden_states, x, reduce=spectra.singular_values)  # L × (P, n₀)
+    sigma = probe.input_jacobian_field(model, x, "layers/*", reduce=spectra.singular_values).values()  # L × (P, n₀)
     numerical, effective = [], []
     for width, s in zip(model.widths, sigma):
         stats = spectra.summarize_singular_values(s, (width, n0), jnp.float32)
@@ -80,14 +80,14 @@ def relu_identity_check(width: int, depth: int, count: int, seed: int) -> dict:
 
     explicit: `numerical_rank` of the end-to-end Jacobian from `jacobian_field`; it fails
     only where the product's σ_k/σ_1 at the predicted rank k falls below float64 resolution.
-    chained: `spectra.chained_ranks` of the per-layer Jacobians from `layer_jacobians`
-    (each by jax.jacfwd), which never forms the ill-conditioned product.
+    chained: `spectra.chained_ranks` of the per-layer Jacobians ∂h_l/∂h_{l-1} from
+    `probe.local_jacobian_field`, which never forms the ill-conditioned product.
     """
     with jax.enable_x64(True):
         model = models.MLP(width, width, depth=depth, activation="relu", dtype=jnp.float64, rngs=nnx.Rngs(seed))
         x = jnp.asarray(random_inputs(width, count, seed + 1).astype(np.float64))
-        sigma = jacobians.jacobian_field(model.hidden_states, x, reduce=spectra.singular_values)
-        chained = spectra.chained_ranks(jax.vmap(lambda p: jacobians.layer_jacobians(model, p))(x))
+        sigma = probe.input_jacobian_field(model, x, "layers/*", reduce=spectra.singular_values).values()
+        chained = spectra.chained_ranks(list(probe.local_jacobian_field(model, x, "layers/*").values()))
         bounds = relu_bound(model, x)  # (L, P)
         explicit_matches, chained_matches, worst_ratio = 0, 0, np.inf
         for s, bound, c in zip(sigma, bounds, chained):
@@ -105,7 +105,7 @@ def relu_identity_check(width: int, depth: int, count: int, seed: int) -> dict:
 
 def relu_bound(model, x: np.ndarray) -> np.ndarray:
     """min(n₀, k₁, …, k_l) per layer and point: (L, P) integers, k_i the active units of layer i."""
-    preactivations = jax.vmap(model.trace)(jnp.asarray(x)).preactivations
+    preactivations = probe.inputs(model, x, "layers/*/activation").values()
     active = np.stack([np.asarray(jnp.sum(a > 0, axis=-1)) for a in preactivations])  # (L, P)
     return np.minimum.accumulate(np.minimum(active, x.shape[1]), axis=0)
 

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from geometry import jacobians, models, plotting, spectra, theory
+from geometry import models, plotting, probe, spectra, theory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +52,10 @@ def measure(name: str, norm, sigma_w: float, config: Config, seed: int) -> dict:
     model = models.MLP(config.input_dim, config.width, depth=config.depth, activation=name, norm=norm, init="gaussian",
                        sigma_w2=sigma_w**2, rngs=nnx.Rngs(seed))
     x = np.random.default_rng(seed).normal(size=(config.points, config.input_dim)).astype(np.float32)
-    preactivations = jax.vmap(model.trace)(jnp.asarray(x)).preactivations  # L arrays (P, k)
+    preactivations = list(probe.inputs(model, x, "layers/*/activation").values())  # L arrays (P, k)
     low = [float(np.mean(np.abs(np.asarray(model.activation.derivative(a))) < config.threshold))
            for a in preactivations]
-    fields = jacobians.jacobian_field(model.hidden_states, x, reduce=spectra.singular_values)  # L arrays (P, n₀)
+    fields = list(probe.input_jacobian_field(model, x, "layers/*", reduce=spectra.singular_values).values())  # L × (P, n₀)
     record = {"low_derivative_fraction_per_layer": low,
               "median_abs_preactivation_last": float(np.median(np.abs(np.asarray(preactivations[-1]))))}
     for label, sigma in (("first", fields[0]), ("end_to_end", fields[-1])):

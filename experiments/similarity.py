@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import plotting, similarity
+from geometry import plotting, probe, similarity
 
 VARIANTS = (("linear", False), ("linear", True), ("rbf", False), ("rbf", True))
 
@@ -42,8 +42,8 @@ QUICK = Config(steps=300, points=150)
 
 
 def representations(model, x: np.ndarray) -> list[np.ndarray]:
-    trace = jax.vmap(model.trace)(jnp.asarray(x))
-    return [x, *[np.asarray(h) for h in trace.hidden], np.asarray(trace.output)]
+    hidden = probe.outputs(model, x, "layers/*").values()
+    return [x, *[np.asarray(h) for h in hidden], np.asarray(jax.vmap(model)(jnp.asarray(x)))]
 
 
 def mean_pairwise_cosine(h: np.ndarray) -> float:

@@ -50,7 +50,7 @@ def layer_gradient_norms(model, x: np.ndarray, y: np.ndarray) -> list[float]:
         return training.cross_entropy(logits, jnp.asarray(y))
 
     grads = nnx.merge(graphdef, jax.grad(loss)(params), rest)
-    return [float(jnp.linalg.norm(layer.weight[...])) for layer in grads.layers]
+    return [float(jnp.linalg.norm(layer.dense.weight[...])) for layer in grads.layers]
 
 
 def run(config: Config, context) -> dict:

@@ -1,0 +1,47 @@
+"""layer-geometry: what activation functions do to the geometry of neural-network layers.
+
+The public API is the modules below and, for the most used entry points, the names
+re-exported here (DESIGN.md lists them). Everything whose name starts with an underscore,
+and every module attribute not documented in its module's docstring, is private.
+
+    from geometry import jacobian_field, probe, spectra
+    J = jacobian_field(model, points)                 # any NNX module / function / f(params, x)
+    fields = probe.input_jacobian_field(model, points, "layers/*")
+"""
+
+from geometry import (
+    activations,
+    collapse,
+    data,
+    jacobians,
+    kernels,
+    layers,
+    metric,
+    models,
+    probe,
+    similarity,
+    spectra,
+    theory,
+    training,
+)
+from geometry.activations import NAMES as ACTIVATIONS
+from geometry.collapse import CollapseAccumulator, collapse_metrics
+from geometry.data import grid, load_digits, make_dataset, stratified_split
+from geometry.jacobians import jacobian_field, pure_jacobian_field
+from geometry.layers import Dense, LayerNorm, Pointwise, dense_weight
+from geometry.metric import dense_layer_singular_values, pullback_metric
+from geometry.models import MLP, CausalLM, KernelMLP
+from geometry.similarity import cka
+from geometry.theory import fuss_catalan, mean_field, prob_any_dead, prob_relu_rank_deficient
+from geometry.training import CheckpointError, TrainConfig, train
+
+__all__ = [
+    # modules
+    "activations", "collapse", "data", "jacobians", "kernels", "layers", "metric", "models", "probe",
+    "similarity", "spectra", "theory", "training",
+    # entry points
+    "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "KernelMLP", "LayerNorm", "MLP",
+    "Pointwise", "TrainConfig", "cka", "collapse_metrics", "dense_layer_singular_values", "dense_weight",
+    "fuss_catalan", "grid", "jacobian_field", "load_digits", "make_dataset", "mean_field", "prob_any_dead",
+    "prob_relu_rank_deficient", "pullback_metric", "pure_jacobian_field", "stratified_split", "train",
+]

@@ -28,6 +28,9 @@ statistics are accumulated in float64.
 from __future__ import annotations
 
 import numpy as np
+from flax import nnx
+
+from geometry import layers
 
 PINV_RTOL = 1e-10
 DEFAULT_MIN_COUNT = 10
@@ -130,10 +133,17 @@ def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=No
     return result
 
 
-def _check_head(W, bias, num_classes: int, dim: int):
-    W = np.asarray(W, dtype=np.float64)
+def _check_head(W, bias, num_classes: int, dim: int, layout: str = "out_in"):
+    """The head as float64 (classes, features) weights and bias. W may be an `nnx.Linear` or a
+    `geometry.layers.Dense` (their bias is used unless one is given) or an array in `layout`."""
+    if isinstance(W, nnx.Module):
+        bias = layers.dense_bias(W) if bias is None else bias
+    W = np.asarray(layers.dense_weight(W, layout=layout), dtype=np.float64)
     if W.shape != (num_classes, dim):
-        raise ValueError(f"head weights must have shape ({num_classes}, {dim}) (classes, features), got {W.shape}")
+        flax_hint = (" — that is a Flax kernel's (features, classes) layout: pass layout='in_out' or the nnx.Linear"
+                     if W.shape == (dim, num_classes) else "")
+        raise ValueError(f"head weights must be ({num_classes}, {dim}) (classes, features) after reading them as "
+                         f"layout={layout!r}, got {W.shape}{flax_hint}")
     if bias is not None:
         bias = np.asarray(bias, dtype=np.float64)
         if bias.shape != (num_classes,):
@@ -142,10 +152,12 @@ def _check_head(W, bias, num_classes: int, dim: int):
 
 
 def collapse_metrics(H, y, W=None, bias=None, *, num_classes: int | None = None, min_count: int = DEFAULT_MIN_COUNT,
-                     H_eval=None, y_eval=None) -> dict:
+                     H_eval=None, y_eval=None, layout: str = "out_in") -> dict:
     """Collapse metrics of features H (N, d) with labels y (N,), all in memory.
 
-    W (num_classes, d) and bias are the linear head (needed for nc3, unc3, nc4). nc4 is
+    W and bias are the linear head (needed for nc3, unc3, nc4): an `nnx.Linear` or
+    `geometry.layers.Dense` (bias taken from it), or a weight array read in `layout` —
+    "out_in", (num_classes, d), the default, or "in_out", (d, num_classes) as a Flax kernel. nc4 is
     measured on (H_eval, y_eval) when given (validation tokens; only those whose label is
     an included class), otherwise on H.
     """
@@ -161,7 +173,7 @@ def collapse_metrics(H, y, W=None, bias=None, *, num_classes: int | None = None,
     within_sq = np.bincount(y[keep], weights=np.sum(residuals**2, axis=1), minlength=num_classes)
     decided = None
     if W is not None:
-        W, bias = _check_head(W, bias, num_classes, H.shape[1])
+        W, bias = _check_head(W, bias, num_classes, H.shape[1], layout)
         H_eval, y_eval = (H, y) if H_eval is None else _check(H_eval, y_eval, num_classes)
         decided = agreement(H_eval, y_eval, means, included, W, bias)
     return metrics_from_statistics(counts, means, within_sq, residuals.T @ residuals, included, W, decided)
@@ -212,14 +224,16 @@ class CollapseAccumulator:
         self.within_sq += np.bincount(y[keep], weights=np.sum(residuals**2, axis=1), minlength=self.num_classes)
         self.within_cov += residuals.T @ residuals
 
-    def add_decisions(self, H, y, W, bias=None) -> None:
+    def add_decisions(self, H, y, W, bias=None, *, layout: str = "out_in") -> None:
         H, y = _check(H, y, self.num_classes)
-        W, bias = _check_head(W, bias, self.num_classes, self.dim)
+        W, bias = _check_head(W, bias, self.num_classes, self.dim, layout)
         agree, evaluated = agreement(H, y, self.means, self.included, W, bias)
         self.agree += agree
         self.evaluated += evaluated
 
-    def result(self, W=None) -> dict:
+    def result(self, W=None, *, layout: str = "out_in") -> dict:
         decided = (self.agree, self.evaluated) if self.evaluated else None
+        if W is not None:
+            W, _ = _check_head(W, None, self.num_classes, self.dim, layout)
         return metrics_from_statistics(self.counts, self.means, self.within_sq, self.within_cov, self.included,
                                        W, decided)

@@ -81,6 +81,35 @@ def make_dataset(name: str, n: int = 1000, *, noise: float = 0.0, seed: int = 0)
     return x.astype(np.float32), np.asarray(y, dtype=np.int32)
 
 
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits: X (1797, 64) float32 in [0, 1] (8×8 images,
+    row-major, grey levels 0..16 divided by 16), y (1797,) int32 in 0..9. Nothing is downloaded:
+    the data ship inside scikit-learn. Reshape X to (-1, 8, 8, 1) for image models."""
+    from sklearn.datasets import load_digits as sklearn_digits  # a heavy import, only when asked for
+
+    digits = sklearn_digits()
+    return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32)
+
+
+def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, *, seed: int = 0):
+    """(x_train, y_train, x_test, y_test): each class split in the same proportion, deterministically.
+
+    Within every class the rows are shuffled by a generator seeded with `seed`, and the
+    first round(test_fraction · count) go to the test set; row order is kept otherwise.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} rows but y has {len(y)} labels")
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == label))
+        test[rows[: int(round(test_fraction * len(rows)))]] = True
+    return x[~test], y[~test], x[test], y[test]
+
+
 def grid(bounds: tuple[float, float, float, float] = (-2.5, 2.5, -2.5, 2.5), resolution: int = 200):
     """Points of a regular grid: (resolution², 2) float32, row-major from (xmin, ymin).
 

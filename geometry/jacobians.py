@@ -1,207 +1,386 @@
-"""Jacobians by forward-mode autodiff, over whole input grids in bounded memory.
+"""Jacobian fields of any function, model or layer, over whole sets of points.
 
-Inputs here are low-dimensional (2-D grids, a few features), so `jax.jacfwd` — one
-forward pass carrying n tangents — is the right mode: its cost is about (n + 1) forward
-passes whatever the output width. `jacobian_field` vmaps it over points and walks the
-points in chunks with `jax.lax.map(batch_size=...)`, so peak memory is set by the chunk,
-not by the grid. With several devices (GPUs, a TPU slice, or CPU devices forced with
-XLA_FLAGS=--xla_force_host_platform_device_count=N) the points are sharded over all of
-them along a 1-D mesh, without any change to the calling code.
+`jacobian_field(f, points)` returns at every point what `jax.jacobian` gives: an array of
+shape (N, *out_shape, *in_shape) (a pytree of them for pytree outputs). It takes
 
-Functions given as `nnx.Module`s (or their bound methods) are split once with
-`nnx.split`; the parameters become arguments of the jitted function (not baked-in
-constants) and `nnx.merge` runs inside it.
+* an `nnx.Module` (its `__call__`) or a module's bound method,
+* a function of one example x,
+* `f(params, x)` with `params=` — a Linen `model.apply` with its variables, or any pure
+  function. The parameters are arguments of the compiled function, not baked-in constants.
+
+**Mode.** Forward mode (`jax.jacfwd`) pushes one tangent per input dimension n through the
+model; reverse mode (`jax.jacrev`) pulls one cotangent per output dimension m back. With
+`mode="auto"` forward is used when n ≤ `REVERSE_COST` · m, reverse otherwise:
+`REVERSE_COST` is the measured cost of one reverse sweep relative to one forward tangent
+(`python -m benchmarks.modes`; benchmarks/RESULTS.md has the table it was fitted from).
+
+**Batching.** The per-point Jacobian is vmapped and walked in chunks with
+`jax.lax.map(batch_size=...)`, so peak memory is set by the chunk, not by the point count;
+with several devices the points are sharded over a 1-D mesh (`NamedSharding`).
+
+**Compilation.** Modules are split once (`nnx.split`); the compiled function is cached on
+the module's graph definition (structural equality, so unhashable graph definitions work
+too) or on the function object, so a second call with the same model or function — new
+parameter values included — does not recompile.
+
+**Checks**, on the host and only outside a trace (so the function composes with `jax.jit`
+and `jax.vmap`): points finite and non-empty; the Jacobian finite wherever the points are
+(`check_finite=False` returns the raw field). `pure_jacobian_field` returns the jittable
+function of (params, points) with no host checks at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
+import math
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import flax.errors
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+MODES = ("auto", "forward", "reverse")
 POINT_AXIS = "points"  # the name of the 1-D device mesh axis the points are split over
 DEFAULT_CHUNK_SIZE = 4096  # points per vmapped batch; ~tens of MB for a width-256, depth-8 MLP
+# cost of one reverse-mode cotangent in units of one forward-mode tangent, fitted by
+# benchmarks/modes.py on MLPs and a CNN (CPU, jax 0.10.2): forward when n ≤ REVERSE_COST · m
+REVERSE_COST = 2.0
 
 
-@dataclasses.dataclass(frozen=True)
-class _ModuleCall:
-    """A module method as a pure function of (state, x); hashable, so jit caches on it."""
+class ModelStateError(ValueError):
+    """The model changed its own state while being evaluated (BatchNorm statistics, dropout RNG)."""
+
+
+def _is_tracer(value) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
+
+
+class _StaticKey:
+    """Hashes like `value` when it can; otherwise by type, equality deciding (unhashable graphdefs)."""
+
+    def __hash__(self):
+        try:
+            return hash(self._key())
+        except TypeError:
+            return hash(type(self))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._key() == other._key()
+
+    def _key(self):
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModuleCall(_StaticKey):
+    """A module method as a pure function of (state, x), merged inside the transform."""
 
     graphdef: Any
     method: str
+    batched: bool = False
+
 
     def __call__(self, state, x):
-        return getattr(nnx.merge(self.graphdef, state), self.method)(x)
+        module = nnx.merge(self.graphdef, state)
+        with state_changes_refused(module):
+            out = _call_batched(getattr(module, self.method), x, self.batched)
+        check_state_unchanged(module, state)
+        return out
 
 
-@dataclasses.dataclass(frozen=True)
-class _FunctionCall:
+@dataclasses.dataclass(frozen=True, eq=False)
+class FunctionCall(_StaticKey):
     fn: Callable
+    takes_params: bool = False
+    batched: bool = False
 
-    def __call__(self, state, x):
-        return self.fn(x)
+
+    def __call__(self, params, x):
+        fn = functools.partial(self.fn, params) if self.takes_params else self.fn
+        return _call_batched(fn, x, self.batched)
 
 
-def as_pure_function(f) -> tuple[Callable, Any]:
-    """(pure, state) with pure(state, x) == f(x); modules and bound methods are split once."""
+def _call_batched(fn, x, batched: bool):
+    if not batched:
+        return fn(x)
+    out = fn(x[None])  # a leading batch axis of one, for models written batch-first
+    return jax.tree_util.tree_map(lambda leaf: leaf[0], out)
+
+
+def _state_error(module: nnx.Module) -> ModelStateError:
+    return ModelStateError(
+        f"{type(module).__name__} changed its state while being evaluated (e.g. BatchNorm updating its "
+        "statistics or Dropout drawing random numbers in training mode); Jacobians of such a call are not "
+        "of one function. Call model.eval() first (and model.train() to resume training).")
+
+
+def check_state_unchanged(module: nnx.Module, state) -> None:
+    """ModelStateError when evaluating `module` replaced any of its state's arrays."""
+    before = jax.tree_util.tree_leaves(state)
+    after = jax.tree_util.tree_leaves(nnx.state(module))
+    if len(before) != len(after) or any(a is not b for a, b in zip(before, after)):
+        raise _state_error(module)
+
+
+@contextlib.contextmanager
+def state_changes_refused(module: nnx.Module):
+    """Turn Flax's error for a Variable written under a transform into a ModelStateError."""
+    try:
+        yield
+    except flax.errors.TraceContextError as error:
+        raise _state_error(module) from error
+
+
+def _required_positional(fn) -> int | None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in signature.parameters.values())
+
+
+def as_pure_function(f, params=None, *, batched: bool = False) -> tuple[Callable, Any]:
+    """(pure, params) with pure(params, x) = f(x), or f(params, x) when `params` is given.
+
+    Modules and their bound methods are split once: params is then the module's state.
+    """
+    try:
+        import flax.linen as linen
+        if isinstance(f, linen.Module):
+            raise ValueError(f"got an unbound Linen module ({type(f).__name__}); pass f=model.apply and "
+                             "params=variables (what model.init returned)")
+    except ImportError:  # pragma: no cover - linen ships with flax
+        pass
+    module, method = None, "__call__"
     if isinstance(f, nnx.Module):
-        module, method = f, "__call__"
+        module = f
     elif inspect.ismethod(f) and isinstance(f.__self__, nnx.Module):
         module, method = f.__self__, f.__name__
-    else:
-        return _FunctionCall(f), None
-    graphdef, state = nnx.split(module)
-    return _ModuleCall(graphdef, method), state
+    if module is not None:
+        if params is not None:
+            raise ValueError("params= is for functions f(params, x); an nnx.Module carries its own parameters")
+        graphdef, state = nnx.split(module)
+        return ModuleCall(graphdef, method, batched), state
+    if not callable(f):
+        raise ValueError(f"f must be an nnx.Module, a bound method or a function, got {type(f).__name__}")
+    required = _required_positional(f)
+    if params is None:
+        if required is not None and required >= 2:
+            raise ValueError(f"f takes {required} positional arguments; for f(params, x) pass params=")
+        return FunctionCall(f, False, batched), None
+    if required is not None and required < 2 and not _has_var_positional(f):
+        raise ValueError(f"params= was given but f takes {required} positional argument(s); "
+                         "it must be f(params, x)")
+    return FunctionCall(f, True, batched), params
 
 
-def check_points(points) -> jax.Array:
-    """points as a floating (N, n) array; ValueError naming the problem otherwise."""
+def _has_var_positional(fn) -> bool:
+    try:
+        return any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True
+
+
+def check_points(points, *, differentiable: bool = True) -> jax.Array:
+    """points as an (N, *input_shape) array; ValueError naming the problem otherwise.
+
+    Integer points are cast to the default float type when `differentiable`. The
+    finiteness check needs concrete values, so it is skipped under a trace.
+    """
     points = jnp.asarray(points)
-    if points.ndim != 2:
-        raise ValueError(f"points must have shape (N, n), got shape {tuple(points.shape)}")
-    if points.shape[0] == 0 or points.shape[1] == 0:
+    if points.ndim < 1:
+        raise ValueError("points must have a leading point axis, shape (N, *input_shape); got a scalar")
+    if points.size == 0:
         raise ValueError(f"points is empty: shape {tuple(points.shape)}")
-    if not jnp.issubdtype(points.dtype, jnp.floating):
+    if differentiable and not jnp.issubdtype(points.dtype, jnp.inexact):
         points = points.astype(jnp.result_type(float))
-    finite_rows = jnp.all(jnp.isfinite(points), axis=1)
-    if not bool(jnp.all(finite_rows)):
-        bad = jnp.flatnonzero(~finite_rows)
-        raise ValueError(f"points contain NaN or inf in {bad.size} rows (first rows: {bad[:5].tolist()})")
+    if jnp.issubdtype(points.dtype, jnp.inexact) and not _is_tracer(points):
+        finite_rows = np.all(np.isfinite(np.asarray(points)).reshape(points.shape[0], -1), axis=1)
+        if not finite_rows.all():
+            bad = np.flatnonzero(~finite_rows)
+            raise ValueError(f"points contain NaN or inf in {bad.size} rows (first rows: {bad[:5].tolist()})")
     return points
 
 
-def _jacobian_of(pure, reduce):
-    def per_point(state, x):
-        jac = jax.jacfwd(pure, argnums=1)(state, x)
-        return jac if reduce is None else jax.tree_util.tree_map(reduce, jac)
-
-    return per_point
+def _abstract(tree):
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
 
-def _local_field(pure, state, points, chunk_size, reduce):
-    per_point = _jacobian_of(pure, reduce)
+def output_shapes(pure, params, points: jax.Array, *, batched: bool = False):
+    """The per-point output structure of pure(params, x) (ShapeDtypeStructs), or a ValueError
+    saying the model cannot take points of this shape."""
+    example = jax.ShapeDtypeStruct(points.shape[1:], points.dtype)
+    try:
+        return jax.eval_shape(pure, _abstract(params), example)
+    except ModelStateError:
+        raise
+    except Exception as error:  # any failure of the user's code on one example
+        hint = "" if batched else (" If the model expects a leading batch axis (x.shape[0], a reshape to "
+                                   "(batch, -1)), pass batched=True.")
+        raise ValueError(f"f cannot take one point of shape {tuple(points.shape[1:])} (dtype {points.dtype}): "
+                         f"{type(error).__name__}: {error}.{hint}") from error
+
+
+def choose_mode(in_size: int, out_size: int) -> str:
+    """"forward" when n ≤ REVERSE_COST · m (n tangents cost less than m cotangents), else "reverse"."""
+    return "forward" if in_size <= REVERSE_COST * out_size else "reverse"
+
+
+def resolve_mode(mode: str, in_size: int, out_size: int) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    return choose_mode(in_size, out_size) if mode == "auto" else mode
+
+
+@dataclasses.dataclass(frozen=True)
+class PerPointJacobian:
+    """x ↦ ∂pure(params, x)/∂x in one mode, optionally flattened to (m, n) and reduced."""
+
+    pure: Callable
+    mode: str
+    reduce: Callable | None = None
+    as_matrix: bool = False
+
+    def __call__(self, params, x):
+        differentiate = jax.jacfwd if self.mode == "forward" else jax.jacrev
+        jac = differentiate(self.pure, argnums=1)(params, x)
+        if self.as_matrix:
+            n = math.prod(x.shape)
+            jac = jax.tree_util.tree_map(lambda J: J.reshape(-1, n), jac)
+        return jac if self.reduce is None else jax.tree_util.tree_map(self.reduce, jac)
+
+
+def _local_map(per_point, params, points, chunk_size):
     if chunk_size >= points.shape[0]:
-        return jax.vmap(per_point, in_axes=(None, 0))(state, points)
-    return jax.lax.map(lambda x: per_point(state, x), points, batch_size=chunk_size)
+        return jax.vmap(per_point, in_axes=(None, 0))(params, points)
+    return jax.lax.map(lambda x: per_point(params, x), points, batch_size=chunk_size)
 
 
-_field = jax.jit(_local_field, static_argnames=("pure", "chunk_size", "reduce"))
+_mapped = jax.jit(_local_map, static_argnames=("per_point", "chunk_size"))
 
 
-@functools.partial(jax.jit, static_argnames=("pure", "chunk_size", "reduce", "mesh"))
-def _sharded_field(pure, state, points, chunk_size, reduce, mesh):
+@functools.partial(jax.jit, static_argnames=("per_point", "chunk_size", "mesh"))
+def _sharded(per_point, params, points, chunk_size, mesh):
     # each device walks its own slice of the points in chunks: memory per device is set by
     # the chunk, and no device waits on another (the points are independent)
-    local = functools.partial(_local_field, pure, chunk_size=chunk_size, reduce=reduce)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(POINT_AXIS)), out_specs=P(POINT_AXIS))(state, points)
+    local = functools.partial(_local_map, per_point, chunk_size=chunk_size)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(POINT_AXIS)), out_specs=P(POINT_AXIS))(params, points)
 
 
-def _spread(pure, state, points, chunk_size, reduce, devices):
-    """Pad the points to a multiple of the device count, shard them over a 1-D mesh, unpad."""
-    mesh = Mesh(np.asarray(devices), (POINT_AXIS,))
-    count = points.shape[0]
-    padded = -(-count // len(devices)) * len(devices)
-    if padded > count:  # repeat the last point; its extra Jacobians are dropped below
-        points = jnp.concatenate([points, jnp.broadcast_to(points[-1:], (padded - count, points.shape[1]))])
-    points = jax.device_put(points, NamedSharding(mesh, P(POINT_AXIS)))
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    local_chunk = min(chunk_size, padded // len(devices))
-    field = _sharded_field(pure, state, points, local_chunk, reduce, mesh)
-    return jax.tree_util.tree_map(lambda leaf: leaf[:count], field)
+def map_points(per_point: Callable, params, points: jax.Array, *, chunk_size: int | None = None,
+               devices: Sequence[jax.Device] | None = None):
+    """per_point(params, x) at every point: vmapped in chunks, sharded over devices, jitted.
 
-
-def jacobian_field(f, points, *, chunk_size: int | None = None, reduce: Callable | None = None,
-                   devices: Sequence[jax.Device] | None = None):
-    """Jacobian of f: Rⁿ → Rᵐ at every point: an (N, m, n) array.
-
-    Args:
-      f: a function of one example (shape (n,)), an `nnx.Module` or a module's bound
-        method. Pytree outputs give a pytree of (N, *out_shape, n) Jacobians.
-      points: (N, n) array of finite inputs.
-      chunk_size: points per vmapped batch (default `DEFAULT_CHUNK_SIZE`); memory is
-        bounded by the chunk. Pass `len(points)` to vmap everything at once.
-      reduce: optional function applied to each point's Jacobian (to each leaf, for
-        pytree outputs) inside the chunked loop (e.g. `geometry.spectra.singular_values`), so that only its result is
-        kept — the full (N, m, n) field never has to exist.
-      devices: the devices to spread the points over (default: all of `jax.devices()`). With
-        more than one, the point axis is sharded over a 1-D mesh (`NamedSharding`) and each
-        device runs the chunked loop on its share; the result equals the one-device field.
+    `per_point` must be hashable (a frozen dataclass, a module-level function): the
+    compiled program is cached on it. Under an outer trace it is inlined there instead.
     """
-    points = check_points(points)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    pure, state = as_pure_function(f)
-    try:
-        jax.eval_shape(pure, state, points[0])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"f cannot take points of dimension {points.shape[1]}: {error}") from error
+    count = points.shape[0]
+    if _is_tracer((params, points)):
+        return _local_map(per_point, params, points, min(chunk_size, count))
     devices = list(jax.devices() if devices is None else devices)
-    if len(devices) > 1:
-        return _spread(pure, state, points, chunk_size, reduce, devices)
-    return _field(pure, state, points, min(chunk_size, points.shape[0]), reduce)
+    if len(devices) == 1:
+        return _mapped(per_point, params, points, min(chunk_size, count))
+    mesh = Mesh(np.asarray(devices), (POINT_AXIS,))
+    padded = -(-count // len(devices)) * len(devices)
+    if padded > count:  # repeat the last point; its extra results are dropped below
+        points = jnp.concatenate([points, jnp.broadcast_to(points[-1:], (padded - count, *points.shape[1:]))])
+    points = jax.device_put(points, NamedSharding(mesh, P(POINT_AXIS)))
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    result = _sharded(per_point, params, points, min(chunk_size, padded // len(devices)), mesh)
+    return jax.tree_util.tree_map(lambda leaf: leaf[:count], result)
 
 
-def layer_jacobians(model, x: jax.Array) -> tuple[jax.Array, ...]:
-    """Each hidden layer's own Jacobian ∂h_l/∂h_{l-1} at the states reached from x.
+def check_finite_result(result, what: str = "the Jacobian") -> None:
+    """ValueError naming the points where any leaf of `result` (leading point axis) is not finite."""
+    if _is_tracer(result):
+        return
+    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(result)]
+    leaves = [leaf for leaf in leaves if np.issubdtype(leaf.dtype, np.inexact)]
+    if not leaves:
+        return
+    bad_rows = np.zeros(leaves[0].shape[0], dtype=bool)
+    for leaf in leaves:
+        bad_rows |= ~np.all(np.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+    if bad_rows.any():
+        bad = np.flatnonzero(bad_rows)
+        raise ValueError(
+            f"{what} is NaN or inf at {bad.size} of {bad_rows.size} finite points (first points: "
+            f"{bad[:5].tolist()}): the model produces non-finite values or derivatives there (log or sqrt at 0, "
+            "overflow, a division by zero). Spectra of such a field would read as rank collapse. "
+            "Pass check_finite=False to get the raw field.")
 
-    `model` is a `geometry.models.MLP`; x one example (n₀,). Returns L arrays of shape
-    (k_l, k_{l-1}); for a plain layer this is D_φ(a_l) W_l, for a residual one I + D_φ W.
+
+def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None, devices=None,
+             as_matrix=False, check_finite=True, batched=False):
+    """The shared route: the Jacobian field of a pure function pure(params, x) over checked points."""
+    shapes = output_shapes(pure, params, points, batched=batched)
+    in_size = math.prod(points.shape[1:])
+    out_size = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
+    if out_size == 0:
+        raise ValueError("f returns an empty output: there is no Jacobian to take")
+    per_point = PerPointJacobian(pure, resolve_mode(mode, in_size, out_size), reduce, as_matrix)
+    result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
+    if check_finite:
+        check_finite_result(result)
+    return result
+
+
+def jacobian_field(f, points, *, mode: str = "auto", params=None, chunk_size: int | None = None,
+                   reduce: Callable | None = None, devices: Sequence[jax.Device] | None = None,
+                   batched: bool = False, as_matrix: bool = False, check_finite: bool = True):
+    """The Jacobian of f at every point: (N, *out_shape, *in_shape), what `jax.jacobian` gives per point.
+
+    Args:
+      f: an `nnx.Module`, a module's bound method, a function of one example x, or
+        `f(params, x)` together with `params=`. Pytree outputs give a pytree of fields.
+      points: (N, *input_shape) finite inputs (integers are cast to float).
+      mode: "forward" (jacfwd), "reverse" (jacrev) or "auto" (see the module docstring).
+      params: the parameters of `f(params, x)` (e.g. Linen variables); new values reuse the
+        compiled function.
+      chunk_size: points per vmapped batch (default `DEFAULT_CHUNK_SIZE`); memory is
+        bounded by the chunk. Pass `len(points)` to vmap everything at once.
+      reduce: applied to each point's Jacobian (to each leaf, for pytree outputs) inside the
+        chunked loop (e.g. `geometry.spectra.singular_values`): only its result is kept.
+      devices: the devices to spread the points over (default: all of `jax.devices()`).
+      batched: f expects a leading batch axis (written batch-first): it is called on x[None].
+      as_matrix: each point's Jacobian reshaped to (prod(out_shape), prod(in_shape)), the form
+        the spectra take, before `reduce`.
+      check_finite: raise ValueError when the Jacobian is NaN or inf at a finite point.
     """
-    model._check_input(x)
-    graphdef, state = nnx.split(model)
-
-    def layer(l, state, h):
-        return nnx.merge(graphdef, state).apply_layer(l, h)[1]
-
-    inputs = (x, *model.hidden_states(x)[:-1])
-    return tuple(jax.jacfwd(layer, argnums=2)(l, state, h) for l, h in enumerate(inputs))
+    points = check_points(points)
+    pure, params = as_pure_function(f, params, batched=batched)
+    return field_of(pure, params, points, mode=mode, chunk_size=chunk_size, reduce=reduce, devices=devices,
+                    as_matrix=as_matrix, check_finite=check_finite, batched=batched)
 
 
-def input_jacobians(model, x: jax.Array) -> tuple[jax.Array, ...]:
-    """∂h_l/∂x for every hidden layer l, from a single forward-mode pass: L arrays (k_l, n₀)."""
-    model._check_input(x)
-    pure, state = as_pure_function(model.hidden_states)
-    return jax.jacfwd(pure, argnums=1)(state, x)
+def pure_jacobian_field(f, example, *, mode: str = "auto", params=None, chunk_size: int | None = None,
+                        reduce: Callable | None = None, batched: bool = False,
+                        as_matrix: bool = False) -> tuple[Callable, Any]:
+    """(field_fn, params): field_fn(params, points) is `jacobian_field` as a pure function.
 
-
-def _layernorm_jacobian(norm, z: jax.Array) -> jax.Array:
-    # a = γ ⊙ ẑ + β,  ẑ = (z − μ)/s,  s = √(var + ε):  ∂ẑ/∂z = (I − 11ᵀ/k − ẑẑᵀ/k) / s
-    k = z.shape[-1]
-    centred = z - z.mean()
-    s = jnp.sqrt(jnp.mean(centred**2) + norm.epsilon)
-    z_hat = centred / s
-    projector = jnp.eye(k, dtype=z.dtype) - 1.0 / k - jnp.outer(z_hat, z_hat) / k
-    return norm.scale[...][:, None] * projector / s
-
-
-def closed_form_input_jacobians(model, x: jax.Array) -> tuple[jax.Array, ...]:
-    """∂h_l/∂x by the closed form J_l = D_φ(a_l) [J_LN] W_l (+ I if residual), chained.
-
-    Uses the activation's hand-written derivative, not autodiff: the oracle that
-    `input_jacobians` and `jacobian_field` are tested against.
+    No host-side checks, no sharding: it is meant to be jitted, vmapped or differentiated
+    by the caller (as neural-tangents' `empirical_ntk_fn` is). `example` is one point (or
+    a ShapeDtypeStruct) fixing the input shape, from which the mode is chosen.
     """
-    trace = model.trace(x)
-    total = jnp.eye(model.in_features, dtype=x.dtype)  # ∂h_0/∂x, (n₀, n₀)
-    inputs = (x, *trace.hidden[:-1])
-    result = []
-    for l, (h, a) in enumerate(zip(inputs, trace.preactivations)):
-        # D_φ [J_LN] W applied to the running product, not formed: under vmap a formed D_φ W
-        # is a (k_l, k_{l-1}) array per point, while W J_{l-1} shares W across all points
-        chained = model.layers[l].effective_weight() @ total  # (k_l, n₀)
-        if len(model.norms):
-            chained = _layernorm_jacobian(model.norms[l], model.layers[l](h)) @ chained
-        chained = model.activation.derivative(a)[:, None] * chained
-        if model.residual and chained.shape[0] == total.shape[0]:
-            chained = chained + total
-        total = chained
-        result.append(total)
-    return tuple(result)
+    pure, params = as_pure_function(f, params, batched=batched)
+    example = jax.ShapeDtypeStruct(jnp.shape(example), jnp.result_type(example))
+    shapes = output_shapes(pure, params, jax.ShapeDtypeStruct((1, *example.shape), example.dtype), batched=batched)
+    out_size = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
+    per_point = PerPointJacobian(pure, resolve_mode(mode, math.prod(example.shape), out_size), reduce, as_matrix)
+    chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
+
+    def field_fn(params, points):
+        return _local_map(per_point, params, points, min(chunk, points.shape[0]))
+
+    return field_fn, params

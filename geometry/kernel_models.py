@@ -10,21 +10,20 @@ prototype w_j. Its Jacobian has no diagonal D_φ:
 * `RBFDense`, y_j = exp(−‖x − c_j‖² / (2σ_j²)), σ_j = softplus(σ_raw_j):
       ∂y_j/∂x = −y_j (x − c_j) / σ_j².
 * `KernelMLP`: blocks (kernel layer → linear map), stacked, then a linear readout; no
-  pointwise activation anywhere. `hidden_states` are the blocks' outputs.
+  pointwise activation anywhere. The hidden states are the outputs of "mixers/b"
+  (read with `geometry.probe`); `features(x)` is the last of them.
 
 All take one example of shape (in_features,); vmap at the call site.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geometry.models import Dense, TracedModel, gaussian, leading_axes
+from geometry.layers import Dense, gaussian, leading_axes
 
 KERNELS = ("yat", "rbf")
 
@@ -80,12 +79,7 @@ class RBFDense(nnx.Module):
         return jnp.exp(-squared / (2.0 * leading_axes(self.sigma(), x) ** 2))
 
 
-class KernelTrace(NamedTuple):
-    hidden: tuple[jax.Array, ...]
-    output: jax.Array
-
-
-class KernelMLP(TracedModel, nnx.Module):
+class KernelMLP(nnx.Module):
     """in → [kernel layer (units) → linear (hidden)] × blocks → linear (out_features)."""
 
     def __init__(self, in_features: int, units: int, hidden: int, blocks: int, out_features: int, *,
@@ -103,17 +97,17 @@ class KernelMLP(TracedModel, nnx.Module):
         self.mixers = nnx.List([Dense(units, hidden, init="xavier", rngs=rngs) for _ in range(blocks)])
         self.readout = Dense(hidden, out_features, init="xavier", rngs=rngs)
 
-    def _check_input(self, x: jax.Array) -> None:
+    def features(self, x: jax.Array) -> jax.Array:
+        """The last block's output: the representation the readout sees."""
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"KernelMLP expects inputs with last axis {self.in_features}, got shape {tuple(x.shape)}")
-
-    def trace(self, x: jax.Array) -> KernelTrace:
-        self._check_input(x)
-        hidden, h = [], x
+        h = x
         for kernel_layer, mixer in zip(self.kernel_layers, self.mixers):
             h = mixer(kernel_layer(h))
-            hidden.append(h)
-        return KernelTrace(tuple(hidden), self.readout(h))
+        return h
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.readout(self.features(x))
 
 
 def parameter_count(model: nnx.Module) -> int:

@@ -7,29 +7,31 @@
     logits = W_head features + b_head
 
 Like every model here it takes one example, a (T,) int array of token ids, and is
-batched with `jax.vmap`. `trace(tokens)` returns the features, every layer's attention
-weights (layers, heads, T, T) and the logits, so collapse metrics and attention entropy
-are read from the same forward pass the loss uses.
+batched with `jax.vmap`. Its internals are submodules that `geometry.probe` reads by path,
+as it reads any model's: the features are the output of "final_norm", layer l's attention
+weights (heads, T, T) the output of "blocks/l/attention/probabilities", so collapse
+metrics and attention entropy come from the same forward pass as the logits.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from geometry.models import Dense, LayerNorm, gaussian
+from geometry.layers import Dense, LayerNorm, gaussian
 
 EMBEDDING_STD = 0.02
 
 
-class LMTrace(NamedTuple):
-    features: jax.Array  # (T, d) final-LayerNorm output
-    attention: jax.Array  # (layers, heads, T, T); row t sums to 1 over keys s ≤ t
-    logits: jax.Array  # (T, V)
+class AttentionProbabilities(nnx.Module):
+    """softmax over the keys s ≤ t of the scores (H, T, T): row t sums to 1 over s ≤ t."""
+
+    def __call__(self, scores: jax.Array) -> jax.Array:
+        length = scores.shape[-1]
+        causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None]
+        return jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(scores.dtype).min), axis=-1)
 
 
 class CausalSelfAttention(nnx.Module):
@@ -38,16 +40,15 @@ class CausalSelfAttention(nnx.Module):
         self.qkv = Dense(width, 3 * width, init="gaussian", rngs=rngs)
         # residual branches scaled down with depth so h keeps its scale at init
         self.out = Dense(width, width, init="gaussian", sigma_w2=1.0 / (2 * depth), rngs=rngs)
+        self.probabilities = AttentionProbabilities()
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array) -> jax.Array:
         length = x.shape[0]
         q, k, v = jnp.split(self.qkv(x).reshape(length, 3 * self.heads, self.head_dim), 3, axis=1)  # (T, H, d_k)
         scores = jnp.einsum("thd,shd->hts", q, k) / math.sqrt(self.head_dim)  # (H, T, T)
-        causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None]
-        scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-        weights = jax.nn.softmax(scores, axis=-1)  # (H, T, T)
+        weights = self.probabilities(scores)  # (H, T, T)
         mixed = jnp.einsum("hts,shd->thd", weights, v).reshape(length, -1)
-        return self.out(mixed), weights
+        return self.out(mixed)
 
 
 class Block(nnx.Module):
@@ -58,11 +59,9 @@ class Block(nnx.Module):
         self.mlp_in = Dense(width, 4 * width, init="gaussian", rngs=rngs)
         self.mlp_out = Dense(4 * width, width, init="gaussian", sigma_w2=1.0 / (2 * depth), rngs=rngs)
 
-    def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-        update, weights = self.attention(self.attention_norm(h))
-        h = h + update
-        h = h + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(h)), approximate=False))
-        return h, weights
+    def __call__(self, h: jax.Array) -> jax.Array:
+        h = h + self.attention(self.attention_norm(h))
+        return h + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(h)), approximate=False))
 
 
 class CausalLM(nnx.Module):
@@ -88,22 +87,16 @@ class CausalLM(nnx.Module):
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
 
-    def trace(self, tokens: jax.Array) -> LMTrace:
-        self._check_tokens(tokens)
-        length = tokens.shape[0]
-        h = self.token_embedding[...][tokens] + self.position_embedding[...][:length]  # (T, d)
-        attention = []
-        for block in self.blocks:
-            h, weights = block(h)
-            attention.append(weights)
-        features = self.final_norm(h)
-        return LMTrace(features, jnp.stack(attention), self.head(features))
-
     def features(self, tokens: jax.Array) -> jax.Array:
-        return self.trace(tokens).features
+        """The final-LayerNorm output (T, d): the last-layer features the head sees."""
+        self._check_tokens(tokens)
+        h = self.token_embedding[...][tokens] + self.position_embedding[...][: tokens.shape[0]]  # (T, d)
+        for block in self.blocks:
+            h = block(h)
+        return self.final_norm(h)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        return self.trace(tokens).logits
+        return self.head(self.features(tokens))
 
 
 def attention_entropy(weights: jax.Array) -> jax.Array:

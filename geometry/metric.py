@@ -16,17 +16,21 @@ import jax.numpy as jnp
 import jax.scipy.linalg  # eigh_tridiagonal, solve_triangular
 import numpy as np
 
+from geometry import layers
+
 
 def pullback_metric(J: jax.Array) -> jax.Array:
     """Jᵀ J for J of shape (..., m, n): a (..., n, n) symmetric PSD matrix."""
     return jnp.einsum("...ki,...kj->...ij", J, J)
 
 
-def dense_layer_singular_values(weight: jax.Array, derivatives: jax.Array, *, refine: int = 16,
+def dense_layer_singular_values(weight, derivatives: jax.Array, *, layout: str = "out_in", refine: int = 16,
                                 chunk_size: int = 64) -> jax.Array:
     """Singular values of J = D_φ W at many inputs, from the metric instead of an SVD of J.
 
-    weight (m, n); derivatives (N, m) the values φ'(z) at each input; returns (N, min(m, n)),
+    weight: W (m, n) — a `geometry.layers.Dense`, a Flax `nnx.Linear` (its (n, m) kernel is
+    transposed), or an array read in `layout` ("out_in": (m, n), the default; "in_out": a Flax
+    kernel (n, m)). derivatives (N, m): the values φ'(z) at each input. Returns (N, min(m, n)),
     descending. The squared singular values are the eigenvalues of the pullback metric
     g = Wᵀ D² W, and — the same nonzero eigenvalues — of J Jᵀ = D (W Wᵀ) D = (W Wᵀ) ⊙ d dᵀ.
     The smaller side is used: for m ≤ n the Gram matrix W Wᵀ is formed once and each input
@@ -47,11 +51,13 @@ def dense_layer_singular_values(weight: jax.Array, derivatives: jax.Array, *, re
     Raise `refine` when more singular values than that lie below ~1e-2 σ_max (many dead or
     saturated units); float64 inputs make every value accurate to ~1e-12 σ_max.
     """
-    weight, derivatives = jnp.asarray(weight), jnp.asarray(derivatives)
+    weight, derivatives = layers.dense_weight(weight, layout=layout), jnp.asarray(derivatives)
     m, n = weight.shape
     if derivatives.ndim != 2 or derivatives.shape[1] != m:
-        raise ValueError(f"derivatives must have shape (N, {m}) for a weight of shape {weight.shape}, "
-                         f"got {tuple(derivatives.shape)}")
+        flax_hint = (" — the weight looks like a Flax kernel (in, out): pass layout='in_out' or the nnx.Linear"
+                     if derivatives.ndim == 2 and derivatives.shape[1] == n else "")
+        raise ValueError(f"derivatives must have shape (N, {m}) for a weight read as (out, in) = {(m, n)} "
+                         f"(layout={layout!r}), got {tuple(derivatives.shape)}{flax_hint}")
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
     return _dense_layer_singular_values(weight, derivatives, min(chunk_size, derivatives.shape[0]), m <= n,

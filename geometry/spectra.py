@@ -12,6 +12,13 @@ Every function takes J of shape (..., m, n) and reduces the last two axes. With
 * condition number: σ_1 / σ_r, and +inf when J is numerically rank-deficient
   (numerical rank < r, same tolerance as above).
 * log volume: Σ_i log σ_i = ½ log det(JᵀJ) for m ≥ n; −inf when rank-deficient.
+
+Wide Jacobians (m < n, e.g. a classifier's 10 logits of a 64-pixel input) have at most
+m nonzero singular values, so r = min(m, n) = m: the log volume is then the log
+*pseudo-volume* Σ_{i ≤ m} log σ_i = ½ log det(J Jᵀ) (the volume the map gives the
+row space of J, the directions it does not ignore), and the condition number σ_1 / σ_m
+is that of J restricted to its row space. Full rank then means rank m, not n. Nothing
+changes for m ≥ n.
 """
 
 from __future__ import annotations

@@ -61,14 +61,15 @@ def accuracy(model, x, y) -> float:
 
 
 def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs (N, n) (or (N, T) token ids) and integer labels (N,) (or (N, T) next tokens)."""
+    """Inputs (N, *input_shape) (or (N, T) token ids) and integer labels (N,) (or (N, T) next tokens)."""
     x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"training inputs must be a non-empty (N, n) array, got shape {x.shape}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"training inputs must be a non-empty (N, *input_shape) array, got shape {x.shape}")
     if y.shape not in ((x.shape[0],), x.shape):
         raise ValueError(f"labels must have shape ({x.shape[0]},) or {x.shape}, got {y.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"training inputs contain NaN or inf in {int((~np.isfinite(x)).any(1).sum())} rows")
+        bad_rows = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+        raise ValueError(f"training inputs contain NaN or inf in {bad_rows} rows")
     return x, y.astype(np.int32)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import activations, jacobians, models, spectra
+from geometry import activations, jacobians, models, probe, spectra
 
 SMOOTH = [n for n in activations.NAMES if activations.get(n).smooth]
 
@@ -25,8 +25,8 @@ def test_single_layer_field_equals_closed_form_float32(name):
     layer = models.MLP(3, 40, depth=1, activation=name, sigma_b2=0.1, init="gaussian", rngs=nnx.Rngs(1))
     x = _points(3)
     field = jacobians.jacobian_field(layer, x)  # (N, 40, 3)
-    W = layer.layers[0].effective_weight()
-    z = x @ np.asarray(W).T + np.asarray(layer.layers[0].bias[...])
+    W = layer.layers[0].dense.effective_weight()
+    z = x @ np.asarray(W).T + np.asarray(layer.layers[0].dense.bias[...])
     closed = layer.activation.derivative(jnp.asarray(z))[:, :, None] * W[None]  # D_φ(z) W
     assert _rel_err(field, closed) <= 1e-5
 
@@ -37,13 +37,11 @@ def test_deep_field_equals_closed_form_float64(name, variant, x64):
     model = models.MLP(4, 24, depth=5, activation=name, sigma_b2=0.05, init="gaussian", sigma_w2=1.5,
                        dtype=jnp.float64, rngs=nnx.Rngs(2), **variant)
     x = _points(4, 32, dtype=np.float64)
-    field = jacobians.jacobian_field(model.hidden_states, x)  # L arrays (N, 24, 4)
-    closed = jax.vmap(lambda p: jacobians.closed_form_input_jacobians(model, p))(x)
-    for l, (a, b) in enumerate(zip(field, closed)):
-        assert _rel_err(a, b) <= 1e-12, f"layer {l}"
-    one_pass = jax.vmap(lambda p: jacobians.input_jacobians(model, p))(x)
-    for a, b in zip(one_pass, closed):
-        assert _rel_err(a, b) <= 1e-12
+    closed = jax.vmap(lambda p: models.closed_form_input_jacobians(model, p))(x)
+    for mode in ("forward", "reverse"):
+        field = probe.input_jacobian_field(model, x, "layers/*", mode=mode)  # L arrays (N, 24, 4)
+        for l, (a, b) in enumerate(zip(field.values(), closed)):
+            assert _rel_err(a, b) <= 1e-12, f"layer {l}, {mode}"
 
 
 @pytest.mark.parametrize("name", SMOOTH)
@@ -57,13 +55,13 @@ def test_field_matches_central_finite_differences(name, x64):
     np.testing.assert_allclose(field, finite_difference, rtol=1e-7, atol=1e-8)
 
 
-def test_layer_jacobians_chain_to_input_jacobians(x64):
+def test_local_jacobians_chain_to_input_jacobians(x64):
     model = models.MLP(3, (8, 6, 5), activation="tanh", residual=True, dtype=jnp.float64, rngs=nnx.Rngs(4))
-    x = jnp.asarray(_points(3, 1, dtype=np.float64)[0])
-    per_layer = jacobians.layer_jacobians(model, x)
-    assert [j.shape for j in per_layer] == [(8, 3), (6, 8), (5, 6)]
+    x = _points(3, 7, dtype=np.float64)
+    per_layer = list(probe.local_jacobian_field(model, x, "layers/*").values())
+    assert [j.shape for j in per_layer] == [(7, 8, 3), (7, 6, 8), (7, 5, 6)]
     chained = per_layer[0]
-    for l, total in enumerate(jacobians.input_jacobians(model, x)):
+    for l, total in enumerate(probe.input_jacobian_field(model, x, "layers/*").values()):
         if l:
             chained = per_layer[l] @ chained
         np.testing.assert_allclose(chained, total, rtol=1e-12)
@@ -96,8 +94,8 @@ def test_relu_rank_equals_rank_of_active_rows(x64):
                            dtype=jnp.float64, rngs=nnx.Rngs(trial))
         x = rng.normal(size=(100, n))
         J = jacobians.jacobian_field(layer, x)
-        W = np.asarray(layer.layers[0].weight[...])
-        z = x @ W.T + np.asarray(layer.layers[0].bias[...])
+        W = np.asarray(layer.layers[0].dense.weight[...])
+        z = x @ W.T + np.asarray(layer.layers[0].dense.bias[...])
         expected = [np.linalg.matrix_rank(W[zi > 0]) if np.any(zi > 0) else 0 for zi in z]
         np.testing.assert_array_equal(spectra.numerical_rank(J), expected)
 
@@ -107,8 +105,8 @@ def test_relu_rank_identity_through_depth(seed):
     # rank ∂h_l/∂x = min(n₀, k₁, …, k_l), k_i = number of active units at layer i
     model = models.MLP(6, (7, 5, 9, 4, 8), activation="relu", rngs=nnx.Rngs(seed))
     x = _points(6, 200, seed=seed)
-    fields = jacobians.jacobian_field(model.hidden_states, x)
-    preactivations = jax.vmap(model.trace)(x).preactivations
+    fields = probe.input_jacobian_field(model, x, "layers/*").values()
+    preactivations = probe.inputs(model, x, "layers/*/activation").values()
     bound = np.full(len(x), 6)
     for J, a in zip(fields, preactivations):
         bound = np.minimum(bound, np.asarray(jnp.sum(a > 0, axis=-1)))
@@ -117,19 +115,21 @@ def test_relu_rank_identity_through_depth(seed):
 
 def test_bad_points_raise_named_errors():
     model = models.MLP(2, 8, depth=2, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="dimension 3"):
+    with pytest.raises(ValueError, match=r"one point of shape \(3,\).*batched=True"):
         jacobians.jacobian_field(model, np.ones((4, 3)))
     with pytest.raises(ValueError, match="NaN or inf in 1 rows"):
         jacobians.jacobian_field(model, np.array([[0.0, 1.0], [np.nan, 0.0]]))
     with pytest.raises(ValueError, match="empty"):
         jacobians.jacobian_field(model, np.ones((0, 2)))
-    with pytest.raises(ValueError, match=r"shape \(N, n\)"):
+    with pytest.raises(ValueError, match=r"one point of shape \(\)"):
         jacobians.jacobian_field(model, np.ones(2))
+    with pytest.raises(ValueError, match="leading point axis"):
+        jacobians.jacobian_field(model, np.float32(1.0))
     with pytest.raises(ValueError, match="chunk_size"):
         jacobians.jacobian_field(model, np.ones((3, 2)), chunk_size=0)
-    with pytest.raises(ValueError, match="last axis 2"):
-        jacobians.layer_jacobians(model, jnp.ones(5))
-    with pytest.raises(ValueError, match="dimension 3"):
+    with pytest.raises(ValueError, match="unknown mode 'sideways'"):
+        jacobians.jacobian_field(model, np.ones((3, 2)), mode="sideways")
+    with pytest.raises(ValueError, match=r"one point of shape \(3,\)"):
         jacobians.jacobian_field(lambda v: jnp.ones((4, 2)) @ v, np.ones((5, 3)))
 
 
@@ -138,11 +138,11 @@ def test_layernorm_after_bias_free_layer_nearly_kills_the_input_direction(x64):
     # J x = φ'(a) ⊙ (z − μ) ε / s³ — zero but for LayerNorm's ε: x is a near-null direction.
     model = models.MLP(5, 12, depth=1, activation="tanh", norm="layernorm", dtype=jnp.float64, rngs=nnx.Rngs(8))
     x = jnp.asarray(_points(5, 1, dtype=np.float64)[0])
-    J = jacobians.input_jacobians(model, x)[0]
-    z = model.layers[0](x)
-    epsilon = model.norms[0].epsilon
+    J = jacobians.jacobian_field(model, x[None])[0]
+    z = model.layers[0].dense(x)
+    epsilon = model.layers[0].norm.epsilon
     s = jnp.sqrt(z.var() + epsilon)
-    a = model.trace(x).preactivations[0]
+    a = model.layers[0].norm(z)
     expected = model.activation.derivative(a) * (z - z.mean()) * epsilon / s**3
     np.testing.assert_allclose(J @ x, expected, rtol=1e-8, atol=1e-18)
     sigma = spectra.singular_values(J)
@@ -154,7 +154,7 @@ def test_large_jitted_fields_equal_the_closed_form_float32(variant):
     # regression: flax's nnx.LayerNorm gave wrong Jacobians under jit(vmap(jacfwd)) beyond ~32 points
     model = models.MLP(16, 128, depth=2, activation="tanh", rngs=nnx.Rngs(9), **variant)
     x = _points(16, 512, seed=9)
-    field = jacobians.jacobian_field(model.hidden_states, x)
-    closed = jax.vmap(lambda p: jacobians.closed_form_input_jacobians(model, p))(jnp.asarray(x))
+    field = probe.input_jacobian_field(model, x, "layers/*").values()
+    closed = jax.vmap(lambda p: models.closed_form_input_jacobians(model, p))(jnp.asarray(x))
     for a, b in zip(field, closed):
         assert _rel_err(a, b) <= 1e-5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import jacobians, kernels, models
+from geometry import jacobians, kernels, models, probe
 
 
 def _points(n, count, seed=0):
@@ -43,10 +43,11 @@ def test_rbf_jacobian_closed_form(x64):
 def test_kernel_mlp_chain_and_errors(x64):
     model = models.KernelMLP(2, 6, 4, 2, 3, kernel="yat", rngs=nnx.Rngs(2))
     x = jnp.asarray(_points(2, 1)[0])
-    trace = model.trace(x)
+    hidden = probe.outputs(model, x[None], "mixers/*")
     h1 = model.mixers[0](model.kernel_layers[0](x))
-    np.testing.assert_allclose(trace.hidden[0], h1, rtol=1e-12)
-    np.testing.assert_allclose(trace.output, model.readout(model.mixers[1](model.kernel_layers[1](h1))), rtol=1e-12)
+    np.testing.assert_allclose(hidden["mixers/0"][0], h1, rtol=1e-12)
+    np.testing.assert_allclose(model(x), model.readout(model.mixers[1](model.kernel_layers[1](h1))), rtol=1e-12)
+    np.testing.assert_allclose(model.features(x), hidden["mixers/1"][0], rtol=1e-12)
     with pytest.raises(ValueError, match="unknown kernel"):
         models.KernelMLP(2, 6, 4, 1, 2, kernel="poly", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="last axis 2"):

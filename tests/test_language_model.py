@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import language_model, models, training
+from geometry import language_model, models, probe, training
 
 erf = np.vectorize(math.erf)
 
@@ -54,11 +54,12 @@ def model():
 
 def test_forward_matches_float64_reference(model):
     tokens = np.random.default_rng(0).integers(0, 50, 12)
-    trace = model.trace(jnp.asarray(tokens))
+    weights = probe.outputs(model, tokens[None], "blocks/*/attention/probabilities")
+    measured = np.stack([w[0] for w in weights.values()])  # (L, H, T, T)
     logits, attention = numpy_forward(model, tokens)
-    np.testing.assert_allclose(trace.logits, logits, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(trace.attention, attention, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(trace.attention).sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(model(jnp.asarray(tokens)), logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(measured, attention, atol=1e-6)
+    np.testing.assert_allclose(measured.sum(-1), 1.0, atol=1e-6)
 
 
 def test_later_tokens_do_not_change_earlier_outputs(model):

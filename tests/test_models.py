@@ -6,20 +6,22 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import models
+from geometry import models, probe
 
 
-def test_trace_exposes_preactivations_and_hidden_states():
+def test_probe_reads_preactivations_and_hidden_states():
     model = models.MLP(3, (5, 4), out_features=2, activation="tanh", rngs=nnx.Rngs(0))
     x = jnp.array([0.3, -1.0, 2.0])
-    trace = model.trace(x)
-    W1, b1 = model.layers[0].weight[...], model.layers[0].bias[...]
-    np.testing.assert_allclose(trace.preactivations[0], W1 @ x + b1, rtol=1e-6)
-    np.testing.assert_allclose(trace.hidden[0], jnp.tanh(W1 @ x + b1), rtol=1e-6)
-    W2, b2 = model.layers[1].weight[...], model.layers[1].bias[...]
-    np.testing.assert_allclose(trace.hidden[1], jnp.tanh(W2 @ trace.hidden[0] + b2), rtol=1e-6)
+    pre = list(probe.inputs(model, x[None], "layers/*/activation").values())
+    hidden = list(probe.outputs(model, x[None], "layers/*").values())
+    W1, b1 = model.layers[0].dense.weight[...], model.layers[0].dense.bias[...]
+    np.testing.assert_allclose(pre[0][0], W1 @ x + b1, rtol=1e-6)
+    np.testing.assert_allclose(hidden[0][0], jnp.tanh(W1 @ x + b1), rtol=1e-6)
+    W2, b2 = model.layers[1].dense.weight[...], model.layers[1].dense.bias[...]
+    np.testing.assert_allclose(hidden[1][0], jnp.tanh(W2 @ hidden[0][0] + b2), rtol=1e-6)
+    np.testing.assert_allclose(model.features(x), hidden[1][0], rtol=1e-6)
     Wo, bo = model.readout.weight[...], model.readout.bias[...]
-    np.testing.assert_allclose(model(x), Wo @ trace.hidden[1] + bo, rtol=1e-6)
+    np.testing.assert_allclose(model(x), Wo @ hidden[1][0] + bo, rtol=1e-6)
     batched = jax.vmap(model)(jnp.stack([x, 2 * x]))
     np.testing.assert_allclose(batched[0], model(x), rtol=1e-6)
 
@@ -52,10 +54,11 @@ def test_bias_variance():
 def test_residual_and_layernorm_forward():
     model = models.MLP(4, 4, depth=2, activation="relu", residual=True, norm="layernorm", rngs=nnx.Rngs(5))
     x = jnp.array([1.0, -2.0, 0.5, 3.0])
-    z = model.layers[0](x)
+    z = model.layers[0].dense(x)
     a = (z - z.mean()) / jnp.sqrt(z.var() + 1e-6)  # LayerNorm at init: scale 1, bias 0
-    np.testing.assert_allclose(model.trace(x).preactivations[0], a, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.trace(x).hidden[0], x + jax.nn.relu(a), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probe.inputs(model, x[None], "layers/0/activation")["layers/0/activation"][0], a,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.layers[0](x), x + jax.nn.relu(a), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_configurations_raise():

@@ -8,7 +8,7 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
-    from geometry import jacobians, models, spectra
+    from geometry import jacobians, models, probe, spectra
 
     assert jax.device_count() == 4, jax.devices()
     model = models.MLP(2, 32, 3, activation="tanh", rngs=nnx.Rngs(0))
@@ -36,8 +36,14 @@ SCRIPT = textwrap.dedent("""
     values = jacobians.jacobian_field(model, points, reduce=spectra.singular_values)
     np.testing.assert_allclose(values, jacobians.jacobian_field(model, points, reduce=spectra.singular_values,
                                                                 devices=one), rtol=1e-5, atol=1e-6)
-    hidden = jacobians.jacobian_field(model.hidden_states, points[:1000])
-    assert len(hidden) == 3 and all(h.shape == (1000, 32, 2) for h in hidden)
+    hidden = probe.input_jacobian_field(model, points[:1000], "layers/*")
+    assert len(hidden) == 3 and all(h.shape == (1000, 32, 2) for h in hidden.values())
+    np.testing.assert_allclose(hidden["layers/2"], jacobians.jacobian_field(model, points[:1000], devices=one),
+                               rtol=1e-5, atol=1e-6)
+    local = probe.local_jacobian_field(model, points[:1000], "layers/*")
+    np.testing.assert_allclose(local["layers/1"], probe.local_jacobian_field(model, points[:1000], "layers/1",
+                                                                             devices=one)["layers/1"],
+                               rtol=1e-5, atol=1e-6)
     print("ok")
 """)
 
