@@ -1,9 +1,12 @@
-"""python -m experiments [NAME ... | all] [--quick | --scale gpu] [--seed S] [--out DIR] [--corpus PATH]
+"""python -m experiments [NAME ... | all] [--quick | --scale gpu] [--seed S] [--out DIR] [--set KEY=VALUE ...]
 
 With no name, lists the experiments. Unknown names exit with code 2 and the list.
 `--scale gpu` picks the larger configs of experiments that define one (the others run
-their full config); `--corpus` gives experiments that read text (linguistic_collapse) a
-UTF-8 file instead of the built-in pydoc_data.topics corpus.
+their full config). `--set KEY=VALUE` overrides a field of the config of every chosen
+experiment that has it (`--set NAME.KEY=VALUE`: of one experiment), checked against the
+frozen Config before anything runs: e.g. `--set corpus=stories.txt` gives the text
+experiments a UTF-8 file instead of the built-in pydoc_data.topics corpus (`--corpus PATH`
+is short for that, and checks the file exists).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="figures", help="output directory (default: figures)")
     parser.add_argument("--scale", choices=sorted(_scales()), help="a larger config for an accelerator")
-    parser.add_argument("--corpus", help="UTF-8 text file for the text experiments (default: pydoc_data.topics)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (NAME.KEY=VALUE for one experiment); repeatable")
+    parser.add_argument("--corpus", help="short for --set corpus=PATH (a UTF-8 text file; the file must exist)")
     args = parser.parse_args(argv)
     if args.quick and args.scale:
         parser.error("--quick and --scale are exclusive")
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not Path(args.corpus).is_file():
             parser.error(f"--corpus {args.corpus}: no such file")
+        args.overrides.append(f"corpus={args.corpus}")
     if not args.names:
         print(_listing())
         return 0
@@ -54,11 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown experiment(s): {', '.join(unknown)}\n{_listing()}", file=sys.stderr)
         return 2
-    from experiments._runner import run_experiment
+    from experiments import _overrides
+    from experiments._runner import configure, load, run_experiment
 
+    # every override is checked against every chosen experiment's Config before anything runs
+    try:
+        parsed = _overrides.parse(args.overrides)
+        plans = {}
+        for name in names:
+            module = load(name)
+            default = module.QUICK if args.quick else module.Config()
+            plans[name] = _overrides.for_experiment(parsed, name, default)
+            configure(module, quick=args.quick, scale=args.scale, overrides=plans[name], name=name)
+        for scope, key, _ in parsed:
+            if scope is not None and scope not in names:
+                raise ValueError(f"--set {scope}.{key}: {scope} is not among the experiments to run")
+            if scope is None and not any(key == k for plan in plans.values() for k, _ in plan):
+                raise ValueError(f"--set {key}=...: no chosen experiment has a config field {key!r}")
+    except ValueError as error:
+        parser.error(str(error))
     for i, name in enumerate(names, 1):
         print(f"== {i}/{len(names)}: {name}", flush=True)
-        run_experiment(name, quick=args.quick, seed=args.seed, out_dir=args.out, scale=args.scale, corpus=args.corpus)
+        run_experiment(name, quick=args.quick, seed=args.seed, out_dir=args.out, scale=args.scale,
+                       overrides=plans[name])
     return 0
 
 

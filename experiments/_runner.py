@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, TypeVar
 
 import jax
 
-from experiments import EXPERIMENTS
+from experiments import EXPERIMENTS, _overrides
 from geometry import plotting
 from geometry.io import atomic_write, write_json
 
@@ -119,22 +119,21 @@ def load(name: str):
     return importlib.import_module(EXPERIMENTS[name])
 
 
-def configure(module, *, quick: bool = False, scale: str | None = None, corpus: str | None = None):
-    """The experiment's config: full, QUICK, or a named scale from its SCALES; `corpus` replaces
-    the config's corpus field. Experiments without that scale or field keep their default."""
+def configure(module, *, quick: bool = False, scale: str | None = None,
+              overrides: list[tuple[str, str]] = (), name: str | None = None):
+    """The experiment's config: full, QUICK, or a named scale from its SCALES (experiments without
+    that scale keep their default), then the (key, raw value) overrides applied and type-checked."""
     if quick and scale:
         raise ValueError("--quick and --scale are exclusive")
     config = module.QUICK if quick else getattr(module, "SCALES", {}).get(scale, module.Config())
-    if corpus is not None and "corpus" in {f.name for f in dataclasses.fields(config)}:
-        config = dataclasses.replace(config, corpus=str(corpus))
-    return config
+    return _overrides.apply(config, list(overrides), name or module.__name__.rpartition(".")[2])
 
 
 def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: str | Path = "figures",
-                   scale: str | None = None, corpus: str | None = None) -> dict:
+                   scale: str | None = None, overrides: list[tuple[str, str]] = ()) -> dict:
     """Run one experiment; writes NAME.png/.pdf/.json (and any extras) under out_dir."""
     module = load(name)
-    config = configure(module, quick=quick, scale=scale, corpus=corpus)
+    config = configure(module, quick=quick, scale=scale, overrides=overrides, name=name)
     context = Context(name=name, out_dir=Path(out_dir), seed=seed, quick=quick)
     plotting.use_style()
     print(f"[{name}] {'quick' if quick else scale or 'full'} run, seed {seed}", flush=True)

@@ -25,7 +25,6 @@ squared singular value of one layer's Jacobian D_φ W deep in a random network.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -34,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from geometry import jacobians, models, plotting, probe, spectra, theory
+from geometry import functional, jacobians, models, plotting, probe, spectra, theory
 
 TANH_SIGMA_B2 = 0.05
 
@@ -110,16 +109,16 @@ def jacobian_eigenvalues(case: dict, config: Config, seed: int, q_star: float) -
     return np.concatenate(eigenvalues), np.concatenate(zero)  # (samples, N) each
 
 
-@functools.lru_cache(maxsize=None)
-def _squared_jvps(graphdef):
-    """jit(state, x (P, N), probes (P, K, N)) -> (P,) mean over probes of ‖J(x) v‖², one compile per architecture."""
+def _mean_squared_jvps(model, x, probes):
+    """x (P, N), probes (P, K, N) -> (P,) mean over probes of ‖J(x) v‖²."""
 
-    def squared_jvp(state, point, v):
-        tangent = jax.jvp(lambda p: nnx.merge(graphdef, state)(p), (point,), (v,))[1]
-        return jnp.sum(tangent**2)
+    def squared_jvp(point, v):
+        return jnp.sum(jax.jvp(lambda p: model(p), (point,), (v,))[1] ** 2)
 
-    return jax.jit(jax.vmap(lambda state, p, vs: jnp.mean(jax.vmap(lambda v: squared_jvp(state, p, v))(vs)),
-                            in_axes=(None, 0, 0)))
+    return jax.vmap(lambda p, vs: jnp.mean(jax.vmap(lambda v: squared_jvp(p, v))(vs)))(x, probes)
+
+
+mean_squared_jvps = functional.jit_module(_mean_squared_jvps)  # one compile per architecture
 
 
 def hutchinson_mean_eigenvalue(case: dict, config: Config, seed: int, q_star: float) -> tuple[float, float]:
@@ -132,10 +131,10 @@ def hutchinson_mean_eigenvalue(case: dict, config: Config, seed: int, q_star: fl
     per_input = []
     rng = np.random.default_rng(seed)
     for k in range(config.mean_networks):
-        graphdef, state = nnx.split(network(case, config.width, config.depth, seed + k))
+        model = network(case, config.width, config.depth, seed + k)
         x = jnp.asarray(fixed_point_inputs(case, q_star, config.width, config.mean_inputs, seed + 5000 + k))
         probes = jnp.asarray(rng.normal(size=(config.mean_inputs, config.probes, config.width)), dtype=jnp.float32)
-        per_input.append(np.asarray(_squared_jvps(graphdef)(state, x, probes), dtype=np.float64) / config.width)
+        per_input.append(np.asarray(mean_squared_jvps(model, x, probes), dtype=np.float64) / config.width)
     per_input = np.concatenate(per_input)
     return float(per_input.mean()), float(per_input.std(ddof=1) / math.sqrt(len(per_input)))
 
@@ -145,7 +144,7 @@ def _rel(measured: float, predicted: float) -> float:
 
 
 def run(config: Config, context) -> dict:
-    results = []
+    results, positive_eigenvalues = [], []  # the histograms' samples: plotted, not written to the JSON
     for i, case in enumerate(context.progress(cases(), "spectra")):
         prediction = theory.isometry_prediction(case["activation"], case["sigma_w2"], case["sigma_b2"], config.depth,
                                                 case["weights"])
@@ -168,7 +167,7 @@ def run(config: Config, context) -> dict:
             if prediction["variance_over_mean2"] > 0 else abs(var / mean**2)
         record["mean_within_tolerance"] = record["mean_rel_error"] <= config.tolerance_mean
         record["variance_within_tolerance"] = record["variance_rel_error"] <= config.tolerance_variance
-        record["_eig"], record["_zero"] = eig.ravel(), zero.ravel()
+        positive_eigenvalues.append(eig[~zero])
         results.append(record)
 
     linear = {"identity": "linear Gaussian chain, σ_w² = 1", "rows": []}
@@ -192,10 +191,7 @@ def run(config: Config, context) -> dict:
         "worst_variance_rel_error": max(r["variance_rel_error"] for r in results),
         "worst_moment_rel_error": max(r["rel_error"] for r in linear["rows"]),
     }
-    _plot(config, context, results, linear, phase)
-    for r in results:
-        r.pop("_eig")
-        r.pop("_zero")
+    _plot(config, context, results, positive_eigenvalues, linear, phase)
     return {"spectra": results, "fuss_catalan": linear, "phase_diagram": phase, "summary": summary,
             "N": config.width, "L": config.depth}
 
@@ -225,14 +221,13 @@ def phase_diagram(config: Config, context) -> dict:
             "critical_sigma_w2": critical_w2, "probes": points}
 
 
-def _plot(config, context, results, linear, phase) -> None:
+def _plot(config, context, results, positive_eigenvalues, linear, phase) -> None:
     fig = plt.figure(figsize=(14, 7.5))
     grid = fig.add_gridspec(2, 4)
-    for i, r in enumerate(results):
+    for i, (r, positive) in enumerate(zip(results, positive_eigenvalues)):
         ax = fig.add_subplot(grid[i // 4, i % 4]) if i < 6 else None
         if ax is None:
             break
-        positive = r["_eig"][~r["_zero"]]
         ax.hist(np.log10(positive), bins=60, color=plotting.color(r["activation"]), alpha=0.8, density=True)
         ax.axvline(math.log10(r["prediction"]["mean"]), color="k", ls="--", lw=1, label="log₁₀ χ₁ᴸ (theory)")
         ax.axvline(math.log10(r["measured_mean"]), color="k", lw=1, label="log₁₀ mean (measured)")

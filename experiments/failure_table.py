@@ -85,7 +85,7 @@ def run(config: Config, context) -> dict:
     for dataset, activation in context.progress(cases, "runs"):
         spec = ClassifierSpec(dataset=dataset, activation=activation, width=config.width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
-        trained = trained_classifier(spec, context)
+        trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         values = measure(trained)
         runs.append({"dataset": dataset, "activation": "none" if activation == "identity" else activation,
                      "train_accuracy": trained.train_accuracy, "values": values,

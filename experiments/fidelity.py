@@ -53,7 +53,7 @@ def run(config: Config, context) -> dict:
     for width, activation in context.progress(cases, "width × activation"):
         spec = ClassifierSpec(dataset="spiral", activation=activation, width=width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
-        trained = trained_classifier(spec, context)
+        trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         x = trained.x_test[: config.points]
         random_model = models.MLP(2, width, depth=config.depth, out_features=2, activation=activation,
                                   rngs=nnx.Rngs(spec.seed))  # the trained network's own initialisation

@@ -104,7 +104,7 @@ def run(config: Config, context) -> dict:
                                                           seed=context.seed)
     results = {}
     for (dataset, name), spec in context.progress(list(specs.items()), "dataset × model"):
-        trained = trained_classifier(spec, context)
+        trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         grid_points = data.grid(data.bounds_of(trained.x_train), config.grid)
         results[f"{dataset}/{name}"] = {"dataset": dataset, "model": name,
                                         **measure(trained, grid_points, config.pairs, context.seed)}
@@ -113,15 +113,17 @@ def run(config: Config, context) -> dict:
     for blocks in context.progress(config.depth_sweep, "Yat depth sweep"):
         spec = ClassifierSpec(dataset="spiral", activation="yat", model="yat", units=config.sweep_units,
                               width=config.kernel_hidden, depth=blocks, steps=config.steps, seed=context.seed)
-        trained = trained_classifier(spec, context)
+        trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         grid_points = data.grid(data.bounds_of(trained.x_train), config.grid)
         sweep.append({"blocks": blocks, **measure(trained, grid_points, config.pairs, context.seed)})
 
     machines = {}
     for dataset in context.progress(config.datasets, "shared-kernel machines"):
-        spec = ClassifierSpec(dataset=dataset, activation="yat-shared", model="yat-shared", units=config.sweep_units,
-                              width=config.kernel_hidden, depth=1, steps=config.steps, seed=context.seed)
-        machines[dataset] = kernel_machine_facts(trained_classifier(spec, context))
+        spec = ClassifierSpec(dataset=dataset, activation="yat-shared", model="yat", shared=True,
+                              units=config.sweep_units, width=config.kernel_hidden, depth=1, steps=config.steps,
+                              seed=context.seed)
+        trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
+        machines[dataset] = kernel_machine_facts(trained)
 
     _plot(config, context, results, sweep)
     kernel_spiral = {k: results[f"spiral/{k}"]["test_accuracy"] for k in config.kernels if "spiral" in config.datasets}

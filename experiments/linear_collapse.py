@@ -90,7 +90,7 @@ def run(config: Config, context) -> dict:
     for dataset, activation in context.progress(cases, "dataset × activation"):
         spec = ClassifierSpec(dataset=dataset, activation=activation, width=config.width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
-        trained = trained_classifier(spec, context)
+        trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         x, y = trained.x_train, trained.y_train
         J = jacobians.jacobian_field(trained.model, x)  # (N, 2, 2): ∂logits/∂x
         stats = spectra.summary(J)

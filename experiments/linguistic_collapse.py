@@ -35,7 +35,7 @@ import matplotlib.ticker as ticker
 import numpy as np
 from flax import nnx
 
-from geometry import collapse, data, language_model, models, probe, training
+from geometry import collapse, data, functional, language_model, models, probe, training
 
 PUBLISHED = {"strongest": ["cdnv", "nc4", "gnc2"], "weakest": ["nc2_equinorm"],
              "source": "Wu & Papyan (2024), Linguistic Collapse, TinyStories width x depth grid"}
@@ -77,9 +77,15 @@ def batches(inputs: np.ndarray, targets: np.ndarray, size: int):
         yield inputs[start:start + size], targets[start:start + size]
 
 
+@functional.jit_module
+def last_layer_features(model: models.CausalLM, tokens: jax.Array) -> jax.Array:
+    """(B, T) token ids -> (B·T, width) final-LayerNorm features."""
+    return jax.vmap(model.features)(tokens).reshape(-1, model.width)
+
+
 def measure(model: models.CausalLM, text: data.TextData, config: Config) -> dict:
     """Validation loss, streamed collapse metrics, attention entropy, embedding anisotropy."""
-    graphdef, state = nnx.split(model)
+    state = nnx.state(model)
     attention_paths = [f"blocks/{l}/attention/probabilities" for l in range(model.depth)]
     forward, _, _ = probe.capture_fn(model, ["final_norm", *attention_paths], example=text.train_inputs[0])
 
@@ -91,16 +97,12 @@ def measure(model: models.CausalLM, text: data.TextData, config: Config) -> dict
         entropy = jnp.sum(language_model.attention_entropy(attention), axis=0)  # (L, H, T)
         return records["final_norm"], loss, entropy
 
-    @jax.jit
-    def features_of(state, tokens):  # the training passes need only the features: no loss, no entropy
-        return jax.vmap(nnx.merge(graphdef, state).features)(tokens).reshape(-1, model.width)
-
     accumulator = collapse.CollapseAccumulator(len(text.vocabulary), model.width, min_count=config.min_count)
     train = list(batches(text.train_inputs, text.train_targets, config.eval_batch))
     for tokens, targets in train:  # pass 1
-        accumulator.add_means(np.asarray(features_of(state, tokens)), targets.ravel())
+        accumulator.add_means(np.asarray(last_layer_features(model, tokens)), targets.ravel())
     for tokens, targets in train:  # pass 2
-        accumulator.add_variability(np.asarray(features_of(state, tokens)), targets.ravel())
+        accumulator.add_variability(np.asarray(last_layer_features(model, tokens)), targets.ravel())
     head_weight, head_bias = np.asarray(model.head.weight[...]), np.asarray(model.head.bias[...])  # (V, d), (V,)
     loss_sum, entropy_sum = 0.0, 0.0
     for tokens, targets in batches(text.validation_inputs, text.validation_targets, config.eval_batch):  # pass 3

@@ -63,7 +63,7 @@ def run(config: Config, context) -> dict:
         key = f"{activation}/{width}"
         spec = ClassifierSpec(dataset="spiral", activation=activation, width=width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
-        trained = trained_classifier(spec, context)
+        trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         J = jacobians.jacobian_field(trained.model.features, points)  # (G², 32, 2)
         stats = {k: np.asarray(v, dtype=np.float64) for k, v in spectra.summary(J).items()}
         g = metric.pullback_metric(J)  # (G², 2, 2)

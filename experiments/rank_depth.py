@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import jacobians, models, plotting, probe, spectra
+from geometry import models, plotting, probe, spectra
 
 VARIANTS = {
     "plain": {},
@@ -131,7 +131,7 @@ def run(config: Config, context) -> dict:
         for activation in config.activations:
             spec = ClassifierSpec(dataset="spiral", activation=activation, width=width, depth=4,
                                   steps=config.trained_steps, seed=context.seed)
-            trained = trained_classifier(spec, context)
+            trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
             ranks = layer_ranks(trained.model, trained.x_test, 2)
             trained_results[f"{activation}/{width}"] = {
                 key: {"median": np.median(v, axis=1), "min": v.min(axis=1), "rank_deficient_fraction":

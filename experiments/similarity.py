@@ -59,7 +59,7 @@ def run(config: Config, context) -> dict:
     for activation in context.progress(config.activations, "networks"):
         spec = ClassifierSpec(dataset="spiral", activation=activation, width=config.width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
-        trained = trained_classifier(spec, context)
+        trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         reps = representations(trained.model, trained.x_test[: config.points])
         record = {"test_accuracy": trained.test_accuracy,
                   "feature_variance": [float(np.mean(np.var(h, axis=0))) for h in reps[1:-1]],

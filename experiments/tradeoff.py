@@ -61,7 +61,8 @@ def run(config: Config, context) -> dict:
     rows = []
     cases = [(d, w, a) for d in config.datasets for w in config.widths for a in config.activations]
     for dataset, width, activation in context.progress(cases, "dataset × width × activation"):
-        trained = trained_classifier(spec(config, dataset, activation, width, context.seed), context)
+        trained = trained_classifier(spec(config, dataset, activation, width, context.seed),
+                                     context.out_dir / ".checkpoints", context.log)
         rows.append({"dataset": dataset, "width": width, "activation": activation,
                      "train_accuracy": trained.train_accuracy,
                      "test_accuracy": trained.test_accuracy, **geometry_on(trained, trained.x_test)})

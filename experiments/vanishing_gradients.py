@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
-import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
@@ -43,14 +42,8 @@ QUICK = Config(activations=("sigmoid", "relu"), depth=8, snapshots=(0, 50), n_tr
 
 def layer_gradient_norms(model, x: np.ndarray, y: np.ndarray) -> list[float]:
     """‖∂L/∂W_l‖_F for each hidden layer l, L the mean cross-entropy over (x, y)."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss(params):
-        logits = jax.vmap(nnx.merge(graphdef, params, rest))(jnp.asarray(x))
-        return training.cross_entropy(logits, jnp.asarray(y))
-
-    grads = nnx.merge(graphdef, jax.grad(loss)(params), rest)
-    return [float(jnp.linalg.norm(layer.dense.weight[...])) for layer in grads.layers]
+    grads = nnx.grad(training.cross_entropy_loss)(model, (jnp.asarray(x), jnp.asarray(y)))  # an nnx.State
+    return [float(jnp.linalg.norm(grads["layers"][l]["dense"]["weight"][...])) for l in range(model.depth)]
 
 
 def run(config: Config, context) -> dict:

@@ -13,12 +13,14 @@ from geometry import (
     activations,
     collapse,
     data,
+    functional,
     jacobians,
     kernels,
     layers,
     metric,
     models,
     probe,
+    shapes,
     similarity,
     spectra,
     theory,
@@ -27,6 +29,7 @@ from geometry import (
 from geometry.activations import NAMES as ACTIVATIONS
 from geometry.collapse import CollapseAccumulator, collapse_metrics
 from geometry.data import grid, load_digits, make_dataset, stratified_split
+from geometry.functional import jit_module
 from geometry.jacobians import jacobian_field, pure_jacobian_field
 from geometry.layers import Dense, LayerNorm, Pointwise, dense_weight
 from geometry.metric import dense_layer_singular_values, pullback_metric
@@ -37,11 +40,11 @@ from geometry.training import CheckpointError, TrainConfig, train
 
 __all__ = [
     # modules
-    "activations", "collapse", "data", "jacobians", "kernels", "layers", "metric", "models", "probe",
-    "similarity", "spectra", "theory", "training",
+    "activations", "collapse", "data", "functional", "jacobians", "kernels", "layers", "metric", "models", "probe",
+    "shapes", "similarity", "spectra", "theory", "training",
     # entry points
     "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "KernelMLP", "LayerNorm", "MLP",
     "Pointwise", "TrainConfig", "cka", "collapse_metrics", "dense_layer_singular_values", "dense_weight",
-    "fuss_catalan", "grid", "jacobian_field", "load_digits", "make_dataset", "mean_field", "prob_any_dead",
-    "prob_relu_rank_deficient", "pullback_metric", "pure_jacobian_field", "stratified_split", "train",
+    "fuss_catalan", "grid", "jacobian_field", "jit_module", "load_digits", "make_dataset", "mean_field",
+    "prob_any_dead", "prob_relu_rank_deficient", "pullback_metric", "pure_jacobian_field", "stratified_split", "train",
 ]

@@ -46,6 +46,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from geometry.functional import StaticKey
+
 MODES = ("auto", "forward", "reverse")
 POINT_AXIS = "points"  # the name of the 1-D device mesh axis the points are split over
 DEFAULT_CHUNK_SIZE = 4096  # points per vmapped batch; ~tens of MB for a width-256, depth-8 MLP
@@ -62,24 +64,8 @@ def _is_tracer(value) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
 
 
-class _StaticKey:
-    """Hashes like `value` when it can; otherwise by type, equality deciding (unhashable graphdefs)."""
-
-    def __hash__(self):
-        try:
-            return hash(self._key())
-        except TypeError:
-            return hash(type(self))
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self._key() == other._key()
-
-    def _key(self):
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class ModuleCall(_StaticKey):
+class ModuleCall(StaticKey):
     """A module method as a pure function of (state, x), merged inside the transform."""
 
     graphdef: Any
@@ -96,7 +82,7 @@ class ModuleCall(_StaticKey):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class FunctionCall(_StaticKey):
+class FunctionCall(StaticKey):
     fn: Callable
     takes_params: bool = False
     batched: bool = False
@@ -223,8 +209,14 @@ def output_shapes(pure, params, points: jax.Array, *, batched: bool = False):
     except ModelStateError:
         raise
     except Exception as error:  # any failure of the user's code on one example
-        hint = "" if batched else (" If the model expects a leading batch axis (x.shape[0], a reshape to "
-                                   "(batch, -1)), pass batched=True.")
+        if "promotion" in str(error):
+            hint = (" The points' dtype and the model's parameters differ: cast the points to the parameters' dtype "
+                    "or build the model in the points' dtype.")
+        elif batched:
+            hint = ""
+        else:
+            hint = (" If the model expects a leading batch axis (x.shape[0], a reshape to (batch, -1)), pass "
+                    "batched=True.")
         raise ValueError(f"f cannot take one point of shape {tuple(points.shape[1:])} (dtype {points.dtype}): "
                          f"{type(error).__name__}: {error}.{hint}") from error
 

@@ -17,14 +17,17 @@ import jax.scipy.linalg  # eigh_tridiagonal, solve_triangular
 import numpy as np
 
 from geometry import layers
+from geometry.shapes import AnyArray, Float, shape_checked
 
 
-def pullback_metric(J: jax.Array) -> jax.Array:
+@shape_checked
+def pullback_metric(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch n n"]:
     """Jᵀ J for J of shape (..., m, n): a (..., n, n) symmetric PSD matrix."""
     return jnp.einsum("...ki,...kj->...ij", J, J)
 
 
-def dense_layer_singular_values(weight, derivatives: jax.Array, *, layout: str = "out_in", refine: int = 16,
+@shape_checked
+def dense_layer_singular_values(weight, derivatives: Float[AnyArray, "N m"], *, layout: str = "out_in", refine: int = 16,
                                 chunk_size: int = 64) -> jax.Array:
     """Singular values of J = D_φ W at many inputs, from the metric instead of an SVD of J.
 
@@ -134,7 +137,8 @@ def apply_tridiagonal_q(packed, taus, vectors, block: int = 16):
         columns = jnp.arange(start, stop)[None, :]
         tau = taus[start:stop][None, :]
         active = tau != 0
-        reflectors = jnp.where(rows > columns + 1, packed[start:, start:stop], 0.0) + (rows == columns + 1)
+        reflectors = (jnp.where(rows > columns + 1, packed[start:, start:stop], 0.0)
+                       + (rows == columns + 1).astype(packed.dtype))
         reflectors = jnp.where(active, reflectors, 0.0)  # (k − start, block)
         inverse_factor = (jnp.triu(reflectors.T @ reflectors, 1)
                           + jnp.diag(1.0 / jnp.where(active, tau, 1.0)[0]))
@@ -143,7 +147,9 @@ def apply_tridiagonal_q(packed, taus, vectors, block: int = 16):
     return vectors
 
 
-def metric_ellipse(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+@shape_checked
+def metric_ellipse(g: Float[AnyArray, "*batch 2 2"]) -> tuple[Float[jax.Array, "*batch 2"],
+                                                     Float[jax.Array, "*batch"]]:
     """Glyph of a 2×2 metric: (semi_axes (..., 2), angle (...,)).
 
     The ellipse is the image shape of the unit circle under the layer: semi-axes
@@ -165,7 +171,8 @@ def distance_distortion(f, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.linalg.norm((fx - fy).reshape(len(x), -1), axis=-1) / jnp.linalg.norm(x - y, axis=-1)
 
 
-def pairwise_distances(X: jax.Array) -> jax.Array:
+@shape_checked
+def pairwise_distances(X: Float[AnyArray, "N d"]) -> Float[jax.Array, "N N"]:
     """(N, N) Euclidean distances between the rows of X (N, d)."""
     X = jnp.asarray(X).reshape(len(X), -1)
     squared = jnp.sum(X**2, axis=1)

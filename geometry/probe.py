@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geometry import jacobians
+from geometry.functional import StaticKey
 
 _MISSING = object()
 _PATCH_LOCK = threading.RLock()
@@ -154,7 +155,7 @@ def _first_array(args) -> jax.Array | None:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Recorder(jacobians._StaticKey):
+class Recorder(StaticKey):
     """pure(state, x) -> (output, {key: (first input or None, output)}) for the selected keys.
 
     `keys` None records every callable submodule and every sown value (used to plan).
@@ -281,7 +282,7 @@ def layers(model, example, *, types: type | tuple[type, ...] | None = None) -> l
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _Selected(jacobians._StaticKey):
+class _Selected(StaticKey):
     """pure(state, x) -> {key: output or input of that layer}."""
 
     recorder: Recorder
@@ -313,7 +314,7 @@ def capture_fn(model, layers=None, *, example, what: str = "outputs", batched: b
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _CaptureFn(jacobians._StaticKey):
+class _CaptureFn(StaticKey):
     recorder: Recorder
     which: int
 
@@ -362,7 +363,7 @@ def input_jacobian_field(model, points, layers=None, *, mode: str = "auto", chun
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _LocalJacobians(jacobians._StaticKey):
+class _LocalJacobians(StaticKey):
     """x ↦ {key: ∂ layer(u)/∂u at the u the layer receives from x}, each layer in its own mode."""
 
     recorder: Recorder

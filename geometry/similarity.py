@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from geometry.shapes import AnyArray, Shaped, shape_checked
+
 KERNELS = ("linear", "rbf")
 
 
@@ -67,7 +69,9 @@ def hsic(K, L, debiased: bool = False) -> jnp.ndarray:
     return (trace_term + sums_term - cross_term) / (n * (n - 3))
 
 
-def cka(X, Y, kernel: str = "linear", debiased: bool = False, sigma_scale: float = 1.0) -> float:
+@shape_checked
+def cka(X: Shaped[AnyArray, "N p"], Y: Shaped[AnyArray, "N q"], kernel: str = "linear", debiased: bool = False,
+        sigma_scale: float = 1.0) -> float:
     """CKA between representations X (n, p) and Y (n, q) of the same n examples."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; valid: {', '.join(KERNELS)}")

@@ -26,8 +26,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from geometry.shapes import AnyArray, Float, Int, shape_checked
 
-def singular_values(J: jax.Array) -> jax.Array:
+
+@shape_checked
+def singular_values(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch r"]:
     """(..., min(m, n)) singular values in descending order."""
     return jnp.linalg.svd(J, compute_uv=False)
 
@@ -43,7 +46,8 @@ def _rank_from_sigma(sigma, shape, dtype, rtol):
     return jnp.sum(sigma > tol[..., None], axis=-1)
 
 
-def numerical_rank(J: jax.Array, rtol: float | None = None) -> jax.Array:
+@shape_checked
+def numerical_rank(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Int[jax.Array, "*batch"]:
     """Number of singular values above the tolerance (see module docstring)."""
     J = jnp.asarray(J)
     return _rank_from_sigma(singular_values(J), J.shape, J.dtype, rtol)
@@ -56,7 +60,8 @@ def _effective_rank_from_sigma(sigma):
     return jnp.where(total[..., 0] > 0, jnp.exp(entropy), 0.0)
 
 
-def effective_rank(J: jax.Array) -> jax.Array:
+@shape_checked
+def effective_rank(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch"]:
     """Roy–Vetterli effective rank exp(−Σ p_i log p_i), p = σ / ‖σ‖₁."""
     return _effective_rank_from_sigma(singular_values(J))
 
@@ -66,7 +71,8 @@ def _stable_rank_from_sigma(sigma):
     return jnp.where(top > 0, jnp.sum(sigma**2, axis=-1) / jnp.where(top > 0, top, 1.0) ** 2, 0.0)
 
 
-def stable_rank(J: jax.Array) -> jax.Array:
+@shape_checked
+def stable_rank(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch"]:
     """‖J‖_F² / ‖J‖₂²."""
     return _stable_rank_from_sigma(singular_values(J))
 
@@ -84,27 +90,32 @@ def _log_volume_from_sigma(sigma, singular):
     return jnp.where(singular, -jnp.inf, jnp.sum(jnp.log(safe), axis=-1))
 
 
-def condition_number(J: jax.Array, rtol: float | None = None) -> jax.Array:
+@shape_checked
+def condition_number(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Float[jax.Array, "*batch"]:
     """σ_max / σ_min; +inf where J is numerically rank-deficient."""
     J = jnp.asarray(J)
     sigma = singular_values(J)
     return _condition_from_sigma(sigma, _singular_mask(sigma, J.shape, J.dtype, rtol))
 
 
-def log_volume(J: jax.Array, rtol: float | None = None) -> jax.Array:
+@shape_checked
+def log_volume(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Float[jax.Array, "*batch"]:
     """Σ log σ_i (the log volume element); −inf where J is numerically rank-deficient."""
     J = jnp.asarray(J)
     sigma = singular_values(J)
     return _log_volume_from_sigma(sigma, _singular_mask(sigma, J.shape, J.dtype, rtol))
 
 
-def summary(J: jax.Array, rtol: float | None = None) -> dict[str, jax.Array]:
+@shape_checked
+def summary(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> dict[str, jax.Array]:
     """All of the above from one SVD: the batched per-point record used by experiments."""
     J = jnp.asarray(J)
     return summarize_singular_values(singular_values(J), J.shape[-2:], J.dtype, rtol)
 
 
-def summarize_singular_values(sigma: jax.Array, matrix_shape: tuple[int, int], dtype, rtol: float | None = None):
+@shape_checked
+def summarize_singular_values(sigma: Float[AnyArray, "*batch r"], matrix_shape: tuple[int, int], dtype,
+                              rtol: float | None = None) -> dict[str, jax.Array]:
     """`summary` from precomputed singular values (..., r) of (m, n) matrices of `dtype`.
 
     For fields computed with `jacobian_field(..., reduce=singular_values)`, which never
@@ -146,5 +157,5 @@ def chained_ranks(layer_jacobians, rtol: float | None = None) -> list[jax.Array]
         # keep the leading `rank` left singular vectors; zero the rest so shapes stay static
         columns = jnp.arange(u.shape[-1]).reshape((1,) * rank.ndim + (-1,))
         keep = columns < rank[..., None]
-        basis = u * keep[..., None, :]
+        basis = jnp.where(keep[..., None, :], u, 0.0)
     return ranks

@@ -1,7 +1,12 @@
 """Deterministic optax training with Orbax checkpoints that resume.
 
-`train(model, x, y, config, checkpoint_dir=...)` minimises mean softmax cross-entropy
-with Adam (default). The minibatch of step t depends only on (seed, t) — a fresh
+`train(model, x, y, config, checkpoint_dir=..., loss_fn=...)` minimises
+`loss_fn(model, (x_batch, y_batch))` — mean softmax cross-entropy on integer labels by
+default (`cross_entropy_loss`), or any scalar function of the model and a batch: a
+regression, contrastive or language-model loss. One top-level step, `train_step`, is
+jitted with the graph definition, the loss and the optimizer as static arguments, so it
+compiles once per (model structure, loss, optimizer config) and later `train` calls with
+the same three reuse it. The minibatch of step t depends only on (seed, t) — a fresh
 permutation per epoch — so a run killed at any point and resumed from its last
 checkpoint takes exactly the same steps as one that never stopped.
 
@@ -17,6 +22,7 @@ raises `CheckpointError` instead of mixing the two, and an unreadable checkpoint
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -28,6 +34,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from geometry.functional import Static
 
 OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}
 SCHEDULES = ("constant", "cosine")
@@ -55,21 +63,54 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def cross_entropy_loss(model: nnx.Module, batch) -> jax.Array:
+    """The default loss: mean cross-entropy of the model's logits (one example per vmapped call)
+    against integer labels; labels may carry extra axes (next-token targets (B, T))."""
+    x, y = batch
+    return cross_entropy(jax.vmap(model)(x), y)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "optimizer"))
+def train_step(graphdef: Static, params, rest, opt_state, batch, *, loss_fn, optimizer):
+    """One optimizer step on `batch`: (params, opt_state, loss). Pure; merges the model inside.
+    `graphdef` is the model's graph definition wrapped in `functional.Static`."""
+
+    def loss_of(params):
+        return loss_fn(nnx.merge(graphdef.value, params, rest), batch)
+
+    loss, grads = jax.value_and_grad(loss_of)(params)
+    # optax mixes its int32 step count with float statistics; the rest of the step stays strict
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
 def accuracy(model, x, y) -> float:
     logits = jax.vmap(model)(jnp.asarray(x))
     return float(jnp.mean(jnp.argmax(logits, axis=-1) == jnp.asarray(y)))
 
 
-def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs (N, *input_shape) (or (N, T) token ids) and integer labels (N,) (or (N, T) next tokens)."""
+def _check_data(x, y, labels: str = "integer") -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (N, *input_shape) (or (N, T) token ids) and targets: integer labels (N,) (or (N, T)
+    next tokens) for the default loss; with `labels="any"` (a loss of the user's) any finite
+    targets with N rows."""
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"training inputs must be a non-empty (N, *input_shape) array, got shape {x.shape}")
-    if y.shape not in ((x.shape[0],), x.shape):
-        raise ValueError(f"labels must have shape ({x.shape[0]},) or {x.shape}, got {y.shape}")
     if not np.all(np.isfinite(x)):
         bad_rows = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
         raise ValueError(f"training inputs contain NaN or inf in {bad_rows} rows")
+    if labels == "any":
+        if y.ndim < 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"targets must have {x.shape[0]} rows like the inputs, got shape {y.shape}")
+        if np.issubdtype(y.dtype, np.inexact) and not np.all(np.isfinite(y)):
+            raise ValueError("targets contain NaN or inf")
+        return x, y
+    if y.shape not in ((x.shape[0],), x.shape):
+        raise ValueError(f"labels must have shape ({x.shape[0]},) or {x.shape}, got {y.shape}")
+    if np.issubdtype(y.dtype, np.inexact) and not np.all(np.isfinite(y) & (y == np.round(y))):
+        raise ValueError("labels for the cross-entropy loss must be integers (class indices); for other targets "
+                         "pass your own loss_fn")
     return x, y.astype(np.int32)
 
 
@@ -85,19 +126,17 @@ def batch_indices(step: int, n: int, batch_size: int | None, seed: int) -> np.nd
 
 # fields that do not change the trajectory: a run may be resumed with more steps or other logging
 _TRAJECTORY_FREE = ("steps", "log_every", "checkpoint_every")
-_ADDED_LATER = {"schedule": "constant", "warmup_steps": 0, "clip_norm": None}
 
 
-def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray) -> str:
+def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray, loss_fn) -> str:
     shapes = jax.tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape)}", params)
     data = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
     free = set(_TRAJECTORY_FREE)
     if config.schedule != "constant":
         free.discard("steps")  # a decay ends at `steps`: more steps is another trajectory
     trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
-    # fields added later are left out while at their defaults, so earlier checkpoints still resume
-    trajectory = {k: v for k, v in trajectory.items() if not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
-    text = json.dumps({"config": trajectory, "params": str(shapes), "data": data}, sort_keys=True)
+    loss = f"{getattr(loss_fn, '__module__', '?')}.{getattr(loss_fn, '__qualname__', type(loss_fn).__name__)}"
+    text = json.dumps({"config": trajectory, "params": str(shapes), "data": data, "loss": loss}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -108,7 +147,9 @@ def _manager(directory: Path, config: TrainConfig) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.resolve(), options=options, item_names=("state", "meta"))
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The optimizer of a config; one object per config, so the jitted step is cached on it."""
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if config.schedule not in SCHEDULES:
@@ -124,29 +165,23 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optimizer
 
 
-def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, checkpoint_dir=None, name: str = "train",
-          log=None) -> dict:
+def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_fn=cross_entropy_loss,
+          checkpoint_dir=None, name: str = "train", log=None) -> dict:
     """Train `model` in place; returns {"history": [...], "resumed_from": step or None}.
 
-    `log` receives progress lines (default: stderr every `log_every` steps).
+    `loss_fn(model, (x_batch, y_batch))` returns the scalar to minimise (default: mean
+    cross-entropy on integer labels). Pass a module-level function (not a new lambda per
+    call) so the compiled step is reused. `log` receives progress lines (default: stderr
+    every `log_every` steps).
     """
-    x, y = _check_data(x, y)
+    x, y = _check_data(x, y, labels="integer" if loss_fn is cross_entropy_loss else "any")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef = Static(graphdef)
     optimizer = make_optimizer(config)
     opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step_fn(params, opt_state, xb, yb):
-        def loss_fn(params):
-            logits = jax.vmap(nnx.merge(graphdef, params, rest))(xb)
-            return cross_entropy(logits, yb)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    fingerprint = _fingerprint(config, params, x, y)
+    step_fn = functools.partial(train_step, graphdef, loss_fn=loss_fn, optimizer=optimizer)
+    fingerprint = _fingerprint(config, params, x, y, loss_fn)
     start, history, manager, resumed = 0, [], None, None
     if checkpoint_dir is not None:
         manager = _manager(Path(checkpoint_dir), config)
@@ -163,7 +198,7 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, check
     for step in range(start, config.steps):
         idx = batch_indices(step, len(x), config.batch_size, config.seed)
         xb, yb = (xj, yj) if len(idx) == len(x) else (xj[idx], yj[idx])
-        params, opt_state, loss = step_fn(params, opt_state, xb, yb)
+        params, opt_state, loss = step_fn(params, rest, opt_state, (xb, yb))
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             history.append({"step": done, "loss": float(loss)})

@@ -1,5 +1,7 @@
-"""Strict JAX settings for the whole suite: warnings are errors (pyproject), NaNs raise,
-ranks of arrays are never silently promoted, and everything runs on the CPU."""
+"""Strict JAX settings for the whole suite: warnings are errors (pyproject), a NaN produced
+inside any JAX computation raises (`jax_debug_nans`; tests that make NaNs on purpose use the
+`nans_allowed` fixture), ranks and dtypes are never silently promoted, and everything runs on
+the CPU."""
 
 import os
 
@@ -9,7 +11,15 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_debug_nans", False)  # some tests feed NaN on purpose to check the errors
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_debug_nans", True)
+
+
+@pytest.fixture
+def nans_allowed():
+    """For tests that produce NaN on purpose (to check how it is reported)."""
+    with jax.debug_nans(False):
+        yield
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def test_params_form_with_linen_and_no_recompile(x64):
     class LinenMLP(linen.Module):
         @linen.compact
         def __call__(self, x):
-            return linen.Dense(3)(jnp.tanh(linen.Dense(16)(x)))
+            return linen.Dense(3, param_dtype=jnp.float64)(jnp.tanh(linen.Dense(16, param_dtype=jnp.float64)(x)))
 
     model = LinenMLP()
     points = np.random.default_rng(2).normal(size=(6, 5))
@@ -133,7 +133,7 @@ def test_unhashable_graphdef_works_like_nnx_jit():
     np.testing.assert_allclose(field, expected, rtol=1e-6)
 
 
-def test_nonfinite_jacobian_at_finite_points_raises():
+def test_nonfinite_jacobian_at_finite_points_raises(nans_allowed):
     points = np.array([[1.0, 2.0], [0.0, 1.0], [3.0, 0.0], [0.0, 0.0]], dtype=np.float32)
 
     def f(x):

@@ -204,10 +204,30 @@ def test_scale_and_corpus_options(tmp_path):
     from experiments import _runner
 
     module = _runner.load("linguistic_collapse")
-    assert _runner.configure(module, corpus="stories.txt").corpus == "stories.txt"
+    assert _runner.configure(module, overrides=[("corpus", "stories.txt")]).corpus == "stories.txt"
     assert _runner.configure(module, scale="gpu") == module.SCALES["gpu"]
-    assert _runner.configure(_runner.load("activations"), scale="gpu", corpus="x") == _runner.load("activations").Config()
+    assert _runner.configure(_runner.load("activations"), scale="gpu") == _runner.load("activations").Config()
     result = _cli("linguistic_collapse", "--corpus", str(tmp_path / "missing.txt"))
     assert result.returncode == 2 and "no such file" in result.stderr
     result = _cli("linguistic_collapse", "--quick", "--scale", "gpu")
     assert result.returncode == 2 and "exclusive" in result.stderr
+
+
+def test_generic_overrides_are_validated_before_running(tmp_path):
+    from experiments import _runner
+
+    module = _runner.load("linguistic_collapse")
+    config = _runner.configure(module, quick=True, overrides=[("widths", "(8, 16)"), ("learning_rate", "1"),
+                                                              ("corpus", "None")])
+    assert config.widths == (8, 16) and config.learning_rate == 1.0 and config.corpus is None
+    with pytest.raises(ValueError, match="no config field 'width'; valid: .*widths \\(tuple"):
+        _runner.configure(module, overrides=[("width", "8")])
+    with pytest.raises(ValueError, match="learning_rate='fast' is not of type float"):
+        _runner.configure(module, overrides=[("learning_rate", "fast")])
+    for args, message in ((["dead_units", "--set", "bogus=1"], "no chosen experiment has a config field 'bogus'"),
+                          (["dead_units", "--set", "dead_units.trials=many"], "is not of type int"),
+                          (["dead_units", "--set", "saturation.width=8"], "saturation is not among"),
+                          (["dead_units", "--set", "novalue"], "KEY=VALUE")):
+        result = _cli(*args, "--out", str(tmp_path))
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing written

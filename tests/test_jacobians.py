@@ -113,7 +113,7 @@ def test_relu_rank_identity_through_depth(seed):
         np.testing.assert_array_equal(spectra.numerical_rank(J), bound)
 
 
-def test_bad_points_raise_named_errors():
+def test_bad_points_raise_named_errors(nans_allowed):
     model = models.MLP(2, 8, depth=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"one point of shape \(3,\).*batched=True"):
         jacobians.jacobian_field(model, np.ones((4, 3)))

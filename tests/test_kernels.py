@@ -9,13 +9,19 @@ from flax import nnx
 from geometry import jacobians, kernels, models, probe
 
 
+def _float64(model):
+    """The model with float64 parameters (the same values: float32 is exact in float64)."""
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), model)
+
+
 def _points(n, count, seed=0):
     return np.random.default_rng(seed).normal(size=(count, n))
 
 
 @pytest.mark.parametrize("constrained", [True, False])
 def test_yat_jacobian_closed_form(constrained, x64):
-    layer = models.YatDense(3, 7, constrained=constrained, bias=-0.3 if not constrained else 0.4, rngs=nnx.Rngs(0))
+    layer = _float64(models.YatDense(3, 7, constrained=constrained, bias=-0.3 if not constrained else 0.4,
+                                     rngs=nnx.Rngs(0)))
     x = _points(3, 50)
     field = jacobians.jacobian_field(layer, x)  # (N, 7, 3)
     w, b, eps, alpha = (np.asarray(a) for a in (layer.weight[...], layer.bias(), layer.epsilon(), layer.scale[...]))
@@ -30,7 +36,7 @@ def test_yat_jacobian_closed_form(constrained, x64):
 
 
 def test_rbf_jacobian_closed_form(x64):
-    layer = models.RBFDense(2, 5, sigma=0.7, rngs=nnx.Rngs(1))
+    layer = _float64(models.RBFDense(2, 5, sigma=0.7, rngs=nnx.Rngs(1)))
     x = _points(2, 40)
     field = jacobians.jacobian_field(layer, x)
     c, sigma = np.asarray(layer.centers[...]), np.asarray(layer.sigma())
@@ -41,7 +47,7 @@ def test_rbf_jacobian_closed_form(x64):
 
 
 def test_kernel_mlp_chain_and_errors(x64):
-    model = models.KernelMLP(2, 6, 4, 2, 3, kernel="yat", rngs=nnx.Rngs(2))
+    model = _float64(models.KernelMLP(2, 6, 4, 2, 3, kernel="yat", rngs=nnx.Rngs(2)))
     x = jnp.asarray(_points(2, 1)[0])
     hidden = probe.outputs(model, x[None], "mixers/*")
     h1 = model.mixers[0](model.kernel_layers[0](x))
@@ -95,7 +101,7 @@ def test_layers_accept_leading_batch_axes():
 
 def test_shared_yat_layer_is_a_single_kernel(x64):
     # with shared (b, ε) and no scale, unit j is exactly kernels.yat(x, w_j): a kernel machine
-    layer = models.YatDense(2, 5, shared=True, bias=0.3, epsilon=0.2, rngs=nnx.Rngs(5))
+    layer = _float64(models.YatDense(2, 5, shared=True, bias=0.3, epsilon=0.2, rngs=nnx.Rngs(5)))
     assert layer.scale is None and layer.bias_raw[...].shape == (1,)
     x = jnp.asarray(_points(2, 1)[0])
     expected = jax.vmap(lambda w: kernels.yat(x, w, b=float(layer.bias()[0]), epsilon=float(layer.epsilon()[0])))(

@@ -135,3 +135,33 @@ def test_a_finished_run_can_be_extended_but_not_shortened(tmp_path):
     with pytest.raises(training.CheckpointError, match="past the 10 steps"):
         training.train(straight, x, y, dataclasses.replace(config, steps=10), checkpoint_dir=tmp_path / "ckpt",
                        log=lambda _: None)
+
+
+def squared_error(model, batch):
+    """A regression loss of a user's: mean ‖f(x) − y‖² over the batch."""
+    x, y = batch
+    return jax.numpy.mean(jax.numpy.sum((jax.vmap(model)(x) - y) ** 2, axis=-1))
+
+
+def test_pluggable_loss_trains_a_regression_and_compiles_once(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 3)).astype(np.float32)
+    target_map = rng.normal(size=(3, 2)).astype(np.float32)
+    y = x @ target_map  # a linear regression target: float, not class labels
+    config = training.TrainConfig(steps=300, learning_rate=1e-2, log_every=300)
+    model = models.MLP(3, 16, depth=1, out_features=2, activation="identity", rngs=nnx.Rngs(0))
+    training.train(model, x, y, config, loss_fn=squared_error, log=lambda line: None)
+    residual = float(squared_error(model, (x, y)))
+    assert residual < 1e-3 * float(np.mean(np.sum(y**2, axis=1)))
+    compiled = training.train_step._cache_size()
+    other = models.MLP(3, 16, depth=1, out_features=2, activation="identity", rngs=nnx.Rngs(1))
+    training.train(other, x, y, config, loss_fn=squared_error, log=lambda line: None)  # same structure, loss, config
+    assert training.train_step._cache_size() == compiled
+    # the loss is part of the run's identity: a checkpoint of one loss is not resumed with another
+    training.train(other, x, y, dataclasses.replace(config, steps=10), loss_fn=squared_error,
+                   checkpoint_dir=tmp_path / "ckpt", log=lambda line: None)
+    with pytest.raises(training.CheckpointError, match="different run"):
+        training.train(other, x, rng.integers(0, 2, 256), dataclasses.replace(config, steps=20),
+                       checkpoint_dir=tmp_path / "ckpt", log=lambda line: None)
+    with pytest.raises(ValueError, match="must be integers.*loss_fn"):
+        training.train(other, x, y[:, 0], config, log=lambda line: None)

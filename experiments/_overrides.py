@@ -1,0 +1,95 @@
+"""Generic config overrides: `--set key=value` (every chosen experiment whose Config has the
+field) or `--set NAME.key=value` (one experiment), validated against the frozen Config.
+
+A value is read as a Python literal (`3`, `0.5`, `(8, 16)`, `None`, `True`; a bare
+`1,2` is a tuple) and checked against the field's annotation; a string field also takes
+the raw text (`--set corpus=stories.txt`). An unknown key or a value of the wrong type is
+a ValueError that lists the valid fields with their types.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import types
+import typing
+
+
+def parse(items: list[str]) -> list[tuple[str | None, str, str]]:
+    """["key=value", "name.key=value"] -> [(name or None, key, raw value)]."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE or NAME.KEY=VALUE, got {item!r}")
+        name, _, field = key.rpartition(".")
+        parsed.append((name or None, field, raw))
+    return parsed
+
+
+def _fits(value, hint) -> tuple[bool, object]:
+    """(whether value fits the type hint, the value converted: int -> float, list -> tuple)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            ok, converted = _fits(value, option)
+            if ok:
+                return True, converted
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if origin is tuple:
+        if isinstance(value, list):
+            value = tuple(value)
+        if not isinstance(value, tuple):
+            value = (value,)  # "--set widths=64" for a tuple field means (64,)
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            return False, value
+        converted = [_fits(v, h) for v, h in zip(value, items)]
+        return all(ok for ok, _ in converted), tuple(c for _, c in converted)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return True, float(value)
+    if hint is int and isinstance(value, bool):
+        return False, value
+    return isinstance(value, hint), value
+
+
+def _describe(config_type) -> str:
+    hints = typing.get_type_hints(config_type)
+    return ", ".join(f"{f.name} ({_type_name(hints[f.name])})" for f in dataclasses.fields(config_type))
+
+
+def _type_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def apply(config, overrides: list[tuple[str, str]], experiment: str):
+    """config with each (key, raw value) replaced, after checking the key and the value's type."""
+    config_type = type(config)
+    hints = typing.get_type_hints(config_type)
+    changes = {}
+    for key, raw in overrides:
+        if key not in hints:
+            raise ValueError(f"{experiment} has no config field {key!r}; valid: {_describe(config_type)}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        ok, converted = _fits(value, hints[key])
+        if not ok and _fits(raw, hints[key])[0]:  # a string field given text that parses as a literal
+            ok, converted = True, raw
+        if not ok:
+            raise ValueError(f"{experiment}: {key}={raw!r} is not of type {_type_name(hints[key])}; valid: "
+                             f"{_describe(config_type)}")
+        changes[key] = converted
+    return dataclasses.replace(config, **changes)
+
+
+def for_experiment(parsed: list[tuple[str | None, str, str]], name: str, config) -> list[tuple[str, str]]:
+    """The overrides that apply to experiment `name`: scoped ones for it, and unscoped ones whose
+    key its Config has."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    return [(key, raw) for scope, key, raw in parsed if scope == name or (scope is None and key in fields)]

@@ -1,0 +1,35 @@
+"""The declared public API: geometry/__init__.py names exist, and DESIGN.md's public names are there."""
+
+import inspect
+
+import geometry
+
+DESIGN = {
+    "activations": ["NAMES", "get"],
+    "jacobians": ["jacobian_field"],
+    "probe": ["layers", "input_jacobian_field", "local_jacobian_field"],
+    "spectra": ["singular_values", "numerical_rank", "effective_rank", "stable_rank", "condition_number", "log_volume"],
+    "metric": ["pullback_metric"],
+    "similarity": ["cka"],
+    "collapse": ["collapse_metrics"],
+    "data": ["make_dataset", "grid", "load_digits"],
+    "theory": ["prob_any_dead", "prob_relu_rank_deficient", "mean_field", "fuss_catalan"],
+    "training": ["train", "TrainConfig", "CheckpointError"],
+}
+
+
+def test_every_declared_name_exists_and_nothing_private_is_exported():
+    for name in geometry.__all__:
+        assert hasattr(geometry, name), name
+        assert not name.startswith("_"), name
+    for module, names in DESIGN.items():
+        for name in names:
+            assert hasattr(getattr(geometry, module), name), f"geometry.{module}.{name}"
+
+
+def test_jacobian_field_signature_is_the_designed_one():
+    parameters = inspect.signature(geometry.jacobian_field).parameters
+    assert list(parameters)[:2] == ["f", "points"]
+    for keyword, default in (("mode", "auto"), ("params", None), ("chunk_size", None), ("reduce", None),
+                             ("devices", None)):
+        assert parameters[keyword].default == default and parameters[keyword].kind == parameters[keyword].KEYWORD_ONLY
