@@ -13,10 +13,10 @@ Cases (float32, jitted, best of 3 calls after a warm-up call):
 modes on tanh MLPs n → 256 → 256 → m over n, m ∈ {4, 16, 64, 256}; REVERSE_COST is the
 median of (reverse seconds / m) / (forward seconds / n): one cotangent's cost in tangents.
 
-Probe: the per-layer fields of a 64 → 128 ×4 → 10 tanh MLP at 2048 points
+Probe: the per-layer fields of tanh MLPs 2 → 32 ×4 → 10 and 64 → 128 ×4 → 10 at 2048 points
 (`probe.local_jacobian_field`, `probe.input_jacobian_field`) against the per-point Python
-loop they replace (jax.jacfwd of each layer at its input, one point at a time, timed on
-16 points and reported per point), with the largest difference between the two.
+loop they replace (`replaced_loop`: the former `layer_jacobians`, timed on 16 points and
+reported per point), with the largest difference between the two.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks._common import result_name, timed, write_result
+from benchmarks._common import block, result_name, timed, write_result
 from geometry import jacobians, models, probe
 
 
@@ -112,34 +112,42 @@ def sweep(config: Config) -> dict:
             "library_reverse_cost": jacobians.REVERSE_COST}
 
 
+def replaced_loop(model, point):
+    """What `layer_jacobians` did before `geometry.probe` (one point): split the model, run it to
+    get each layer's input, then jacfwd of each layer merged from the state, eagerly."""
+    graphdef, state = nnx.split(model)
+
+    def layer(l, state, h):
+        return nnx.merge(graphdef, state).layers[l](h)
+
+    inputs = [point]
+    for hidden in model.layers:
+        inputs.append(hidden(inputs[-1]))
+    return [jax.jacfwd(layer, argnums=2)(l, state, h) for l, h in enumerate(inputs[:-1])]
+
+
 def probe_speed(config: Config) -> dict:
-    model = models.MLP(64, 128, depth=4, out_features=10, activation="tanh", rngs=nnx.Rngs(4))
-    x = _inputs((config.probe_points, 64), 5)
-    local = timed(lambda: probe.local_jacobian_field(model, x, "layers/*"), config.repeats)["seconds"]
-    inputs = timed(lambda: probe.input_jacobian_field(model, x, "layers/*"), config.repeats)["seconds"]
-
-    def loop(points):  # what the library did before: one point, one layer at a time, eagerly
-        out = []
-        for p in points:
-            h, per_layer = p, []
-            for layer in model.layers:
-                per_layer.append(jax.jacfwd(layer)(h))
-                h = layer(h)
-            out.append(per_layer)
-        return out
-
-    subset = x[: config.loop_points]
-    loop(subset[:1])  # warm-up: the eager ops' first-call caches
-    start = time.perf_counter()
-    looped = loop(subset)
-    loop_seconds = (time.perf_counter() - start) / len(subset)
-    fields = probe.local_jacobian_field(model, subset, "layers/*")
-    error = max(float(jnp.max(jnp.abs(fields[f"layers/{l}"][i] - looped[i][l])))
-                for i in range(len(subset)) for l in range(model.depth))
-    per_point = {"local": local / len(x), "input": inputs / len(x)}
-    return {"points": len(x), "local_points_per_second": len(x) / local, "input_points_per_second": len(x) / inputs,
-            "loop_points_per_second": 1 / loop_seconds, "local_speedup_vs_loop": loop_seconds / per_point["local"],
-            "input_speedup_vs_loop": loop_seconds / per_point["input"], "max_abs_difference_vs_loop": error}
+    """Per-layer fields against the per-point loop they replace, on a spiral-sized MLP (where the
+    loop's per-call overhead dominates) and a digits-sized classifier (where FLOPs do)."""
+    results = {}
+    for name, (n, width) in {"mlp_2_to_32x4": (2, 32), "mlp_64_to_128x4": (64, 128)}.items():
+        model = models.MLP(n, width, depth=4, out_features=10, activation="tanh", rngs=nnx.Rngs(4))
+        x = _inputs((config.probe_points, n), 5)
+        local = timed(lambda: probe.local_jacobian_field(model, x, "layers/*"), config.repeats)["seconds"]
+        inputs = timed(lambda: probe.input_jacobian_field(model, x, "layers/*"), config.repeats)["seconds"]
+        subset = x[: config.loop_points]
+        block(replaced_loop(model, subset[0]))  # warm-up: the eager ops' first-call caches
+        start = time.perf_counter()
+        looped = block([replaced_loop(model, p) for p in subset])
+        loop_seconds = (time.perf_counter() - start) / len(subset)
+        fields = probe.local_jacobian_field(model, subset, "layers/*")
+        error = max(float(jnp.max(jnp.abs(fields[f"layers/{l}"][i] - looped[i][l])))
+                    for i in range(len(subset)) for l in range(model.depth))
+        results[name] = {
+            "points": len(x), "local_points_per_second": len(x) / local, "input_points_per_second": len(x) / inputs,
+            "loop_points_per_second": 1 / loop_seconds, "local_speedup_vs_loop": loop_seconds * len(x) / local,
+            "input_speedup_vs_loop": loop_seconds * len(x) / inputs, "max_abs_difference_vs_loop": error}
+    return results
 
 
 def main(argv=None) -> None:
@@ -158,13 +166,15 @@ def main(argv=None) -> None:
     fitted = sweep(config)
     print(f"fitted REVERSE_COST {fitted['fitted_reverse_cost']:.2f} (library uses {jacobians.REVERSE_COST})")
     speed = probe_speed(config)
-    print(f"probe: local {speed['local_speedup_vs_loop']:.0f}×, input {speed['input_speedup_vs_loop']:.0f}× the "
-          f"per-point loop (max |Δ| {speed['max_abs_difference_vs_loop']:.1e})")
+    for name, row in speed.items():
+        print(f"probe, {name}: local {row['local_speedup_vs_loop']:.0f}×, input {row['input_speedup_vs_loop']:.0f}× "
+              f"the per-point loop ({row['loop_points_per_second']:.0f} points/s; max |Δ| "
+              f"{row['max_abs_difference_vs_loop']:.1e})")
     name = args.name or result_name("modes-quick" if args.quick else "modes")
     write_result(name, {"config": dataclasses.asdict(config), "cases": results, "sweep": fitted, "probe": speed,
                         "targets": {"auto_within": 1.1, "probe_speedup": 500,
                                     "worst_auto_over_faster": max(r["auto_over_faster"] for r in results.values()),
-                                    "probe_local_speedup": speed["local_speedup_vs_loop"]}})
+                                    "probe_local_speedup": {k: r["local_speedup_vs_loop"] for k, r in speed.items()}}})
 
 
 if __name__ == "__main__":

@@ -86,15 +86,17 @@ def modes_section(result: dict) -> list[str]:
                   f"{sweep['fitted_reverse_cost']:.2f} (the library's `REVERSE_COST` is "
                   f"{sweep['library_reverse_cost']:.1f}: forward when n ≤ REVERSE_COST · m).", "",
               "| n → m | forward s | reverse s | cotangent / tangent |", "|---|---:|---:|---:|"]
-    for key, row in sweep["rows"].items():
+    for key, row in sorted(sweep["rows"].items(), key=lambda item: (item[1]["n"], item[1]["m"])):
         lines.append(f"| {key} | {row['forward_seconds']:.4f} | {row['reverse_seconds']:.4f} | "
                      f"{row['cotangent_over_tangent']:.2f} |")
-    p = result["probe"]
-    lines += ["", f"Per-layer fields of a 64 → 128 ×4 → 10 MLP at {p['points']} points against the per-point loop "
-                  f"they replace: local {p['local_points_per_second']:.0f} points/s "
-                  f"({p['local_speedup_vs_loop']:.0f}× the loop's {p['loop_points_per_second']:.1f}), input "
-                  f"{p['input_points_per_second']:.0f} points/s ({p['input_speedup_vs_loop']:.0f}×; target ≥ 500×); "
-                  f"largest difference from the loop {p['max_abs_difference_vs_loop']:.1e}."]
+    lines += ["", "Per-layer fields (`probe.local_jacobian_field`, `probe.input_jacobian_field`, all hidden layers) "
+                  "against the per-point loop they replace (the former `layer_jacobians`; target ≥ 500×):", "",
+              "| model | points | local points/s | input points/s | loop points/s | local × loop | input × loop | "
+              "max \\|Δ\\| vs loop |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, p in result["probe"].items():
+        lines.append(f"| {name} | {p['points']} | {p['local_points_per_second']:.0f} | {p['input_points_per_second']:.0f} | "
+                     f"{p['loop_points_per_second']:.0f} | {p['local_speedup_vs_loop']:.0f} | "
+                     f"{p['input_speedup_vs_loop']:.0f} | {p['max_abs_difference_vs_loop']:.1e} |")
     return lines
 
 

@@ -51,9 +51,10 @@ from geometry.functional import StaticKey
 MODES = ("auto", "forward", "reverse")
 POINT_AXIS = "points"  # the name of the 1-D device mesh axis the points are split over
 DEFAULT_CHUNK_SIZE = 4096  # points per vmapped batch; ~tens of MB for a width-256, depth-8 MLP
-# cost of one reverse-mode cotangent in units of one forward-mode tangent, fitted by
-# benchmarks/modes.py on MLPs and a CNN (CPU, jax 0.10.2): forward when n ≤ REVERSE_COST · m
-REVERSE_COST = 2.0
+# cost of one reverse-mode cotangent in units of one forward-mode tangent: the median over tanh
+# MLPs n → 256 → 256 → m, n, m ∈ {4, 16, 64, 256}, was 1.03 (benchmarks/modes.py; CPU, jax 0.10.2;
+# 0.76–1.58 case by case). Forward when n ≤ REVERSE_COST · m.
+REVERSE_COST = 1.0
 
 
 class ModelStateError(ValueError):

@@ -19,3 +19,15 @@ def test_every_benchmarked_method_agrees_with_jacobian_field():
             assert row["max_error_vs_jacobian_field"] < 1e-5, (name, row["max_error_vs_jacobian_field"])
         assert row["points_per_second"] > 0 and np.isfinite(row["cost_in_forward_passes"])
     assert rows["jacobian_field"]["slowdown_vs_jacobian_field"] == 1.0
+
+
+def test_modes_benchmark_loop_equals_the_probe_fields():
+    from benchmarks import modes
+    from geometry import probe
+
+    model = models.MLP(3, 8, depth=3, activation="tanh", rngs=nnx.Rngs(1))
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    fields = probe.local_jacobian_field(model, x, "layers/*")
+    for i, point in enumerate(x):
+        for l, J in enumerate(modes.replaced_loop(model, jnp.asarray(point))):
+            np.testing.assert_allclose(fields[f"layers/{l}"][i], J, rtol=1e-5, atol=1e-6)
