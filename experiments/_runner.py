@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -34,9 +35,22 @@ def versions() -> dict[str, str]:
     return found
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows: float32 kernels, and
+    so trained networks, differ between CPU instruction sets, so a figure records its CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device() -> str:
     first = jax.devices()[0]
-    return f"{first.platform}: {first.device_kind} x{jax.device_count()}"
+    host = f" on {cpu_model()}, {os.cpu_count()} cores" if first.platform == "cpu" else ""
+    return f"{first.platform}: {first.device_kind} x{jax.device_count()}{host}"
 
 
 @dataclasses.dataclass
