@@ -80,6 +80,11 @@ def agreement(H: np.ndarray, y: np.ndarray, means: np.ndarray, included: np.ndar
     return int(same.sum()), len(H)
 
 
+def _check_min_count(min_count) -> None:
+    if int(min_count) != min_count or min_count < 1:
+        raise ValueError(f"min_count must be an integer >= 1 (classes with fewer samples are left out), got {min_count}")
+
+
 def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=None, decided=None) -> dict:
     """The metrics from class statistics (see module docstring); `decided` = (agree, total) for nc4."""
     C = int(included.sum())
@@ -98,6 +103,12 @@ def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=No
     variances = within_sq[included] / counts[included]  # σ_c²
     squared_norms = np.sum(centred**2, axis=1)  # centred: the same distances, less cancellation
     mean_distances = squared_norms[:, None] + squared_norms[None, :] - 2.0 * centred @ centred.T  # (C, C)
+    coincide = mean_distances <= 1e-12 * max(float(squared_norms.max()), np.finfo(np.float64).tiny)  # to rounding
+    if np.any(_pairs(coincide)):
+        first, second = np.argwhere(np.triu(coincide, 1))[0]
+        labels = np.flatnonzero(included)
+        raise ValueError(f"classes {labels[first]} and {labels[second]} have identical means: CDNV and the NC2 angles "
+                         "are undefined (no separation to measure)")
     cdnv = float(np.mean(_pairs(variances[:, None] + variances[None, :]) / (2.0 * _pairs(mean_distances))))
 
     norms = np.linalg.norm(centred, axis=1)
@@ -161,6 +172,7 @@ def collapse_metrics(H, y, W=None, bias=None, *, num_classes: int | None = None,
     measured on (H_eval, y_eval) when given (validation tokens; only those whose label is
     an included class), otherwise on H.
     """
+    _check_min_count(min_count)
     H, y = _check(H, y, num_classes)
     num_classes = int(y.max()) + 1 if num_classes is None else num_classes
     counts = np.bincount(y, minlength=num_classes)
@@ -190,7 +202,9 @@ class CollapseAccumulator:
     """
 
     def __init__(self, num_classes: int, dim: int, *, min_count: int = DEFAULT_MIN_COUNT):
+        _check_min_count(min_count)
         self.num_classes, self.dim, self.min_count = num_classes, dim, min_count
+        self.variability_tokens = 0
         self.counts = np.zeros(num_classes, dtype=np.int64)
         self.sums = np.zeros((num_classes, dim))
         self.within_sq = np.zeros(num_classes)
@@ -223,6 +237,7 @@ class CollapseAccumulator:
         residuals = H[keep] - self.means[y[keep]]
         self.within_sq += np.bincount(y[keep], weights=np.sum(residuals**2, axis=1), minlength=self.num_classes)
         self.within_cov += residuals.T @ residuals
+        self.variability_tokens += int(keep.sum())
 
     def add_decisions(self, H, y, W, bias=None, *, layout: str = "out_in") -> None:
         H, y = _check(H, y, self.num_classes)
@@ -232,6 +247,11 @@ class CollapseAccumulator:
         self.evaluated += evaluated
 
     def result(self, W=None, *, layout: str = "out_in") -> dict:
+        expected = int(self.counts[self.included].sum())
+        if self.variability_tokens != expected:
+            # without pass 2 the within-class scatter is 0 and nc1 = cdnv = 0 would read as perfect collapse
+            raise ValueError(f"pass 2 (add_variability) saw {self.variability_tokens} tokens of the included classes, "
+                             f"pass 1 saw {expected}: run add_variability over the same data as add_means")
         decided = (self.agree, self.evaluated) if self.evaluated else None
         if W is not None:
             W, _ = _check_head(W, None, self.num_classes, self.dim, layout)

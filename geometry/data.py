@@ -73,8 +73,8 @@ def make_dataset(name: str, n: int = 1000, *, noise: float = 0.0, seed: int = 0)
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if n < 1:
         raise ValueError(f"dataset size must be >= 1, got {n}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
     rng = np.random.default_rng(seed)
     x, y = _MAKERS[name](rng, n)
     x = x + noise * rng.normal(size=x.shape)

@@ -185,6 +185,8 @@ def knn_agreement(X, Y, k: int = 10) -> float:
     neighbour set in X survives in Y (1 = neighbourhoods preserved; k/(N−1) = chance).
     Ties in Y (e.g. points a ReLU layer collapsed together) are broken by index."""
     n = len(X)
+    if len(Y) != n:
+        raise ValueError(f"X and Y must hold the same points: {n} != {len(Y)} rows")
     if not 0 < k < n:
         raise ValueError(f"need 0 < k < number of points ({n}), got k={k}")
     neighbours = []
@@ -208,7 +210,12 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 def spearman(a, b) -> float:
     """Spearman rank correlation of two equal-length vectors (average ranks for ties)."""
-    ra, rb = _average_ranks(np.asarray(a, np.float64).ravel()), _average_ranks(np.asarray(b, np.float64).ravel())
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"spearman needs two vectors of the same length >= 2, got {len(a)} and {len(b)}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("spearman: the vectors contain NaN or inf")
+    ra, rb = _average_ranks(a), _average_ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = np.sqrt(np.sum(ra**2) * np.sum(rb**2))
     return float(np.sum(ra * rb) / denominator) if denominator > 0 else 0.0
@@ -216,5 +223,7 @@ def spearman(a, b) -> float:
 
 def distance_rank_correlation(X, Y) -> float:
     """Spearman ρ between all pairwise distances in X and the same pairs' distances in Y."""
+    if len(X) != len(Y) or len(X) < 3:
+        raise ValueError(f"X and Y must hold the same points, at least 3: got {len(X)} and {len(Y)} rows")
     upper = np.triu_indices(len(X), k=1)
     return spearman(np.asarray(pairwise_distances(X))[upper], np.asarray(pairwise_distances(Y))[upper])

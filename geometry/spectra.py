@@ -25,14 +25,31 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from geometry.shapes import AnyArray, Float, Int, shape_checked
+
+
+def _checked(J, what: str = "J"):
+    """J as a JAX array; ValueError for empty matrices, and for NaN or inf (outside a trace):
+    the spectra of a non-finite Jacobian would read as rank 0, condition inf, log volume −inf."""
+    J = jnp.asarray(J)
+    if J.shape[-1] == 0 or J.shape[-2] == 0:
+        raise ValueError(f"{what} has empty matrices, shape {tuple(J.shape)}")
+    if not isinstance(J, jax.core.Tracer):
+        finite = np.asarray(jnp.all(jnp.isfinite(J), axis=(-2, -1))).reshape(-1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ValueError(f"{what} contains NaN or inf in {bad.size} of {finite.size} matrices (first, flat index: "
+                             f"{bad[:5].tolist()}); spectra of it would read as total rank collapse. Find where the "
+                             "model produces them (jacobian_field raises there by default).")
+    return J
 
 
 @shape_checked
 def singular_values(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch r"]:
     """(..., min(m, n)) singular values in descending order."""
-    return jnp.linalg.svd(J, compute_uv=False)
+    return jnp.linalg.svd(_checked(J), compute_uv=False)
 
 
 def _tolerance(sigma: jax.Array, shape: tuple[int, ...], dtype, rtol: float | None) -> jax.Array:
@@ -122,6 +139,8 @@ def summarize_singular_values(sigma: Float[AnyArray, "*batch r"], matrix_shape: 
     hold the Jacobians themselves.
     """
     sigma = jnp.asarray(sigma)
+    if not isinstance(sigma, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(sigma))):
+        raise ValueError("singular values contain NaN or inf: the Jacobians they came from were not finite")
     rank = _rank_from_sigma(sigma, tuple(matrix_shape), dtype, rtol)
     singular = rank < sigma.shape[-1]
     return {

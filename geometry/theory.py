@@ -44,8 +44,8 @@ def prob_any_dead(n, layer: int = 1):
     So P(no dead unit at layer l) = 2⁻ⁿ (1 − 2⁻ⁿ)^(l−1), which matters only for small n.
     """
     n = np.asarray(n, dtype=float)
-    if np.any(n < 0) or layer < 1:
-        raise ValueError(f"need width n >= 0 and layer >= 1, got n={n}, layer={layer}")
+    if not np.all(np.isfinite(n)) or np.any(n < 0) or np.any(n != np.round(n)) or int(layer) != layer or layer < 1:
+        raise ValueError(f"need integer width n >= 0 and integer layer >= 1, got n={n}, layer={layer}")
     log_all_alive = -n * math.log(2.0)
     if layer > 1:
         with np.errstate(divide="ignore"):  # n = 0: log1p(−1) = −inf, P = 1, as it should
@@ -153,8 +153,10 @@ def mean_field(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0)
     leaky ReLU, identity) χ₁ does not depend on q, so both are exact. At the degenerate critical point of such φ
     (e.g. ReLU, σ_w² = 2, σ_b² = 0) every q is a fixed point and q* = q0.
     """
-    if sigma_w2 < 0 or sigma_b2 < 0:
-        raise ValueError(f"variances must be >= 0, got sigma_w2={sigma_w2}, sigma_b2={sigma_b2}")
+    if not (math.isfinite(sigma_w2) and math.isfinite(sigma_b2)) or sigma_w2 < 0 or sigma_b2 < 0:
+        raise ValueError(f"variances must be finite and >= 0, got sigma_w2={sigma_w2}, sigma_b2={sigma_b2}")
+    if not (math.isfinite(q0) and q0 > 0):
+        raise ValueError(f"the starting length q0 must be finite and > 0 (a squared length), got {q0}")
     q_star = fixed_point_q(activation, sigma_w2, sigma_b2, q0=q0)
     return q_star, sigma_w2 * derivative_moment(activation, _finite_q(q_star, q0), 1)
 
@@ -174,6 +176,8 @@ def isometry_prediction(activation, sigma_w2: float, sigma_b2: float, depth: int
     s1 = {"gaussian": -1.0, "orthogonal": 0.0}.get(weights)
     if s1 is None:
         raise ValueError(f"weights must be 'gaussian' or 'orthogonal', got {weights!r}")
+    if int(depth) != depth or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth}")
     q_star, chi1 = mean_field(activation, sigma_w2, sigma_b2)
     mu1 = derivative_moment(activation, _finite_q(q_star), 1)
     mu2 = derivative_moment(activation, _finite_q(q_star), 2)
@@ -187,8 +191,9 @@ def isometry_prediction(activation, sigma_w2: float, sigma_b2: float, depth: int
 
 def fuss_catalan(L: int, k: int) -> int:
     """Fuss–Catalan number C((L+1)k, k) / (Lk + 1); L = 1 gives the Catalan numbers."""
-    if L < 0 or k < 0:
-        raise ValueError(f"L and k must be >= 0, got L={L}, k={k}")
+    if isinstance(L, bool) or isinstance(k, bool) or int(L) != L or int(k) != k or L < 0 or k < 0:
+        raise ValueError(f"L and k must be integers >= 0, got L={L}, k={k}")
+    L, k = int(L), int(k)
     return math.comb((L + 1) * k, k) // (L * k + 1)
 
 

@@ -45,6 +45,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from: corrupt, or from a different run."""
 
 
+def check_config(config: "TrainConfig") -> None:
+    """ValueError naming the field of a config that cannot train (checked before any step runs)."""
+    problems = []
+    if int(config.steps) != config.steps or config.steps < 0:
+        problems.append(f"steps must be an integer >= 0, got {config.steps}")
+    if not (np.isfinite(config.learning_rate) and config.learning_rate > 0):
+        problems.append(f"learning_rate must be finite and > 0, got {config.learning_rate}")
+    if config.batch_size is not None and (int(config.batch_size) != config.batch_size or config.batch_size < 1):
+        problems.append(f"batch_size must be None (full batch) or an integer >= 1, got {config.batch_size}")
+    for field in ("checkpoint_every", "log_every"):
+        value = getattr(config, field)
+        if int(value) != value or value < 1:
+            problems.append(f"{field} must be an integer >= 1, got {value}")
+    if config.warmup_steps < 0:
+        problems.append(f"warmup_steps must be >= 0, got {config.warmup_steps}")
+    if config.clip_norm is not None and not (np.isfinite(config.clip_norm) and config.clip_norm > 0):
+        problems.append(f"clip_norm must be None or finite and > 0, got {config.clip_norm}")
+    if problems:
+        raise ValueError("TrainConfig: " + "; ".join(problems))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
@@ -111,6 +132,8 @@ def _check_data(x, y, labels: str = "integer") -> tuple[np.ndarray, np.ndarray]:
     if np.issubdtype(y.dtype, np.inexact) and not np.all(np.isfinite(y) & (y == np.round(y))):
         raise ValueError("labels for the cross-entropy loss must be integers (class indices); for other targets "
                          "pass your own loss_fn")
+    if y.size and y.min() < 0:
+        raise ValueError(f"labels must be class indices >= 0, got {int(y.min())} ({int((y < 0).sum())} negative)")
     return x, y.astype(np.int32)
 
 
@@ -174,7 +197,13 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
     call) so the compiled step is reused. `log` receives progress lines (default: stderr
     every `log_every` steps).
     """
+    check_config(config)
     x, y = _check_data(x, y, labels="integer" if loss_fn is cross_entropy_loss else "any")
+    if loss_fn is cross_entropy_loss:  # a label past the last logit makes the loss NaN, silently
+        classes = jax.eval_shape(lambda v: model(v), jax.ShapeDtypeStruct(x.shape[1:], x.dtype)).shape[-1]
+        if y.max() >= classes:
+            raise ValueError(f"labels go up to {int(y.max())} but the model has {classes} outputs (classes 0.."
+                             f"{classes - 1})")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     graphdef = Static(graphdef)

@@ -1,0 +1,93 @@
+"""Plausible wrong numbers are refused: each case here returned a number (or hung) before."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from geometry import collapse, data, metric, models, spectra, theory, training
+
+
+def test_spectra_refuse_non_finite_and_empty_jacobians(nans_allowed):
+    J = np.random.default_rng(0).normal(size=(5, 3, 2))
+    J[2, 0, 1] = np.nan
+    J[4, 1, 1] = np.inf
+    for statistic in (spectra.numerical_rank, spectra.condition_number, spectra.log_volume, spectra.effective_rank,
+                      spectra.summary):
+        with pytest.raises(ValueError, match=r"NaN or inf in 2 of 5 matrices \(first, flat index: \[2, 4\]\)"):
+            statistic(J)
+    with pytest.raises(ValueError, match="empty matrices"):
+        spectra.numerical_rank(np.ones((2, 0)))
+    with pytest.raises(ValueError, match="floating-point"):
+        spectra.numerical_rank(np.ones((3, 3), dtype=np.int32))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        spectra.summarize_singular_values(np.array([[1.0, np.nan]]), (2, 2), np.float32)
+
+
+def test_point_cloud_comparisons_need_the_same_points():
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(10, 2)), rng.normal(size=(12, 2))
+    with pytest.raises(ValueError, match="same points: 10 != 12"):
+        metric.knn_agreement(X, Y, k=3)
+    with pytest.raises(ValueError, match="same points, at least 3: got 10 and 12"):
+        metric.distance_rank_correlation(X, Y)
+    with pytest.raises(ValueError, match="same length >= 2, got 3 and 1"):
+        metric.spearman([1, 2, 3], [5])
+
+
+def test_theory_refuses_what_it_cannot_answer():
+    with pytest.raises(ValueError, match="q0 must be finite and > 0"):
+        theory.mean_field("tanh", 1.0, 0.0, q0=0.0)  # looped forever before
+    with pytest.raises(ValueError, match="q0 must be finite and > 0"):
+        theory.mean_field("tanh", 1.0, 0.0, q0=-1.0)
+    with pytest.raises(ValueError, match="variances must be finite"):
+        theory.mean_field("tanh", float("nan"), 0.0)
+    with pytest.raises(ValueError, match="depth must be an integer >= 1"):
+        theory.isometry_prediction("tanh", 1.0, 0.0, depth=-1)
+    with pytest.raises(ValueError, match="integer width"):
+        theory.prob_any_dead(float("nan"))
+    with pytest.raises(ValueError, match="integers >= 0"):
+        theory.fuss_catalan(1.5, 2)
+    assert theory.fuss_catalan(2.0, 3) == 12  # an integral float is accepted: C(9, 3) / 7
+
+
+def test_make_dataset_refuses_nan_noise():
+    with pytest.raises(ValueError, match="noise must be a finite number"):
+        data.make_dataset("spiral", 10, noise=float("nan"))
+
+
+def test_training_refuses_configs_and_labels_that_cannot_train():
+    x, y = data.make_dataset("xor", 64, seed=0)
+    model = models.MLP(2, 8, depth=1, out_features=2, rngs=nnx.Rngs(0))
+    base = training.TrainConfig(steps=5, log_every=5)
+    quiet = dict(log=lambda line: None)
+    for change, message in (({"learning_rate": float("nan")}, "learning_rate must be finite"),
+                            ({"batch_size": 0}, "batch_size must be None"),
+                            ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),
+                            ({"steps": -5}, "steps must be an integer >= 0")):
+        with pytest.raises(ValueError, match=message):
+            training.train(model, x, y, dataclasses.replace(base, **change), **quiet)
+    with pytest.raises(ValueError, match="must be integers"):
+        training.train(model, x, y * 0.7, base, **quiet)  # was truncated to class 0
+    with pytest.raises(ValueError, match="labels go up to 5 but the model has 2 outputs"):
+        training.train(model, x, y + 4, base, **quiet)  # was a NaN loss
+    with pytest.raises(ValueError, match="class indices >= 0"):
+        training.train(model, x, y - 1, base, **quiet)
+
+
+def test_collapse_refuses_a_skipped_pass_and_degenerate_classes():
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 30)
+    H = rng.normal(size=(90, 4)) + 4 * np.eye(3, 4)[y]
+    accumulator = collapse.CollapseAccumulator(3, 4, min_count=5)
+    accumulator.add_means(H, y)
+    with pytest.raises(ValueError, match="pass 2 \\(add_variability\\) saw 0 tokens"):
+        accumulator.result()  # returned nc1 = cdnv = 0, "perfect collapse", before
+    with pytest.raises(ValueError, match="min_count must be an integer >= 1"):
+        collapse.CollapseAccumulator(3, 4, min_count=0)
+    with pytest.raises(ValueError, match="min_count must be an integer >= 1"):
+        collapse.collapse_metrics(H, y, min_count=0)
+    same = np.concatenate([H[:60], H[:30]])  # class 2 has exactly class 0's features
+    with pytest.raises(ValueError, match="classes 0 and 2 have identical means"):
+        collapse.collapse_metrics(same, y, min_count=5)
