@@ -1,5 +1,7 @@
 """python -m experiments [NAME ... | all] [--quick | --scale gpu] [--seed S] [--out DIR] [--set KEY=VALUE ...]
 
+`python -m experiments verify [--out DIR]` checks every output against DIR/MANIFEST.json.
+
 With no name, lists the experiments. Unknown names exit with code 2 and the list.
 `--scale gpu` picks the larger configs of experiments that define one (the others run
 their full config). `--set KEY=VALUE` overrides a field of the config of every chosen
@@ -12,7 +14,9 @@ is short for that, and checks the file exists).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from experiments import EXPERIMENTS
 
@@ -33,6 +37,37 @@ def _scales() -> set[str]:
     return {scale for name in EXPERIMENTS for scale in getattr(load(name), "SCALES", {})}
 
 
+def _unwritable(out: str) -> str | None:
+    """Why OUT cannot take the outputs (None when it can): checked before any computing."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def _verify(out: str) -> int:
+    """Exit 0 when every file recorded in OUT/MANIFEST.json is there with its SHA-256, else 1."""
+    from experiments._runner import MANIFEST, verify
+
+    try:
+        problems = verify(out)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {out}", file=sys.stderr)
+        return 1
+    print(f"every file in {Path(out) / MANIFEST} is present and matches its SHA-256")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="experiment names, or 'all'")
@@ -47,21 +82,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.scale:
         parser.error("--quick and --scale are exclusive")
     if args.corpus is not None:
-        from pathlib import Path
-
         if not Path(args.corpus).is_file():
             parser.error(f"--corpus {args.corpus}: no such file")
         args.overrides.append(f"corpus={args.corpus}")
     if not args.names:
         print(_listing())
         return 0
+    if args.names == ["verify"]:
+        return _verify(args.out)
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
+    problem = _unwritable(args.out)
+    if problem:
+        parser.error(f"--out {args.out}: {problem}")
     names = list(EXPERIMENTS) if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         print(f"unknown experiment(s): {', '.join(unknown)}\n{_listing()}", file=sys.stderr)
         return 2
     from experiments import _overrides
-    from experiments._runner import configure, load, run_experiment
+    from experiments._runner import configure, load, read_manifest, run_experiment
+
+    try:
+        read_manifest(Path(args.out))
+    except ValueError as error:
+        parser.error(str(error))
 
     # every override is checked against every chosen experiment's Config before anything runs
     try:

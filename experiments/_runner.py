@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -55,19 +56,27 @@ def device() -> str:
 
 @dataclasses.dataclass
 class Context:
-    """What an experiment gets from the runner: where to write, the seed, progress."""
+    """What an experiment gets from the runner: where to write, the seed, progress.
+
+    Outputs are staged in OUT/.staging-NAME/ and moved into OUT together when the run has
+    finished (`publish`), so a run that fails or is killed leaves the previous set intact.
+    """
 
     name: str
     out_dir: Path
     seed: int
     quick: bool
-    written: list[Path] = dataclasses.field(default_factory=list)
+    written: list[Path] = dataclasses.field(default_factory=list)  # staged files
+
+    @property
+    def staging(self) -> Path:
+        return self.out_dir / f".staging-{self.name}"
 
     def save_figure(self, fig, suffix: str = "") -> None:
-        self.written += plotting.save_figure(fig, self.out_dir / f"{self.name}{suffix}")
+        self.written += plotting.save_figure(fig, self.staging / f"{self.name}{suffix}")
 
     def write_file(self, filename: str, data: bytes | str) -> None:
-        self.written.append(atomic_write(self.out_dir / filename, data))
+        self.written.append(atomic_write(self.staging / filename, data))
 
     def progress(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         """Yield items, printing `name: description i/N` (in place on a terminal)."""
@@ -106,15 +115,24 @@ def config_hash(config) -> str:
     return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def read_manifest(out_dir: Path) -> dict:
+    """OUT/MANIFEST.json ({} when absent); ValueError when it is not a JSON object."""
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it, it is not overwritten") from error
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a JSON object; fix or remove it, it is not overwritten")
+    return manifest
+
+
 def update_manifest(out_dir: Path, record: dict, written: list[Path]) -> Path:
     """Add or replace this experiment's entry in OUT/MANIFEST.json (atomically)."""
+    manifest = read_manifest(out_dir)
     path = out_dir / MANIFEST
-    manifest = {}
-    if path.exists():
-        try:
-            manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it, it is not overwritten") from error
     manifest[record["experiment"]] = {
         "experiment": record["experiment"],
         "quick": record["quick"],
@@ -127,6 +145,51 @@ def update_manifest(out_dir: Path, record: dict, written: list[Path]) -> Path:
         "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written},
     }
     return write_json(path, dict(sorted(manifest.items())))
+
+
+def clean_leftovers(out_dir: Path, name: str) -> list[Path]:
+    """Remove what a killed run can leave: this experiment's staging folder and atomic_write's
+    hidden temporary files (.FILE.XXXX.tmp) in OUT. Returns what was removed."""
+    removed = []
+    staging = Path(out_dir) / f".staging-{name}"
+    if staging.exists():
+        shutil.rmtree(staging)
+        removed.append(staging)
+    for leftover in Path(out_dir).glob(".*.tmp"):
+        if leftover.is_file():
+            leftover.unlink()
+            removed.append(leftover)
+    return removed
+
+
+def publish(context: Context, record: dict) -> list[Path]:
+    """Move the staged outputs and the JSON into OUT as a set, then record them in the manifest."""
+    staged = [*context.written, write_json(context.staging / f"{context.name}.json", record)]
+    read_manifest(context.out_dir)  # refuse a corrupt manifest before replacing anything
+    final = []
+    for path in staged:
+        target = context.out_dir / path.name
+        os.replace(path, target)
+        final.append(target)
+    shutil.rmtree(context.staging, ignore_errors=True)
+    return [*final, update_manifest(context.out_dir, record, final)]
+
+
+def verify(out_dir: str | Path = "figures") -> list[str]:
+    """Problems with OUT against its MANIFEST.json: files missing or whose SHA-256 differs ([] if none)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / MANIFEST).exists():
+        return [f"{out_dir / MANIFEST}: missing"]
+    problems = []
+    for name, entry in read_manifest(out_dir).items():
+        for filename, digest in entry.get("sha256", {}).items():
+            path = out_dir / filename
+            if not path.exists():
+                problems.append(f"{path}: missing (written by {name})")
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                problems.append(f"{path}: SHA-256 differs from the manifest (written by {name} at "
+                                f"{entry.get('git_commit', '?')})")
+    return problems
 
 
 def load(name: str):
@@ -149,6 +212,9 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
     module = load(name)
     config = configure(module, quick=quick, scale=scale, overrides=overrides, name=name)
     context = Context(name=name, out_dir=Path(out_dir), seed=seed, quick=quick)
+    read_manifest(context.out_dir)  # a corrupt manifest is reported before any work
+    for leftover in clean_leftovers(context.out_dir, name):
+        print(f"[{name}] removed {leftover}, left by an interrupted run", flush=True)
     plotting.use_style()
     print(f"[{name}] {'quick' if quick else scale or 'full'} run, seed {seed}", flush=True)
     commit = git_commit()  # the code as it was when the run started, not after edits made during it
@@ -167,9 +233,7 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
         "wall_time_s": round(wall_time, 2),
         "numbers": numbers,
     }
-    context.written.append(write_json(context.out_dir / f"{name}.json", record))
-    manifest = update_manifest(context.out_dir, record, context.written)
-    for path in [*context.written, manifest]:
+    for path in publish(context, record):
         print(f"[{name}] wrote {path}", flush=True)
     print(f"[{name}] done in {wall_time:.1f} s", flush=True)
     return record

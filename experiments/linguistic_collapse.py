@@ -140,6 +140,35 @@ def train_model(config: Config, text: data.TextData, width: int, depth: int, con
                    "train_loss_history": result["history"]}
 
 
+MIN_MODELS_TO_FIT = 3  # a line through two points has R² = 1 whatever they are
+MAX_EXCLUDED_CLASSES = 0.9  # beyond this fraction of classes left out, the metrics describe almost nothing
+NUMERICAL_ZERO = 1e-12  # a dimensionless metric this small at every model is 0 up to rounding
+
+
+def refusal(values: np.ndarray) -> str | None:
+    """Why a metric's values over the models cannot be regressed on loss (None when they can)."""
+    if len(values) < MIN_MODELS_TO_FIT:
+        return f"needs at least {MIN_MODELS_TO_FIT} models, got {len(values)}"
+    if not np.all(np.isfinite(values)):
+        return "non-finite values"
+    if np.max(np.abs(values)) <= NUMERICAL_ZERO or np.ptp(values) <= 1e-9 * np.max(np.abs(values)):
+        return "constant over the models (e.g. an NC2 spread with 2 classes is identically 0): R² is meaningless"
+    return None
+
+
+def check_coverage(runs: list[dict], min_count: int) -> None:
+    """ValueError (the run exits non-zero) when a model's metrics leave out most classes."""
+    for r in runs:
+        m = r["metrics"]
+        classes, tokens = m["classes"] + m["classes_excluded"], m["tokens"] + m["tokens_excluded"]
+        if m["classes_excluded"] > MAX_EXCLUDED_CLASSES * max(classes, 1):
+            raise ValueError(
+                f"w{r['width']} d{r['depth']}: {m['classes_excluded']} of {classes} classes and "
+                f"{m['tokens_excluded']} of {tokens} tokens have fewer than min_count={min_count} samples: the "
+                "corpus is too small for these metrics (use a larger corpus, or lower max_vocab / min_count "
+                "with --set)")
+
+
 def fit(x: np.ndarray, y: np.ndarray) -> dict:
     slope, intercept = np.polyfit(x, y, 1)
     residual = y - (slope * x + intercept)
@@ -153,6 +182,10 @@ def fits(runs: list[dict]) -> dict:
     for name in collapse.METRICS:
         values = np.array([r["metrics"][name] for r in runs], dtype=np.float64)
         scale = "log10" if name in LOG_SCALE else "linear"
+        reason = refusal(values)
+        if reason is not None:
+            out[name] = {"scale": scale, "r2": None, "refused": reason}
+            continue
         line = fit(loss, np.log10(values) if scale == "log10" else values)
         line["lower_loss_means_more_collapse"] = bool(np.sign(line["slope"]) == COLLAPSE_SLOPE_SIGN[name])
         out[name] = {"scale": scale, **line}
@@ -171,8 +204,13 @@ def run(config: Config, context) -> dict:
         runs.append({**record, **measure(model, text, config)})
         context.log(f"w{width} d{depth}: validation loss {runs[-1]['validation_loss']:.3f}, "
                     f"cdnv {runs[-1]['metrics']['cdnv']:.3f}, nc4 {runs[-1]['metrics']['nc4']:.3f}")
+    check_coverage(runs, config.min_count)
     fitted = fits(runs)
-    ranked = sorted(fitted, key=lambda name: -np.nan_to_num(fitted[name]["r2"], nan=-1.0))
+    for name, line in fitted.items():
+        if line["r2"] is None:
+            context.log(f"no fit for {name}: {line['refused']}")
+    ranked = sorted((name for name in fitted if fitted[name]["r2"] is not None),
+                    key=lambda name: -np.nan_to_num(fitted[name]["r2"], nan=-1.0))
     plot(config, runs, fitted, context)
     return {
         "corpus": {"source": config.corpus or "pydoc_data.topics", "documents": list(text.documents),
@@ -207,12 +245,14 @@ def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
         values = np.array([r["metrics"][name] for r in runs])
         for r, v in zip(runs, values):
             ax.scatter(r["validation_loss"], v, color=style[r["width"]], marker=markers[r["depth"]], s=36, zorder=3)
-        line = np.linspace(loss.min(), loss.max(), 20)
-        trend = fitted[name]["slope"] * line + fitted[name]["intercept"]
-        ax.plot(line, 10**trend if name in LOG_SCALE else trend, color="0.4", lw=1, ls="--")
-        if name in LOG_SCALE:
+        if fitted[name]["r2"] is not None:
+            line = np.linspace(loss.min(), loss.max(), 20)
+            trend = fitted[name]["slope"] * line + fitted[name]["intercept"]
+            ax.plot(line, 10**trend if name in LOG_SCALE else trend, color="0.4", lw=1, ls="--")
+        if name in LOG_SCALE and np.all(values > 0):
             log_axis(ax)
-        ax.set_title(f"{name}   R² = {fitted[name]['r2']:.2f}")
+        r2 = "no fit" if fitted[name]["r2"] is None else f"R² = {fitted[name]['r2']:.2f}"
+        ax.set_title(f"{name}   {r2}")
         ax.set_xlabel("validation loss (nats/token)")
     for w in config.widths:
         axes[0, 0].scatter([], [], color=style[w], label=f"width {w}")

@@ -86,7 +86,8 @@ def run(config: Config, context) -> dict:
     anim = animation.FuncAnimation(fig, lambda i: draw(axes, i), frames=len(steps))
     with plt.rc_context({"savefig.dpi": config.dpi, "animation.embed_limit": 5.0}):
         html = plotting.animation_html(anim, "training_animation", fps=5, default_mode="once")
-        gif_path = context.out_dir / f".{context.name}.gif.tmp.gif"
+        context.staging.mkdir(parents=True, exist_ok=True)  # the writer needs a file; staging is cleaned up
+        gif_path = context.staging / f".{context.name}.partial.gif"
         anim.save(gif_path, writer=animation.PillowWriter(fps=5), dpi=config.dpi)
     plt.close(fig)
     context.write_file(f"{context.name}.gif", gif_path.read_bytes())

@@ -91,3 +91,20 @@ def test_collapse_refuses_a_skipped_pass_and_degenerate_classes():
     same = np.concatenate([H[:60], H[:30]])  # class 2 has exactly class 0's features
     with pytest.raises(ValueError, match="classes 0 and 2 have identical means"):
         collapse.collapse_metrics(same, y, min_count=5)
+
+
+def test_linguistic_collapse_refuses_fits_and_corpora_too_small():
+    from experiments import linguistic_collapse as lc
+
+    assert lc.refusal(np.array([0.1, 0.2])) == "needs at least 3 models, got 2"
+    assert "constant" in lc.refusal(np.array([8e-17, -3e-17, 5e-17]))  # equinorm with 2 classes: R² was 0.746
+    assert lc.refusal(np.array([0.1, 0.3, 0.2])) is None
+    metric = {"classes": 2, "classes_excluded": 497, "tokens": 84, "tokens_excluded": 588}
+    runs = [{"width": 8, "depth": 1, "metrics": metric, "validation_loss": loss} for loss in (3.0, 2.5, 2.0)]
+    with pytest.raises(ValueError, match="497 of 499 classes and 588 of 672 tokens"):
+        lc.check_coverage(runs, min_count=5)
+    for name in collapse.METRICS:
+        for run, value in zip(runs, (1e-17, 2e-17, 1.5e-17)):
+            run["metrics"] = {**run["metrics"], name: value}
+    fitted = lc.fits(runs)
+    assert fitted["nc2_equinorm"]["r2"] is None and "constant" in fitted["nc2_equinorm"]["refused"]
