@@ -28,7 +28,7 @@ from geometry import (
 )
 from geometry.activations import NAMES as ACTIVATIONS
 from geometry.collapse import CollapseAccumulator, collapse_metrics
-from geometry.data import grid, load_digits, make_dataset, stratified_split
+from geometry.data import grid, load_dataset, load_digits, make_dataset, stratified_split
 from geometry.functional import jit_module
 from geometry.jacobians import jacobian_field, pure_jacobian_field
 from geometry.layers import Dense, LayerNorm, Pointwise, dense_weight
@@ -45,6 +45,6 @@ __all__ = [
     # entry points
     "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "KernelMLP", "LayerNorm", "MLP",
     "Pointwise", "TrainConfig", "cka", "collapse_metrics", "dense_layer_singular_values", "dense_weight",
-    "fuss_catalan", "grid", "jacobian_field", "jit_module", "load_digits", "make_dataset", "mean_field",
+    "fuss_catalan", "grid", "jacobian_field", "jit_module", "load_dataset", "load_digits", "make_dataset", "mean_field",
     "prob_any_dead", "prob_relu_rank_deficient", "pullback_metric", "pure_jacobian_field", "stratified_split", "train",
 ]

@@ -16,6 +16,7 @@ labelling (so labels near a boundary can end up on the wrong side, as in real da
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -89,6 +90,130 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
     digits = sklearn_digits()
     return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32)
+
+
+def load_dataset(path, *, label: str | int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """A user's classification data as (X (N, d) float32, y (N,) int32 labels 0..C-1).
+
+    * CSV (``.csv``/``.txt``): a header row naming the columns, then one example per row;
+      the label column is the last one, or the one `label` names (a header name or an index).
+      Every other cell must be a finite number.
+    * NPZ (``.npz``): arrays ``x`` (N, ...) and ``y`` (N,).
+    Labels must be integers; they are kept as they are when they are 0..C-1 and otherwise
+    mapped to 0..C-1 in sorted order. Errors name the file and the line (CSV, counting the
+    header as line 1) or the row: a non-numeric or empty cell, a ragged row, a missing or
+    fractional label, NaN or inf, fewer than two classes, no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".npz":
+        x, y = _load_npz(path)
+    elif path.suffix in (".csv", ".txt"):
+        x, y = _load_csv(path, label)
+    else:
+        raise ValueError(f"{path}: unknown format {path.suffix!r}; give a .csv (header row, label column) or a "
+                         ".npz (arrays x and y)")
+    if x.reshape(len(x), -1).shape[1] == 0:
+        raise ValueError(f"{path}: no feature columns besides the label")
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError(f"{path}: only one class ({classes.tolist()}): a classifier needs at least two")
+    if not np.array_equal(classes, np.arange(len(classes))):
+        y = np.searchsorted(classes, y)
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            missing = [name for name in ("x", "y") if name not in archive.files]
+            if missing:
+                raise ValueError(f"{path}: no array {' or '.join(missing)} (found: {', '.join(archive.files) or 'none'})")
+            x, y = np.asarray(archive["x"]), np.asarray(archive["y"])
+    except (OSError, EOFError, zipfile.BadZipFile) as error:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{path}: x must be a non-empty (N, features...) array, got shape {x.shape}")
+    if y.shape != (len(x),):
+        raise ValueError(f"{path}: y must have shape ({len(x)},) to match x, got {y.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{path}: x is not numeric (dtype {x.dtype})")
+    bad = np.flatnonzero(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1))
+    if bad.size:
+        raise ValueError(f"{path}: x has NaN or inf in {bad.size} rows (first rows: {bad[:5].tolist()})")
+    return x, _integer_labels(y, lambda i: f"{path}: row {i}")
+
+
+def _integer_labels(values, where) -> np.ndarray:
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.integer):
+        return values
+    numeric = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(numeric) | (numeric != np.round(numeric)))
+    if bad.size:
+        raise ValueError(f"{where(int(bad[0]))}: label {numeric[bad[0]]:g} is not an integer class "
+                         f"({bad.size} such labels)")
+    return numeric.astype(np.int64)
+
+
+def _load_csv(path: Path, label: str | int) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    rows = [(number, row) for number, row in enumerate(rows, 1) if any(cell.strip() for cell in row)]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: needs a header row and at least one data row, found {len(rows)} non-empty lines")
+    (_, header), data_rows = rows[0], rows[1:]
+    width = len(header)
+    if isinstance(label, str) and label.lstrip("-").isdigit():
+        label = int(label)
+    if isinstance(label, int):
+        if not -width <= label < width:
+            raise ValueError(f"{path}: label column {label} does not exist ({width} columns)")
+        column = label % width
+    elif label in header:
+        column = header.index(label)
+    else:
+        raise ValueError(f"{path}: no column named {label!r}; columns: {', '.join(header)}")
+    features, labels = [], []
+    for number, row in data_rows:
+        if len(row) != width:
+            raise ValueError(f"{path}: line {number} has {len(row)} cells, the header has {width}")
+        cells = [cell.strip() for cell in row]
+        if not cells[column]:
+            raise ValueError(f"{path}: line {number}: missing label in column {header[column]!r}")
+        values = []
+        for index, cell in enumerate(cells):
+            if index == column:
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ValueError(f"{path}: line {number}, column {header[index]!r}: {cell!r} is not a number") from None
+            if not np.isfinite(value):
+                raise ValueError(f"{path}: line {number}, column {header[index]!r}: {cell} (NaN or inf)")
+            values.append(value)
+        features.append(values)
+        labels.append(cells[column])
+    try:
+        numeric = np.asarray([float(v) for v in labels])
+    except ValueError:
+        bad = next(i for i, v in enumerate(labels) if not _is_number(v))
+        raise ValueError(f"{path}: line {data_rows[bad][0]}: label {labels[bad]!r} is not an integer class") from None
+    y = _integer_labels(numeric, lambda i: f"{path}: line {data_rows[i][0]}")
+    return np.asarray(features, dtype=np.float64), y
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, *, seed: int = 0):

@@ -12,7 +12,7 @@ DESIGN = {
     "metric": ["pullback_metric"],
     "similarity": ["cka"],
     "collapse": ["collapse_metrics"],
-    "data": ["make_dataset", "grid", "load_digits"],
+    "data": ["make_dataset", "grid", "load_digits", "load_dataset"],
     "theory": ["prob_any_dead", "prob_relu_rank_deficient", "mean_field", "fuss_catalan"],
     "training": ["train", "TrainConfig", "CheckpointError"],
 }

@@ -48,3 +48,65 @@ def test_bad_input():
         data.make_dataset("xor", 0)
     with pytest.raises(ValueError, match="noise"):
         data.make_dataset("xor", 10, noise=-1)
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_load_dataset_reads_csv_and_npz(tmp_path):
+    path = _write(tmp_path, "points.csv", "a,b,label\n0.5,1,3\n-2,4e-1,7\n\n1,2,3\n")
+    x, y = data.load_dataset(path)
+    np.testing.assert_array_equal(x, np.array([[0.5, 1], [-2, 0.4], [1, 2]], dtype=np.float32))
+    np.testing.assert_array_equal(y, [0, 1, 0])  # labels 3, 7 mapped to 0, 1 in sorted order
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    named = _write(tmp_path, "named.csv", "class,f1,f2\n1,0.1,0.2\n0,0.3,0.4\n")
+    x, y = data.load_dataset(named, label="class")
+    np.testing.assert_array_equal(y, [1, 0])
+    np.testing.assert_allclose(x, [[0.1, 0.2], [0.3, 0.4]], rtol=1e-7)
+    np.testing.assert_array_equal(data.load_dataset(named, label=0)[1], [1, 0])
+    archive = tmp_path / "images.npz"
+    np.savez(archive, x=np.arange(24.0).reshape(3, 2, 2, 2), y=np.array([0, 1, 1]))
+    x, y = data.load_dataset(archive)
+    assert x.shape == (3, 2, 2, 2) and y.tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b,y\n1,2,0\n1,oops,1\n", r"line 3, column 'b': 'oops' is not a number"),
+    ("a,b,y\n1,2,0\n1,2\n", "line 3 has 2 cells, the header has 3"),
+    ("a,b,y\n1,2,0\n1,2, \n", "line 3: missing label in column 'y'"),
+    ("a,b,y\n1,2,0\n1,2,0.5\n", r"line 3: label 0.5 is not an integer class"),
+    ("a,b,y\n1,2,0\n1,2,cat\n", r"line 3: label 'cat' is not an integer class"),
+    ("a,b,y\n1,nan,0\n1,2,1\n", r"line 2, column 'b': nan \(NaN or inf\)"),
+    ("a,b,y\n1,2,4\n3,4,4\n", r"only one class \(\[4\]\)"),
+    ("a,b,y\n", "needs a header row and at least one data row"),
+    ("y\n1\n0\n", "no feature columns"),
+])
+def test_load_dataset_names_the_broken_line(tmp_path, text, message):
+    path = _write(tmp_path, "broken.csv", text)
+    with pytest.raises(ValueError, match=message) as error:
+        data.load_dataset(path)
+    assert str(path) in str(error.value)
+
+
+def test_load_dataset_refuses_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        data.load_dataset(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="unknown format '.json'"):
+        data.load_dataset(_write(tmp_path, "d.json", "{}"))
+    with pytest.raises(ValueError, match="no column named 'kind'; columns: a, b"):
+        data.load_dataset(_write(tmp_path, "c.csv", "a,b\n1,0\n2,1\n"), label="kind")
+    archive = tmp_path / "only_x.npz"
+    np.savez(archive, x=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="no array y"):
+        data.load_dataset(archive)
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        data.load_dataset(corrupt)
+    nan_rows = tmp_path / "nan.npz"
+    np.savez(nan_rows, x=np.array([[1.0, np.nan], [0.0, 1.0]]), y=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"NaN or inf in 1 rows \(first rows: \[0\]\)"):
+        data.load_dataset(nan_rows)
