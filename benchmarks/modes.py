@@ -86,7 +86,7 @@ def time_modes(model, points, repeats: int) -> dict:
     faster = min(row["forward"]["seconds"], row["reverse"]["seconds"])
     pure, params = jacobians.as_pure_function(model)
     shapes = jacobians.output_shapes(pure, params, points)
-    row["auto_picked"] = jacobians.choose_mode(int(np.prod(points.shape[1:])), int(np.prod(shapes.shape)))
+    row["auto_picked"] = jacobians.choose_mode(int(np.prod(points.shape[1:])), jacobians.output_size(shapes))
     row["auto_over_faster"] = row["auto"]["seconds"] / faster
     fwd = jacobians.jacobian_field(model, points[:64], mode="forward")
     rev = jacobians.jacobian_field(model, points[:64], mode="reverse")

@@ -129,9 +129,10 @@ def read_manifest(out_dir: Path) -> dict:
     return manifest
 
 
-def update_manifest(out_dir: Path, record: dict, written: list[Path]) -> Path:
-    """Add or replace this experiment's entry in OUT/MANIFEST.json (atomically)."""
-    manifest = read_manifest(out_dir)
+def update_manifest(out_dir: Path, record: dict, written: list[Path], manifest: dict | None = None) -> Path:
+    """Add or replace this experiment's entry in OUT/MANIFEST.json (atomically); `manifest` is its
+    current content when the caller has already read it."""
+    manifest = read_manifest(out_dir) if manifest is None else manifest
     path = out_dir / MANIFEST
     manifest[record["experiment"]] = {
         "experiment": record["experiment"],
@@ -165,14 +166,14 @@ def clean_leftovers(out_dir: Path, name: str) -> list[Path]:
 def publish(context: Context, record: dict) -> list[Path]:
     """Move the staged outputs and the JSON into OUT as a set, then record them in the manifest."""
     staged = [*context.written, write_json(context.staging / f"{context.name}.json", record)]
-    read_manifest(context.out_dir)  # refuse a corrupt manifest before replacing anything
+    manifest = read_manifest(context.out_dir)  # refuse a corrupt manifest before replacing anything
     final = []
     for path in staged:
         target = context.out_dir / path.name
         os.replace(path, target)
         final.append(target)
     shutil.rmtree(context.staging, ignore_errors=True)
-    return [*final, update_manifest(context.out_dir, record, final)]
+    return [*final, update_manifest(context.out_dir, record, final, manifest)]
 
 
 def verify(out_dir: str | Path = "figures") -> list[str]:

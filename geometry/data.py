@@ -198,22 +198,12 @@ def _load_csv(path: Path, label: str | int) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError(f"{path}: line {number}, column {header[index]!r}: {cell} (NaN or inf)")
             values.append(value)
         features.append(values)
-        labels.append(cells[column])
-    try:
-        numeric = np.asarray([float(v) for v in labels])
-    except ValueError:
-        bad = next(i for i, v in enumerate(labels) if not _is_number(v))
-        raise ValueError(f"{path}: line {data_rows[bad][0]}: label {labels[bad]!r} is not an integer class") from None
-    y = _integer_labels(numeric, lambda i: f"{path}: line {data_rows[i][0]}")
+        try:
+            labels.append(float(cells[column]))
+        except ValueError:
+            raise ValueError(f"{path}: line {number}: label {cells[column]!r} is not an integer class") from None
+    y = _integer_labels(np.asarray(labels), lambda i: f"{path}: line {data_rows[i][0]}")
     return np.asarray(features, dtype=np.float64), y
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, *, seed: int = 0):

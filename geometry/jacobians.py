@@ -73,13 +73,9 @@ class ModuleCall(StaticKey):
     method: str
     batched: bool = False
 
-
     def __call__(self, state, x):
-        module = nnx.merge(self.graphdef, state)
-        with state_changes_refused(module):
-            out = _call_batched(getattr(module, self.method), x, self.batched)
-        check_state_unchanged(module, state)
-        return out
+        with merged(self.graphdef, state) as module:
+            return _call_batched(getattr(module, self.method), x, self.batched)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -87,7 +83,6 @@ class FunctionCall(StaticKey):
     fn: Callable
     takes_params: bool = False
     batched: bool = False
-
 
     def __call__(self, params, x):
         fn = functools.partial(self.fn, params) if self.takes_params else self.fn
@@ -108,30 +103,40 @@ def _state_error(module: nnx.Module) -> ModelStateError:
         "of one function. Call model.eval() first (and model.train() to resume training).")
 
 
-def check_state_unchanged(module: nnx.Module, state) -> None:
-    """ModelStateError when evaluating `module` replaced any of its state's arrays."""
+@contextlib.contextmanager
+def merged(graphdef, state):
+    """The module merged from (graphdef, state), for evaluating inside a transform; raises
+    ModelStateError if the block changes the module's state (Flax's error for a Variable
+    written under a transform, or any state array replaced)."""
+    module = nnx.merge(graphdef, state)
+    try:
+        yield module
+    except flax.errors.TraceContextError as error:
+        raise _state_error(module) from error
     before = jax.tree_util.tree_leaves(state)
     after = jax.tree_util.tree_leaves(nnx.state(module))
     if len(before) != len(after) or any(a is not b for a, b in zip(before, after)):
         raise _state_error(module)
 
 
-@contextlib.contextmanager
-def state_changes_refused(module: nnx.Module):
-    """Turn Flax's error for a Variable written under a transform into a ModelStateError."""
+def _positional(fn) -> tuple[int, bool] | None:
+    """(required positional parameters, whether it takes *args), or None without a signature."""
     try:
-        yield
-    except flax.errors.TraceContextError as error:
-        raise _state_error(module) from error
-
-
-def _required_positional(fn) -> int | None:
-    try:
-        signature = inspect.signature(fn)
+        parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return None
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in signature.parameters.values())
+    required = sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in parameters)
+    return required, any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters)
+
+
+def module_and_method(f) -> tuple[nnx.Module | None, str]:
+    """(module, method name) when f is an nnx.Module or a bound method of one, else (None, "__call__")."""
+    if isinstance(f, nnx.Module):
+        return f, "__call__"
+    if inspect.ismethod(f) and isinstance(f.__self__, nnx.Module):
+        return f.__self__, f.__name__
+    return None, "__call__"
 
 
 def as_pure_function(f, params=None, *, batched: bool = False) -> tuple[Callable, Any]:
@@ -146,11 +151,7 @@ def as_pure_function(f, params=None, *, batched: bool = False) -> tuple[Callable
                              "params=variables (what model.init returned)")
     except ImportError:  # pragma: no cover - linen ships with flax
         pass
-    module, method = None, "__call__"
-    if isinstance(f, nnx.Module):
-        module = f
-    elif inspect.ismethod(f) and isinstance(f.__self__, nnx.Module):
-        module, method = f.__self__, f.__name__
+    module, method = module_and_method(f)
     if module is not None:
         if params is not None:
             raise ValueError("params= is for functions f(params, x); an nnx.Module carries its own parameters")
@@ -158,22 +159,16 @@ def as_pure_function(f, params=None, *, batched: bool = False) -> tuple[Callable
         return ModuleCall(graphdef, method, batched), state
     if not callable(f):
         raise ValueError(f"f must be an nnx.Module, a bound method or a function, got {type(f).__name__}")
-    required = _required_positional(f)
+    signature = _positional(f)
+    required, var_positional = signature if signature is not None else (None, True)
     if params is None:
         if required is not None and required >= 2:
             raise ValueError(f"f takes {required} positional arguments; for f(params, x) pass params=")
         return FunctionCall(f, False, batched), None
-    if required is not None and required < 2 and not _has_var_positional(f):
+    if required is not None and required < 2 and not var_positional:
         raise ValueError(f"params= was given but f takes {required} positional argument(s); "
                          "it must be f(params, x)")
     return FunctionCall(f, True, batched), params
-
-
-def _has_var_positional(fn) -> bool:
-    try:
-        return any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return True
 
 
 def check_points(points, *, differentiable: bool = True) -> jax.Array:
@@ -233,6 +228,20 @@ def resolve_mode(mode: str, in_size: int, out_size: int) -> str:
     return choose_mode(in_size, out_size) if mode == "auto" else mode
 
 
+def output_size(shapes) -> int:
+    """Total number of entries of a pytree of arrays or ShapeDtypeStructs."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
+
+
+def jacobian_at(fn, x, mode: str, reduce: Callable | None = None, as_matrix: bool = False):
+    """∂fn(x)/∂x at one point in `mode`, optionally flattened to (m, n) matrices and reduced."""
+    jac = (jax.jacfwd if mode == "forward" else jax.jacrev)(fn)(x)
+    if as_matrix:
+        n = math.prod(x.shape)
+        jac = jax.tree_util.tree_map(lambda J: J.reshape(-1, n), jac)
+    return jac if reduce is None else jax.tree_util.tree_map(reduce, jac)
+
+
 @dataclasses.dataclass(frozen=True)
 class PerPointJacobian:
     """x ↦ ∂pure(params, x)/∂x in one mode, optionally flattened to (m, n) and reduced."""
@@ -243,12 +252,22 @@ class PerPointJacobian:
     as_matrix: bool = False
 
     def __call__(self, params, x):
-        differentiate = jax.jacfwd if self.mode == "forward" else jax.jacrev
-        jac = differentiate(self.pure, argnums=1)(params, x)
-        if self.as_matrix:
-            n = math.prod(x.shape)
-            jac = jax.tree_util.tree_map(lambda J: J.reshape(-1, n), jac)
-        return jac if self.reduce is None else jax.tree_util.tree_map(self.reduce, jac)
+        return jacobian_at(functools.partial(self.pure, params), x, self.mode, self.reduce, self.as_matrix)
+
+
+def per_point_jacobian(pure, params, example, *, mode="auto", reduce=None, as_matrix=False, batched=False,
+                       shapes=None) -> PerPointJacobian:
+    """The per-point Jacobian of pure(params, x) for points like `example` (one point or a
+    ShapeDtypeStruct), its mode resolved from the input and output sizes. `shapes`: the
+    output structure when the caller already knows it (saves tracing the model again)."""
+    example = jax.ShapeDtypeStruct(jnp.shape(example), jnp.result_type(example))
+    if shapes is None:
+        shapes = output_shapes(pure, params, jax.ShapeDtypeStruct((1, *example.shape), example.dtype),
+                               batched=batched)
+    out_size = output_size(shapes)
+    if out_size == 0:
+        raise ValueError("f returns an empty output: there is no Jacobian to take")
+    return PerPointJacobian(pure, resolve_mode(mode, math.prod(example.shape), out_size), reduce, as_matrix)
 
 
 def _local_map(per_point, params, points, chunk_size):
@@ -315,14 +334,11 @@ def check_finite_result(result, what: str = "the Jacobian") -> None:
 
 
 def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None, devices=None,
-             as_matrix=False, check_finite=True, batched=False):
+             as_matrix=False, check_finite=True, batched=False, shapes=None):
     """The shared route: the Jacobian field of a pure function pure(params, x) over checked points."""
-    shapes = output_shapes(pure, params, points, batched=batched)
-    in_size = math.prod(points.shape[1:])
-    out_size = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
-    if out_size == 0:
-        raise ValueError("f returns an empty output: there is no Jacobian to take")
-    per_point = PerPointJacobian(pure, resolve_mode(mode, in_size, out_size), reduce, as_matrix)
+    example = jax.ShapeDtypeStruct(points.shape[1:], points.dtype)
+    per_point = per_point_jacobian(pure, params, example, mode=mode, reduce=reduce, as_matrix=as_matrix,
+                                   batched=batched, shapes=shapes)
     result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
     if check_finite:
         check_finite_result(result)
@@ -367,10 +383,8 @@ def pure_jacobian_field(f, example, *, mode: str = "auto", params=None, chunk_si
     a ShapeDtypeStruct) fixing the input shape, from which the mode is chosen.
     """
     pure, params = as_pure_function(f, params, batched=batched)
-    example = jax.ShapeDtypeStruct(jnp.shape(example), jnp.result_type(example))
-    shapes = output_shapes(pure, params, jax.ShapeDtypeStruct((1, *example.shape), example.dtype), batched=batched)
-    out_size = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
-    per_point = PerPointJacobian(pure, resolve_mode(mode, math.prod(example.shape), out_size), reduce, as_matrix)
+    per_point = per_point_jacobian(pure, params, example, mode=mode, reduce=reduce, as_matrix=as_matrix,
+                                   batched=batched)
     chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
 
     def field_fn(params, points):

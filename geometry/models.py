@@ -124,11 +124,6 @@ class MLP(nnx.Module):
         return self.readout(h) if self.readout is not None else h
 
 
-def hidden_layer_paths(model: MLP) -> list[str]:
-    """The probe paths of an MLP's hidden layers, in order: "layers/0", …"""
-    return [f"layers/{l}" for l in range(model.depth)]
-
-
 def _layernorm_jacobian(norm: LayerNorm, z: jax.Array) -> jax.Array:
     # a = γ ⊙ ẑ + β,  ẑ = (z − μ)/s,  s = √(var + ε):  ∂ẑ/∂z = (I − 11ᵀ/k − ẑẑᵀ/k) / s
     k = z.shape[-1]

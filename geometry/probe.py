@@ -55,11 +55,10 @@ def _path_string(parts) -> str:
 
 
 def _split(model) -> tuple[nnx.Module, str]:
-    if isinstance(model, nnx.Module):
-        return model, "__call__"
-    if callable(model) and isinstance(getattr(model, "__self__", None), nnx.Module):
-        return model.__self__, model.__name__
-    raise ValueError(f"probe takes an nnx.Module or a bound method of one, got {type(model).__name__}")
+    module, method = jacobians.module_and_method(model)
+    if module is None:
+        raise ValueError(f"probe takes an nnx.Module or a bound method of one, got {type(model).__name__}")
+    return module, method
 
 
 def _callable_modules(module: nnx.Module) -> dict[str, nnx.Module]:
@@ -154,6 +153,12 @@ def _first_array(args) -> jax.Array | None:
     return args[0] if args and isinstance(args[0], (jax.Array, jax.core.Tracer)) else None
 
 
+def _records(calls: dict, sown: dict) -> dict[str, tuple]:
+    """{key: (first input or None, output)} of the recorded calls, then the sown values."""
+    return ({key: (_first_array(args), out) for key, (args, _, out) in calls.items()}
+            | {key: (None, value) for key, value in sown.items()})
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Recorder(StaticKey):
     """pure(state, x) -> (output, {key: (first input or None, output)}) for the selected keys.
@@ -168,17 +173,14 @@ class Recorder(StaticKey):
 
     def run(self, state, x):
         """(model, output, {key: (args, kwargs, output)}, {key: sown value}) of one forward pass."""
-        model = nnx.merge(self.graphdef, state)
-        modules = _callable_modules(model)
-        if self.keys is not None:
-            wanted = {key.split("@")[0] for key in self.keys}
-            modules = {path: m for path, m in modules.items() if path in wanted}
-        fn = getattr(model, self.method)
-        captured = nnx.capture(fn, nnx.Intermediate)
-        inp = x[None] if self.batched else x
-        with jacobians.state_changes_refused(model), _intercept(modules) as recording:
-            output, sown_state = captured(inp)
-        jacobians.check_state_unchanged(model, state)
+        with jacobians.merged(self.graphdef, state) as model:
+            modules = _callable_modules(model)
+            if self.keys is not None:
+                wanted = {key.split("@")[0] for key in self.keys}
+                modules = {path: m for path, m in modules.items() if path in wanted}
+            captured = nnx.capture(getattr(model, self.method), nnx.Intermediate)
+            with _intercept(modules) as recording:
+                output, sown_state = captured(x[None] if self.batched else x)
         calls, sown = _flatten_calls(recording.calls), _sown(sown_state)
         if self.batched:  # strip the batch axis of one from everything the pass produced
             unbatch = functools.partial(jax.tree_util.tree_map, lambda leaf: leaf[0])
@@ -189,8 +191,7 @@ class Recorder(StaticKey):
 
     def __call__(self, state, x):
         _, output, calls, sown = self.run(state, x)
-        records = {key: (_first_array(args), out) for key, (args, _, out) in calls.items()}
-        records.update({key: (None, value) for key, value in sown.items()})
+        records = _records(calls, sown)
         if self.keys is not None:
             records = {key: records[key] for key in self.keys}
         return output, records
@@ -219,8 +220,7 @@ def plan(model, example, *, batched: bool = False) -> Plan:
         order.extend(sown)
         modules = _callable_modules(merged)
         order.append({key: type(modules[key.split("@")[0]]) for key in calls})
-        return {key: (_first_array(args), out) for key, (args, _, out) in calls.items()} | \
-            {key: (None, value) for key, value in sown.items()}
+        return _records(calls, sown)
 
     example = jax.ShapeDtypeStruct(jnp.shape(example), jnp.result_type(example))
     points = jax.ShapeDtypeStruct((1, *example.shape), example.dtype)
@@ -275,21 +275,39 @@ def select(found: Plan, layers=None) -> tuple[str, ...]:
 def layers(model, example, *, types: type | tuple[type, ...] | None = None) -> list[str]:
     """Every layer path one forward pass on `example` (one point) calls, in call order:
     submodules, then sown values; only instances of `types` when given."""
-    found = plan(model, jnp.asarray(example) if not isinstance(example, jax.ShapeDtypeStruct) else example)
+    found = plan(model, example)
     if types is None:
         return list(found.keys)
     return [k for k in found.keys if found.types[k] is not None and issubclass(found.types[k], types)]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _Selected(StaticKey):
-    """pure(state, x) -> {key: output or input of that layer}."""
+class _CaptureFn(StaticKey):
+    """pure(state, x) -> (model output, {key: value}), or just the dict with `values_only`."""
 
     recorder: Recorder
-    which: int  # 0: inputs, 1: outputs
+    which: int  # 0: each layer's first input, 1: its output
+    values_only: bool = False
 
     def __call__(self, state, x):
-        return {key: value[self.which] for key, value in self.recorder(state, x)[1].items()}
+        output, records = self.recorder(state, x)
+        values = {key: value[self.which] for key, value in records.items()}
+        return values if self.values_only else (output, values)
+
+
+def _prepare(model, layers, example, what: str, batched: bool):
+    """(capture function, state, keys, plan) for the selected layers of `model`."""
+    if what not in ("outputs", "inputs"):
+        raise ValueError(f"what must be 'outputs' or 'inputs', got {what!r}")
+    module, method = _split(model)
+    found = plan(model, example, batched=batched)
+    keys = select(found, layers)
+    if what == "inputs":
+        missing = [k for k in keys if found.inputs[k] is None]
+        if missing:
+            raise ValueError(f"these layers receive no array input to report: {', '.join(missing)}")
+    graphdef, state = nnx.split(module)
+    return _CaptureFn(Recorder(graphdef, method, keys, batched), 0 if what == "inputs" else 1), state, keys, found
 
 
 def capture_fn(model, layers=None, *, example, what: str = "outputs", batched: bool = False):
@@ -298,29 +316,8 @@ def capture_fn(model, layers=None, *, example, what: str = "outputs", batched: b
     `what` is "outputs" (what each layer returns) or "inputs" (its first positional
     argument). A pure function: jit and vmap it, `nnx.merge` happens inside.
     """
-    module, method = _split(model)
-    found = plan(model, example, batched=batched)
-    keys = select(found, layers)
-    if what not in ("outputs", "inputs"):
-        raise ValueError(f"what must be 'outputs' or 'inputs', got {what!r}")
-    if what == "inputs":
-        missing = [k for k in keys if found.inputs[k] is None]
-        if missing:
-            raise ValueError(f"these layers receive no array input to report: {', '.join(missing)}")
-    graphdef, state = nnx.split(module)
-    recorder = Recorder(graphdef, method, keys, batched)
-    index = 0 if what == "inputs" else 1
-    return _CaptureFn(recorder, index), state, keys
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _CaptureFn(StaticKey):
-    recorder: Recorder
-    which: int
-
-    def __call__(self, state, x):
-        output, records = self.recorder(state, x)
-        return output, {key: value[self.which] for key, value in records.items()}
+    fn, state, keys, _ = _prepare(model, layers, example, what, batched)
+    return fn, state, keys
 
 
 def _ordered(result: dict, keys: Sequence[str]) -> dict:
@@ -329,9 +326,8 @@ def _ordered(result: dict, keys: Sequence[str]) -> dict:
 
 def _values(model, points, layers, which: str, chunk_size, devices, batched):
     points = jacobians.check_points(points, differentiable=False)
-    fn, state, keys = capture_fn(model, layers, example=jax.ShapeDtypeStruct(points.shape[1:], points.dtype),
-                                 what=which, batched=batched)
-    per_point = _Selected(fn.recorder, fn.which)
+    fn, state, keys, _ = _prepare(model, layers, jax.ShapeDtypeStruct(points.shape[1:], points.dtype), which, batched)
+    per_point = dataclasses.replace(fn, values_only=True)
     return _ordered(jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices), keys)
 
 
@@ -354,11 +350,12 @@ def input_jacobian_field(model, points, layers=None, *, mode: str = "auto", chun
     model input size against their total size (`jacobians.choose_mode`).
     """
     points = jacobians.check_points(points)
-    fn, state, keys = capture_fn(model, layers, example=jax.ShapeDtypeStruct(points.shape[1:], points.dtype),
-                                 batched=batched)
-    pure = _Selected(fn.recorder, 1)
-    field = jacobians.field_of(pure, state, points, mode=mode, chunk_size=chunk_size, reduce=reduce,
-                               devices=devices, as_matrix=as_matrix, check_finite=check_finite, batched=batched)
+    fn, state, keys, found = _prepare(model, layers, jax.ShapeDtypeStruct(points.shape[1:], points.dtype), "outputs",
+                                      batched)
+    field = jacobians.field_of(dataclasses.replace(fn, values_only=True), state, points, mode=mode,
+                               chunk_size=chunk_size, reduce=reduce, devices=devices, as_matrix=as_matrix,
+                               check_finite=check_finite, batched=batched,
+                               shapes={key: found.outputs[key] for key in keys})
     return _ordered(field, keys)
 
 
@@ -384,11 +381,7 @@ class _LocalJacobians(StaticKey):
                 return jacobians._call_batched(lambda v: layer_call(layer, v, *args[1:], **kwargs), u,
                                                self.recorder.batched)
 
-            jac = (jax.jacfwd if mode == "forward" else jax.jacrev)(local)(args[0])
-            if self.as_matrix:
-                n = math.prod(args[0].shape)
-                jac = jax.tree_util.tree_map(lambda J: J.reshape(-1, n), jac)
-            result[key] = jac if self.reduce is None else jax.tree_util.tree_map(self.reduce, jac)
+            result[key] = jacobians.jacobian_at(local, args[0], mode, self.reduce, self.as_matrix)
         return result
 
 
@@ -407,8 +400,7 @@ def local_jacobian_field(model, points, layers=None, *, mode: str = "auto", chun
         if found.inputs[key] is None or not jnp.issubdtype(found.inputs[key].dtype, jnp.inexact):
             raise ValueError(f"layer {key!r} receives no floating-point array as its first argument")
     modes = tuple(jacobians.resolve_mode(mode, math.prod(found.inputs[k].shape),
-                                         sum(math.prod(o.shape) for o in jax.tree_util.tree_leaves(found.outputs[k])))
-                  for k in keys)
+                                         jacobians.output_size(found.outputs[k])) for k in keys)
     graphdef, state = nnx.split(module)
     per_point = _LocalJacobians(Recorder(graphdef, method, keys, batched), modes, reduce, as_matrix)
     field = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)

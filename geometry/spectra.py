@@ -30,19 +30,25 @@ import numpy as np
 from geometry.shapes import AnyArray, Float, Int, shape_checked
 
 
-def _checked(J, what: str = "J"):
-    """J as a JAX array; ValueError for empty matrices, and for NaN or inf (outside a trace):
+def _refuse_nonfinite(values: jax.Array, axes: tuple[int, ...], what: str, unit: str) -> None:
+    """ValueError naming which `unit`s (reduced over `axes`) hold NaN or inf; skipped under a trace:
     the spectra of a non-finite Jacobian would read as rank 0, condition inf, log volume −inf."""
+    if isinstance(values, jax.core.Tracer):
+        return
+    finite = np.asarray(jnp.all(jnp.isfinite(values), axis=axes)).reshape(-1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(f"{what} contains NaN or inf in {bad.size} of {finite.size} {unit} (first, flat index: "
+                         f"{bad[:5].tolist()}); spectra of it would read as total rank collapse. Find where the "
+                         "model produces them (jacobian_field raises there by default).")
+
+
+def _checked(J):
+    """J as a JAX array; ValueError for empty matrices and for NaN or inf."""
     J = jnp.asarray(J)
     if J.shape[-1] == 0 or J.shape[-2] == 0:
-        raise ValueError(f"{what} has empty matrices, shape {tuple(J.shape)}")
-    if not isinstance(J, jax.core.Tracer):
-        finite = np.asarray(jnp.all(jnp.isfinite(J), axis=(-2, -1))).reshape(-1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            raise ValueError(f"{what} contains NaN or inf in {bad.size} of {finite.size} matrices (first, flat index: "
-                             f"{bad[:5].tolist()}); spectra of it would read as total rank collapse. Find where the "
-                             "model produces them (jacobian_field raises there by default).")
+        raise ValueError(f"J has empty matrices, shape {tuple(J.shape)}")
+    _refuse_nonfinite(J, (-2, -1), "J", "matrices")
     return J
 
 
@@ -139,8 +145,7 @@ def summarize_singular_values(sigma: Float[AnyArray, "*batch r"], matrix_shape: 
     hold the Jacobians themselves.
     """
     sigma = jnp.asarray(sigma)
-    if not isinstance(sigma, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(sigma))):
-        raise ValueError("singular values contain NaN or inf: the Jacobians they came from were not finite")
+    _refuse_nonfinite(sigma, (-1,), "sigma", "sets of singular values")
     rank = _rank_from_sigma(sigma, tuple(matrix_shape), dtype, rtol)
     singular = rank < sigma.shape[-1]
     return {
