@@ -26,4 +26,5 @@ EXPERIMENTS = {
     "kernel_layers": "experiments.kernel_layers",
     "yat_xor": "experiments.yat_xor",
     "linguistic_collapse": "experiments.linguistic_collapse",
+    "digits": "experiments.digits",
 }

@@ -2,7 +2,7 @@
 
 Command:  python -m experiments linguistic_collapse [--quick] [--corpus PATH] [--scale gpu]
 Writes:   figures/linguistic_collapse.{png,pdf,json}, linguistic_collapse_scaling.{png,pdf},
-          linguistic_collapse_attention.{png,pdf}
+          linguistic_collapse_attention.{png,pdf}, linguistic_collapse_conventions.{png,pdf}
 Runtime:  ~6 min on 2 CPU cores (9 models; quick: ~40 s); checkpointed, so a rerun restores.
 
 Each model (`geometry.models.CausalLM`, head dimension 32) is trained with AdamW (cosine
@@ -16,9 +16,13 @@ attention entropy per layer and head relative to uniform attention over the visi
 keys, and the anisotropy (mean pairwise cosine) of the token embeddings.
 
 (a) every metric against validation loss over the grid, with the R² of a least-squares
-line (log10 of nc1 and cdnv, which span decades). Wu & Papyan (2024) found collapse
-grows with scale and tracks validation loss, most strongly for CDNV, NC4 and GNC2 and
-hardly for equinorm; the JSON puts our R² ordering next to theirs, whatever it is.
+line (log10 of nc1 and cdnv, which span decades), in this library's default definitions.
+(conventions) like with like: the same models measured with Wu & Papyan's (2024) own
+definitions (`collapse_metrics(convention="linguistic_collapse")`, with our min_count as
+their min_per_class), R² with validation loss of each of their columns under one fixed
+transform (`experiments._study_fits`), beside the R² of the same columns over their 230
+published models (experiments/reference/), each with a 95% bootstrap interval over models.
+Nine models make wide intervals; the JSON states each width.
 `--scale gpu` trains a larger grid for an accelerator.
 """
 
@@ -35,10 +39,13 @@ import matplotlib.ticker as ticker
 import numpy as np
 from flax import nnx
 
+from experiments import _study_fits
 from geometry import collapse, data, functional, language_model, models, probe, training
 
 PUBLISHED = {"strongest": ["cdnv", "nc4", "gnc2"], "weakest": ["nc2_equinorm"],
-             "source": "Wu & Papyan (2024), Linguistic Collapse, TinyStories width x depth grid"}
+             "source": "Wu & Papyan (2024), Linguistic Collapse, TinyStories width x depth grid",
+             "note": "the paper's qualitative ranking, in its own definitions; our `fits` use ours. For numbers "
+                     "in the same definitions on both sides see `study_convention`"}
 LOG_SCALE = ("nc1", "cdnv")
 # more collapse = smaller value for every metric but nc4 (agreement): the sign of the loss slope
 # a metric needs for "collapse tracks generalisation" (lower loss, more collapse)
@@ -116,6 +123,7 @@ def measure(model: models.CausalLM, text: data.TextData, config: Config) -> dict
     return {
         "validation_loss": loss_sum / text.validation_targets.size,
         "metrics": accumulator.result(head_weight),
+        "study_metrics": accumulator.result(head_weight, convention="linguistic_collapse"),
         "attention_entropy_ratio": entropy_ratio.tolist(),
         "attention_entropy_nats": entropy[..., 1:].mean(-1).tolist(),
         "embedding_anisotropy": language_model.embedding_anisotropy(model.token_embedding[...]),
@@ -211,7 +219,20 @@ def run(config: Config, context) -> dict:
             context.log(f"no fit for {name}: {line['refused']}")
     ranked = sorted((name for name in fitted if fitted[name]["r2"] is not None),
                     key=lambda name: -np.nan_to_num(fitted[name]["r2"], nan=-1.0))
+    loss = np.array([r["validation_loss"] for r in runs])
+    ours = _study_fits.r_squared_table(
+        loss, lambda name: np.array([r["study_metrics"][name] for r in runs], dtype=np.float64), seed=context.seed)
+    published = _study_fits.published_table(seed=context.seed)
+    study = {"definitions": "geometry.collapse_studies, convention 'linguistic_collapse'",
+             "min_per_class": config.min_count, "transforms": {k: d for k, (d, _) in _study_fits.QUANTITIES.items()},
+             "ours": ours, "published": published, "published_source": _study_fits.PUBLISHED_SOURCE,
+             "order_ours": _order(ours), "order_published": _order(published),
+             # differences the intervals resolve: ours and the published interval do not overlap
+             "separated_by_95_intervals": [k for k in ours if ours[k]["r2"] is not None and published[k]["r2"] is not None
+                                           and (ours[k]["ci"][0] > published[k]["ci"][1]
+                                                or ours[k]["ci"][1] < published[k]["ci"][0])]}
     plot(config, runs, fitted, context)
+    plot_conventions(study, context)
     return {
         "corpus": {"source": config.corpus or "pydoc_data.topics", "documents": list(text.documents),
                    "train_tokens": int(text.train_targets.size), "validation_tokens": int(text.validation_targets.size),
@@ -221,7 +242,38 @@ def run(config: Config, context) -> dict:
         "r2_order": ranked,
         "published": PUBLISHED,
         "published_strongest_in_our_top3": [name for name in PUBLISHED["strongest"] if name in ranked[:3]],
+        "study_convention": study,
     }
+
+
+def _order(table: dict) -> list[str]:
+    return sorted((k for k in table if table[k]["r2"] is not None), key=lambda k: -np.nan_to_num(table[k]["r2"]))
+
+
+def plot_conventions(study: dict, context) -> None:
+    names = list(_study_fits.QUANTITIES)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    rows = np.arange(len(names))
+    for offset, side, color, label in ((-0.18, "ours", "tab:blue", "ours (this grid)"),
+                                       (0.18, "published", "tab:orange", "Wu & Papyan (2024), 230 models")):
+        table = study[side]
+        r2 = np.array([np.nan if table[n]["r2"] is None else table[n]["r2"] for n in names])
+        low = np.array([np.nan if table[n]["r2"] is None else table[n]["ci"][0] for n in names])
+        high = np.array([np.nan if table[n]["r2"] is None else table[n]["ci"][1] for n in names])
+        ax.barh(rows + offset, r2, height=0.34, color=color, alpha=0.8, label=label)
+        ax.errorbar(r2, rows + offset, xerr=[np.clip(r2 - low, 0, None), np.clip(high - r2, 0, None)], fmt="none",
+                    ecolor="0.2", lw=0.8, capsize=2)
+    models = next((t["models"] for t in study["ours"].values() if t["r2"] is not None), 0)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.35, -0.13), ncol=2, fontsize=7,
+              title=f"95% bootstrap intervals over models; ours: {models} models", title_fontsize=7)
+    ax.set_yticks(rows, [study["transforms"][n] for n in names], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("R² with validation loss")
+    ax.set_title("The study's own statistics, R² with validation loss: our models vs the published ones", fontsize=8)
+    fig.tight_layout()
+    context.save_figure(fig, "_conventions")
+    plt.close(fig)
 
 
 def log_axis(ax) -> None:

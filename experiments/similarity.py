@@ -9,6 +9,10 @@ relu: CKA (`geometry.similarity.cka`; linear and RBF kernels, biased and debiase
 every pair of representations — input, h_1 … h_4, logits — on held-out points, as
 layer × layer heatmaps. In linear collapse every representation is an affine image of the
 input, so linear CKA between layers stays high; activations let layers diverge.
+Calibration: for linear CKA (biased and debiased) every pair of distinct representations
+gets a seeded permutation test (`geometry.similarity.cka_permutation_test`: CKA with the
+pairing of examples shuffled); cells whose p-value is ≥ `alpha` — similarity no larger than
+chance pairings give — are crossed out in the heatmaps and listed in the JSON.
 Per layer also: feature variance (mean over units of each unit's variance over the data:
 activation diversity) and the mean pairwise cosine similarity of hidden states (→ 1 when
 all points collapse onto one direction).
@@ -36,9 +40,12 @@ class Config:
     depth: int = 4
     steps: int = 3000
     points: int = 500
+    permutations: int = 200  # per permutation test: p-values resolve down to 1/201
+    alpha: float = 0.05
 
 
-QUICK = Config(steps=300, points=150)
+QUICK = Config(steps=300, points=150, permutations=50)
+TESTED = ("linear", "linear_debiased")  # the variants that get permutation p-values
 
 
 def representations(model, x: np.ndarray) -> list[np.ndarray]:
@@ -69,6 +76,15 @@ def run(config: Config, context) -> dict:
             matrix = np.array([[similarity.cka(a, b, kernel, debiased) for b in reps] for a in reps])
             matrices[(activation, key)] = matrix
             record[f"cka_{key}"] = matrix
+            if key in TESTED:
+                p_values = np.full(matrix.shape, np.nan)  # diagonal: a representation with itself, untested
+                for i in range(len(reps)):
+                    for j in range(i + 1, len(reps)):
+                        test = similarity.cka_permutation_test(reps[i], reps[j], kernel, debiased,
+                                                               permutations=config.permutations, seed=context.seed)
+                        p_values[i, j] = p_values[j, i] = test["p_value"]
+                matrices[(activation, key, "p")] = p_values
+                record[f"cka_{key}_p_values"] = [[None if np.isnan(p) else float(p) for p in row] for row in p_values]
         results[activation] = record
 
     labels = ["x", *[f"h{l}" for l in range(1, config.depth + 1)], "out"]
@@ -79,11 +95,15 @@ def run(config: Config, context) -> dict:
             key = f"{kernel}{'_debiased' if debiased else ''}"
             ax = axes[i, j]
             image = ax.imshow(matrices[(activation, key)], vmin=0, vmax=1, cmap="magma")
+            if key in TESTED:
+                for r, c in np.argwhere(matrices[(activation, key, "p")] >= config.alpha):
+                    ax.text(c, r, "×", ha="center", va="center", color="0.6", fontsize=8)
             ax.set_xticks(range(len(labels)), labels, fontsize=6)
             ax.set_yticks(range(len(labels)), labels, fontsize=6)
             ax.grid(False)
             name = "none" if activation == "identity" else activation
-            ax.set_title(f"{name}: {kernel} CKA{' (debiased)' if debiased else ''}", fontsize=7,
+            tested = f", × p ≥ {config.alpha}" if key in TESTED else ""
+            ax.set_title(f"{name}: {kernel} CKA{' (debiased)' if debiased else ''}{tested}", fontsize=7,
                          color=plotting.color(activation))
         fig.colorbar(image, ax=axes[i, len(VARIANTS) - 1], fraction=0.046)
         ax = axes[i, -1]
@@ -101,4 +121,9 @@ def run(config: Config, context) -> dict:
     context.save_figure(fig)
     adjacent = {a: [float(results[a]["cka_linear"][l, l + 1]) for l in range(1, config.depth)]
                 for a in config.activations}
-    return {"results": results, "layer_labels": labels, "linear_cka_between_adjacent_hidden_layers": adjacent}
+    not_significant = {f"{a}/{key}": [[labels[i], labels[j]] for i, j in zip(*np.triu_indices(len(labels), 1))
+                                      if matrices[(a, key, "p")][i, j] >= config.alpha]
+                       for a in config.activations for key in TESTED}
+    return {"results": results, "layer_labels": labels, "linear_cka_between_adjacent_hidden_layers": adjacent,
+            "permutation_test": {"permutations": config.permutations, "alpha": config.alpha, "seed": context.seed,
+                                 "tested": list(TESTED), "pairs_not_significant": not_significant}}

@@ -17,6 +17,7 @@ from geometry import (
     jacobians,
     kernels,
     layers,
+    matfree,
     metric,
     models,
     probe,
@@ -34,17 +35,17 @@ from geometry.jacobians import jacobian_field, pure_jacobian_field
 from geometry.layers import Dense, LayerNorm, Pointwise, dense_weight
 from geometry.metric import dense_layer_singular_values, pullback_metric
 from geometry.models import MLP, CausalLM, KernelMLP
-from geometry.similarity import cka
+from geometry.similarity import cka, cka_permutation_test
 from geometry.theory import fuss_catalan, mean_field, prob_any_dead, prob_relu_rank_deficient
 from geometry.training import CheckpointError, TrainConfig, train
 
 __all__ = [
     # modules
-    "activations", "collapse", "data", "functional", "jacobians", "kernels", "layers", "metric", "models", "probe",
+    "activations", "collapse", "data", "functional", "jacobians", "kernels", "layers", "matfree", "metric", "models", "probe",
     "shapes", "similarity", "spectra", "theory", "training",
     # entry points
     "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "KernelMLP", "LayerNorm", "MLP",
-    "Pointwise", "TrainConfig", "cka", "collapse_metrics", "dense_layer_singular_values", "dense_weight",
+    "Pointwise", "TrainConfig", "cka", "cka_permutation_test", "collapse_metrics", "dense_layer_singular_values", "dense_weight",
     "fuss_catalan", "grid", "jacobian_field", "jit_module", "load_dataset", "load_digits", "make_dataset", "mean_field",
     "prob_any_dead", "prob_relu_rank_deficient", "pullback_metric", "pure_jacobian_field", "stratified_split", "train",
 ]

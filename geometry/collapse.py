@@ -23,6 +23,15 @@ the frequent classes would dominate); M (C, d) has rows μ_c − μ_G.
 three passes (1: per-class sums and counts; 2: per-class Σ‖h − μ_c‖² and the d × d Σ_W sum;
 3: decisions on, e.g., validation tokens) with O(C·d + d²) memory, never O(N·d). All
 statistics are accumulated in float64.
+
+Conventions, metric by metric (what a cited study does differently, and how to get it):
+ddof 0 everywhere (std over classes and over pairs); μ_G the unweighted mean of class
+means; Σ_B⁺ drops eigenvalues below PINV_RTOL · λ_max (torch.linalg.pinv drops those
+below d · eps · λ_max, which on near-degenerate means can differ by orders of magnitude);
+nc4 decides with the head's bias, among the included classes only; cdnv divides by
+‖μ_c − μ_c'‖² (Galanti et al.). `convention="linguistic_collapse"` returns instead the
+columns of Wu & Papyan's (2024) published table, each as their code computes it
+(`geometry.collapse_studies` documents every difference).
 """
 
 from __future__ import annotations
@@ -30,23 +39,28 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from geometry import layers
+from geometry import collapse_studies, layers
 
 PINV_RTOL = 1e-10
+MAX_FEATURE = 1e75
 DEFAULT_MIN_COUNT = 10
 METRICS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "gnc2", "nc3", "unc3", "nc4")
 
 
 def _check(H, y, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     H, y = np.asarray(H, dtype=np.float64), np.asarray(y)
-    if H.ndim != 2 or H.shape[0] == 0:
-        raise ValueError(f"features must be a non-empty (N, d) array, got shape {H.shape}")
+    if H.ndim != 2 or H.shape[0] == 0 or H.shape[1] == 0:
+        raise ValueError(f"features must be a non-empty (N, d) array with d >= 1, got shape {H.shape}")
     if y.shape != (H.shape[0],):
         raise ValueError(f"labels must have shape ({H.shape[0]},), got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {y.dtype}")
     if not np.all(np.isfinite(H)):
         raise ValueError(f"features contain NaN or inf in {int((~np.isfinite(H)).any(1).sum())} rows")
+    if np.max(np.abs(H)) > MAX_FEATURE:
+        # the statistics square distances (the study's CDNV takes them to the fourth power)
+        raise ValueError(f"features reach {np.max(np.abs(H)):.3g}, beyond ±{MAX_FEATURE:g}: their squared distances "
+                         "overflow float64; rescale the features")
     if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
         raise ValueError(f"labels outside [0, {num_classes}): min {int(y.min())}, max {int(y.max())}")
     return H, y.astype(np.int64)
@@ -85,7 +99,8 @@ def _check_min_count(min_count) -> None:
         raise ValueError(f"min_count must be an integer >= 1 (classes with fewer samples are left out), got {min_count}")
 
 
-def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=None, decided=None) -> dict:
+def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=None, decided=None,
+                            pinv_rtol: float = PINV_RTOL) -> dict:
     """The metrics from class statistics (see module docstring); `decided` = (agree, total) for nc4."""
     C = int(included.sum())
     if C < 2:
@@ -96,7 +111,7 @@ def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=No
     sigma_w = within_cov / n_included
     sigma_b = centred.T @ centred / C
     eigenvalues, eigenvectors = np.linalg.eigh(sigma_b)
-    keep = eigenvalues > PINV_RTOL * eigenvalues.max()
+    keep = eigenvalues > pinv_rtol * eigenvalues.max()
     projected = np.einsum("dk,de,ek->k", eigenvectors[:, keep], sigma_w, eigenvectors[:, keep])
     nc1 = float(np.sum(projected / eigenvalues[keep]) / C)
 
@@ -130,7 +145,7 @@ def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=No
         "tokens": int(n_included),
         "tokens_excluded": int(counts[~included].sum()),
         "pinv_kept": int(keep.sum()),  # eigenvalues of Σ_B above the cut-off
-        "pinv_rtol": PINV_RTOL,
+        "pinv_rtol": pinv_rtol,
         "global_mean": "unweighted mean of class means",
     }
     if W is not None:
@@ -163,15 +178,21 @@ def _check_head(W, bias, num_classes: int, dim: int, layout: str = "out_in"):
 
 
 def collapse_metrics(H, y, W=None, bias=None, *, num_classes: int | None = None, min_count: int = DEFAULT_MIN_COUNT,
-                     H_eval=None, y_eval=None, layout: str = "out_in") -> dict:
+                     H_eval=None, y_eval=None, layout: str = "out_in", convention: str = "default",
+                     pinv_rtol: float = PINV_RTOL) -> dict:
     """Collapse metrics of features H (N, d) with labels y (N,), all in memory.
 
     W and bias are the linear head (needed for nc3, unc3, nc4): an `nnx.Linear` or
     `geometry.layers.Dense` (bias taken from it), or a weight array read in `layout` —
     "out_in", (num_classes, d), the default, or "in_out", (d, num_classes) as a Flax kernel. nc4 is
     measured on (H_eval, y_eval) when given (validation tokens; only those whose label is
-    an included class), otherwise on H.
+    an included class), otherwise on H. `convention` names whose definitions to use:
+    "default" (module docstring) or "linguistic_collapse" (`geometry.collapse_studies`).
+    `pinv_rtol`: Σ_B⁺'s relative eigenvalue cut-off (torch.linalg.pinv's is d · eps).
     """
+    if not (np.isfinite(pinv_rtol) and 0 <= pinv_rtol < 1):
+        raise ValueError(f"pinv_rtol must be in [0, 1), got {pinv_rtol}")
+    collapse_studies.check_convention(convention)
     _check_min_count(min_count)
     H, y = _check(H, y, num_classes)
     num_classes = int(y.max()) + 1 if num_classes is None else num_classes
@@ -187,8 +208,13 @@ def collapse_metrics(H, y, W=None, bias=None, *, num_classes: int | None = None,
     if W is not None:
         W, bias = _check_head(W, bias, num_classes, H.shape[1], layout)
         H_eval, y_eval = (H, y) if H_eval is None else _check(H_eval, y_eval, num_classes)
-        decided = agreement(H_eval, y_eval, means, included, W, bias)
-    return metrics_from_statistics(counts, means, within_sq, residuals.T @ residuals, included, W, decided)
+        if convention == "linguistic_collapse":
+            decided = collapse_studies.study_decisions(H_eval, y_eval, means, included, W)
+        else:
+            decided = agreement(H_eval, y_eval, means, included, W, bias)
+    if convention == "linguistic_collapse":
+        return collapse_studies.linguistic_collapse(counts, means, within_sq, included, W, decided)
+    return metrics_from_statistics(counts, means, within_sq, residuals.T @ residuals, included, W, decided, pinv_rtol)
 
 
 class CollapseAccumulator:
@@ -210,6 +236,7 @@ class CollapseAccumulator:
         self.within_sq = np.zeros(num_classes)
         self.within_cov = np.zeros((dim, dim))
         self.agree = self.evaluated = 0
+        self.study_hits = self.study_evaluated = 0  # the linguistic_collapse convention's NC4
         self._means = None
 
     def add_means(self, H, y) -> None:
@@ -245,8 +272,13 @@ class CollapseAccumulator:
         agree, evaluated = agreement(H, y, self.means, self.included, W, bias)
         self.agree += agree
         self.evaluated += evaluated
+        hits, evaluated = collapse_studies.study_decisions(H, y, self.means, self.included, W)
+        self.study_hits += hits
+        self.study_evaluated += evaluated
 
-    def result(self, W=None, *, layout: str = "out_in") -> dict:
+    def result(self, W=None, *, layout: str = "out_in", convention: str = "default") -> dict:
+        """The metrics in `convention` ("default" or "linguistic_collapse"; see collapse_metrics)."""
+        collapse_studies.check_convention(convention)
         expected = int(self.counts[self.included].sum())
         if self.variability_tokens != expected:
             # without pass 2 the within-class scatter is 0 and nc1 = cdnv = 0 would read as perfect collapse
@@ -255,5 +287,9 @@ class CollapseAccumulator:
         decided = (self.agree, self.evaluated) if self.evaluated else None
         if W is not None:
             W, _ = _check_head(W, None, self.num_classes, self.dim, layout)
+        if convention == "linguistic_collapse":
+            decided = (self.study_hits, self.study_evaluated) if self.study_evaluated else None
+            return collapse_studies.linguistic_collapse(self.counts, self.means, self.within_sq, self.included, W,
+                                                        decided)
         return metrics_from_statistics(self.counts, self.means, self.within_sq, self.within_cov, self.included,
                                        W, decided)

@@ -72,10 +72,11 @@ def make_dataset(name: str, n: int = 1000, *, noise: float = 0.0, seed: int = 0)
     """(X (n, 2) float32, y (n,) int32) of the named dataset."""
     if name not in _MAKERS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
-    if n < 1:
-        raise ValueError(f"dataset size must be >= 1, got {n}")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+    if isinstance(n, bool) or not math.isfinite(n) or int(n) != n or not 1 <= n <= 10**8:
+        raise ValueError(f"dataset size must be an integer in [1, 1e8], got {n}")
+    n = int(n)
+    if not (math.isfinite(noise) and 0 <= noise <= 1e30):
+        raise ValueError(f"noise must be a number in [0, 1e30] (the data are float32), got {noise}")
     rng = np.random.default_rng(seed)
     x, y = _MAKERS[name](rng, n)
     x = x + noise * rng.normal(size=x.shape)
@@ -215,8 +216,12 @@ def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, *
     x, y = np.asarray(x), np.asarray(y)
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} rows but y has {len(y)} labels")
+    if x.ndim < 1 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"need x (N, ...) and labels y (N,) with N >= 1, got shapes {x.shape} and {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels y must be integers, got dtype {y.dtype}")
+    if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+        raise ValueError(f"x contains NaN or inf in {int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())} rows")
     rng = np.random.default_rng(seed)
     test = np.zeros(len(y), dtype=bool)
     for label in np.unique(y):
@@ -231,9 +236,17 @@ def grid(bounds: tuple[float, float, float, float] = (-2.5, 2.5, -2.5, 2.5), res
     Reshape per-point values to (resolution, resolution) for `imshow(origin="lower",
     extent=bounds)`.
     """
+    if len(bounds) != 4 or not all(math.isfinite(b) for b in bounds) or bounds[0] >= bounds[1] or bounds[2] >= bounds[3]:
+        raise ValueError(f"bounds must be finite (xmin, xmax, ymin, ymax) with xmin < xmax and ymin < ymax, got {bounds}")
+    if (isinstance(resolution, bool) or not math.isfinite(resolution) or int(resolution) != resolution
+            or not 2 <= resolution <= 10**5):
+        raise ValueError(f"resolution must be an integer in [2, 1e5] (points per axis), got {resolution}")
+    resolution = int(resolution)
     xmin, xmax, ymin, ymax = bounds
-    xs = np.linspace(xmin, xmax, resolution, dtype=np.float32)
-    ys = np.linspace(ymin, ymax, resolution, dtype=np.float32)
+    if max(abs(b) for b in bounds) > 1e30:
+        raise ValueError(f"bounds must lie within ±1e30 (the grid is float32), got {bounds}")
+    xs = np.linspace(xmin, xmax, resolution).astype(np.float32)
+    ys = np.linspace(ymin, ymax, resolution).astype(np.float32)
     xx, yy = np.meshgrid(xs, ys)
     return np.stack([xx.ravel(), yy.ravel()], axis=1)
 

@@ -47,6 +47,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from geometry.functional import StaticKey
+from geometry.shapes import as_float_array
 
 MODES = ("auto", "forward", "reverse")
 POINT_AXIS = "points"  # the name of the 1-D device mesh axis the points are split over
@@ -177,7 +178,8 @@ def check_points(points, *, differentiable: bool = True) -> jax.Array:
     Integer points are cast to the default float type when `differentiable`. The
     finiteness check needs concrete values, so it is skipped under a trace.
     """
-    points = jnp.asarray(points)
+    # as_float_array: float64 values float32 would turn into inf or 0 are refused, not silently changed
+    points = as_float_array("points", points) if differentiable else jnp.asarray(points)
     if points.ndim < 1:
         raise ValueError("points must have a leading point axis, shape (N, *input_shape); got a scalar")
     if points.size == 0:

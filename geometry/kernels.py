@@ -17,6 +17,27 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from geometry.shapes import as_float_array
+
+
+def _finite_float(name: str, value, shape_rule: str) -> jax.Array:
+    """value as a floating JAX array, refusing NaN/inf and non-numeric input (checks skipped under a trace)."""
+    try:
+        array = as_float_array(name, value)
+    except ValueError as error:
+        raise ValueError(f"{error} (expected {shape_rule})") from None
+    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
+        raise ValueError(f"{name} contains NaN or inf")
+    return array
+
+
+def _square(K) -> jax.Array:
+    K = _finite_float("K", K, "(..., n, n)")
+    if K.ndim < 2 or K.shape[-1] != K.shape[-2] or K.shape[-1] == 0:
+        raise ValueError(f"K must be a non-empty square matrix (..., n, n), got shape {K.shape}")
+    return K
 
 
 def yat(x: jax.Array, z: jax.Array, b: float = 0.0, epsilon: float = 1e-3) -> jax.Array:
@@ -31,24 +52,32 @@ def rbf(x: jax.Array, z: jax.Array, sigma: float = 1.0) -> jax.Array:
 
 def gram(kernel, X: jax.Array, Z: jax.Array | None = None, **params) -> jax.Array:
     """(n, m) matrix k(x_i, z_j); Z defaults to X."""
-    X = jnp.asarray(X)
-    Z = X if Z is None else jnp.asarray(Z)
+    X = _finite_float("X", X, "(n, d)")
+    Z = X if Z is None else _finite_float("Z", Z, "(m, d)")
+    if X.ndim != 2 or Z.ndim != 2 or X.shape[1] != Z.shape[1]:
+        raise ValueError(f"X and Z must be (n, d) and (m, d) arrays with the same d, got {X.shape} and {Z.shape}")
     return jax.vmap(lambda x: jax.vmap(lambda z: kernel(x, z, **params))(Z))(X)
 
 
 def min_eigenvalue(K: jax.Array) -> jax.Array:
     """Smallest eigenvalue of the symmetric part of K."""
-    K = jnp.asarray(K)
+    K = _square(K)
     return jnp.linalg.eigvalsh(0.5 * (K + jnp.swapaxes(K, -1, -2)))[..., 0]
 
 
 def is_psd(K: jax.Array, rtol: float = 1e-6) -> jax.Array:
     """λ_min ≥ −rtol · λ_max (see the module docstring for why a tolerance)."""
+    K = _square(K)
+    if not (np.isfinite(rtol) and rtol >= 0):
+        raise ValueError(f"rtol must be a non-negative number, got {rtol}")
     eigenvalues = jnp.linalg.eigvalsh(0.5 * (K + jnp.swapaxes(K, -1, -2)))
     return eigenvalues[..., 0] >= -rtol * jnp.abs(eigenvalues[..., -1])
 
 
 def rkhs_norm(alpha: jax.Array, K: jax.Array) -> jax.Array:
     """‖f‖²_H = αᵀ K α for f = Σ_j α_j k(·, z_j); α of shape (m,) or (m, outputs)."""
-    alpha = jnp.asarray(alpha)
+    K = _square(K)
+    alpha = _finite_float("alpha", alpha, "(m,) or (m, outputs)")
+    if alpha.ndim not in (1, 2) or alpha.shape[0] != K.shape[-1] or K.ndim != 2:
+        raise ValueError(f"alpha must be (m,) or (m, outputs) for an (m, m) K, got alpha {alpha.shape}, K {K.shape}")
     return jnp.einsum("i...,ij,j...->...", alpha, K, alpha)

@@ -17,13 +17,28 @@ import jax.scipy.linalg  # eigh_tridiagonal, solve_triangular
 import numpy as np
 
 from geometry import layers
-from geometry.shapes import AnyArray, Float, shape_checked
+from geometry.shapes import AnyArray, Float, as_float_array, shape_checked
+
+
+def _finite(name: str, value, minimum_rows: int = 1) -> jax.Array:
+    """value as a floating JAX array with >= minimum_rows rows and no NaN/inf (not checked under a trace)."""
+    array = as_float_array(name, value)
+    if array.ndim and (array.shape[0] < minimum_rows or 0 in array.shape):
+        raise ValueError(f"{name} must hold at least {minimum_rows} non-empty rows, got shape {tuple(array.shape)}")
+    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
+        raise ValueError(f"{name} contains NaN or inf")
+    return array
 
 
 @shape_checked
 def pullback_metric(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch n n"]:
     """Jᵀ J for J of shape (..., m, n): a (..., n, n) symmetric PSD matrix."""
-    return jnp.einsum("...ki,...kj->...ij", J, J)
+    J = _finite("J", J)
+    g = jnp.einsum("...ki,...kj->...ij", J, J)
+    if not isinstance(g, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(g))):
+        raise ValueError(f"JᵀJ overflows {g.dtype} (|J| up to {float(jnp.max(jnp.abs(J))):.3g}): rescale J, or enable "
+                         "float64 with jax.config.update('jax_enable_x64', True)")
+    return g
 
 
 @shape_checked
@@ -54,7 +69,8 @@ def dense_layer_singular_values(weight, derivatives: Float[AnyArray, "N m"], *, 
     Raise `refine` when more singular values than that lie below ~1e-2 σ_max (many dead or
     saturated units); float64 inputs make every value accurate to ~1e-12 σ_max.
     """
-    weight, derivatives = layers.dense_weight(weight, layout=layout), jnp.asarray(derivatives)
+    weight, derivatives = layers.dense_weight(weight, layout=layout), _finite("derivatives", derivatives)
+    weight = _finite("weight", weight)
     m, n = weight.shape
     if derivatives.ndim != 2 or derivatives.shape[1] != m:
         flax_hint = (" — the weight looks like a Flax kernel (in, out): pass layout='in_out' or the nnx.Linear"
@@ -159,6 +175,7 @@ def metric_ellipse(g: Float[AnyArray, "*batch 2 2"]) -> tuple[Float[jax.Array, "
     """
     if g.shape[-2:] != (2, 2):
         raise ValueError(f"metric_ellipse needs 2x2 metrics, got shape {tuple(g.shape)}")
+    g = _finite("g", g)
     eigenvalues, eigenvectors = jnp.linalg.eigh(g)  # ascending
     semi_axes = jnp.sqrt(jnp.clip(eigenvalues[..., ::-1], 0.0, None))
     major = eigenvectors[..., :, 1]
@@ -174,20 +191,34 @@ def distance_distortion(f, x: jax.Array, y: jax.Array) -> jax.Array:
 @shape_checked
 def pairwise_distances(X: Float[AnyArray, "N d"]) -> Float[jax.Array, "N N"]:
     """(N, N) Euclidean distances between the rows of X (N, d)."""
-    X = jnp.asarray(X).reshape(len(X), -1)
+    X = _finite("X", X)
+    scale = jnp.max(jnp.abs(X))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    X = X / scale  # squares of large features would overflow float32; distances scale back exactly
     squared = jnp.sum(X**2, axis=1)
     gram = X @ X.T
-    return jnp.sqrt(jnp.clip(squared[:, None] + squared[None, :] - 2 * gram, 0.0, None))
+    distances = scale * jnp.sqrt(jnp.clip(squared[:, None] + squared[None, :] - 2 * gram, 0.0, None))
+    return jnp.where(jnp.eye(len(X), dtype=bool), 0.0, distances)  # a point's own distance is 0, not √rounding
+
+
+def _point_sets(X, Y, minimum: int):
+    """Two representations of the same points: (N, ...) arrays with equal N >= minimum, finite."""
+    if np.ndim(X) < 2 or np.ndim(Y) < 2:
+        raise ValueError(f"X and Y must be (N, features...) arrays of the same points, got shapes {np.shape(X)} and "
+                         f"{np.shape(Y)}")
+    if len(X) != len(Y) or len(X) < minimum:
+        raise ValueError(f"X and Y must hold the same points, at least {minimum}: got {len(X)} and {len(Y)} rows")
+    X, Y = _finite("X", X, minimum), _finite("Y", Y, minimum)
+    return X.reshape(len(X), -1), Y.reshape(len(Y), -1)
 
 
 def knn_agreement(X, Y, k: int = 10) -> float:
     """Mean over points of |N_k^X(i) ∩ N_k^Y(i)| / k: how much of each point's k-nearest-
     neighbour set in X survives in Y (1 = neighbourhoods preserved; k/(N−1) = chance).
     Ties in Y (e.g. points a ReLU layer collapsed together) are broken by index."""
+    X, Y = _point_sets(X, Y, minimum=2)
     n = len(X)
-    if len(Y) != n:
-        raise ValueError(f"X and Y must hold the same points: {n} != {len(Y)} rows")
-    if not 0 < k < n:
+    if isinstance(k, bool) or int(k) != k or not 0 < k < n:
         raise ValueError(f"need 0 < k < number of points ({n}), got k={k}")
     neighbours = []
     for distances in (np.array(pairwise_distances(X), np.float64), np.array(pairwise_distances(Y), np.float64)):
@@ -223,7 +254,6 @@ def spearman(a, b) -> float:
 
 def distance_rank_correlation(X, Y) -> float:
     """Spearman ρ between all pairwise distances in X and the same pairs' distances in Y."""
-    if len(X) != len(Y) or len(X) < 3:
-        raise ValueError(f"X and Y must hold the same points, at least 3: got {len(X)} and {len(Y)} rows")
+    X, Y = _point_sets(X, Y, minimum=3)
     upper = np.triu_indices(len(X), k=1)
     return spearman(np.asarray(pairwise_distances(X))[upper], np.asarray(pairwise_distances(Y))[upper])

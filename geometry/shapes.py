@@ -49,3 +49,29 @@ def _summary(message: str) -> str:
         return (f"argument {name.group(1)} is {actual.group(1).strip()}; expected {kind} array (JAX or NumPy) of "
                 f"shape ({expected.group(2)}){known}")
     return " ".join(line.strip() for line in message.splitlines()[:4])
+
+
+def as_float_array(name: str, value) -> jax.Array:
+    """`value` as a floating JAX array, refusing what a silent conversion would corrupt: non-numeric
+    or boolean data, and float64 values that JAX's default float32 would turn into inf (beyond
+    ±3.4e38) or into 0 (nonzero below 1e-45). Integers become floats. Tracers pass through."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    array = value if isinstance(value, jax.Array) else np.asarray(value)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {array.dtype}")
+    if not np.issubdtype(array.dtype, np.floating):
+        return jax.numpy.asarray(array, dtype=jax.dtypes.canonicalize_dtype(np.float64))
+    target = jax.dtypes.canonicalize_dtype(array.dtype)
+    if isinstance(array, np.ndarray) and np.finfo(target).bits < np.finfo(array.dtype).bits and array.size:
+        magnitude = np.abs(array[np.isfinite(array)])
+        limits = np.finfo(target)
+        if magnitude.size and magnitude.max() > limits.max:
+            raise ValueError(f"{name} holds values up to {magnitude.max():.3g}, beyond {target}'s range "
+                             f"({limits.max:.3g}): JAX would make them inf. Rescale, or enable float64 with "
+                             "jax.config.update('jax_enable_x64', True)")
+        if np.any((magnitude > 0) & (magnitude < limits.smallest_subnormal)):
+            raise ValueError(f"{name} holds nonzero values as small as {magnitude[magnitude > 0].min():.3g}, below "
+                             f"{target}'s smallest ({limits.smallest_subnormal:.3g}): JAX would make them 0. Rescale, "
+                             "or enable float64 with jax.config.update('jax_enable_x64', True)")
+    return jax.numpy.asarray(array)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geometry.shapes import AnyArray, Float, Int, shape_checked
+from geometry.shapes import AnyArray, Float, Int, as_float_array, shape_checked
 
 
 def _refuse_nonfinite(values: jax.Array, axes: tuple[int, ...], what: str, unit: str) -> None:
@@ -44,8 +44,9 @@ def _refuse_nonfinite(values: jax.Array, axes: tuple[int, ...], what: str, unit:
 
 
 def _checked(J):
-    """J as a JAX array; ValueError for empty matrices and for NaN or inf."""
-    J = jnp.asarray(J)
+    """J as a floating JAX array; ValueError for empty matrices, for NaN or inf, and for float64 values
+    that float32 would turn into inf or 0 (shapes.as_float_array)."""
+    J = as_float_array("J", J)
     if J.shape[-1] == 0 or J.shape[-2] == 0:
         raise ValueError(f"J has empty matrices, shape {tuple(J.shape)}")
     _refuse_nonfinite(J, (-2, -1), "J", "matrices")
@@ -72,7 +73,7 @@ def _rank_from_sigma(sigma, shape, dtype, rtol):
 @shape_checked
 def numerical_rank(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Int[jax.Array, "*batch"]:
     """Number of singular values above the tolerance (see module docstring)."""
-    J = jnp.asarray(J)
+    J = _checked(J)
     return _rank_from_sigma(singular_values(J), J.shape, J.dtype, rtol)
 
 
@@ -90,8 +91,9 @@ def effective_rank(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch
 
 
 def _stable_rank_from_sigma(sigma):
-    top = sigma[..., 0]
-    return jnp.where(top > 0, jnp.sum(sigma**2, axis=-1) / jnp.where(top > 0, top, 1.0) ** 2, 0.0)
+    top = sigma[..., :1]
+    relative = sigma / jnp.where(top > 0, top, 1.0)  # σ_i/σ_max first: σ² overflows float32 beyond ~1e19
+    return jnp.where(top[..., 0] > 0, jnp.sum(relative**2, axis=-1), 0.0)
 
 
 @shape_checked
@@ -116,7 +118,7 @@ def _log_volume_from_sigma(sigma, singular):
 @shape_checked
 def condition_number(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Float[jax.Array, "*batch"]:
     """σ_max / σ_min; +inf where J is numerically rank-deficient."""
-    J = jnp.asarray(J)
+    J = _checked(J)
     sigma = singular_values(J)
     return _condition_from_sigma(sigma, _singular_mask(sigma, J.shape, J.dtype, rtol))
 
@@ -124,7 +126,7 @@ def condition_number(J: Float[AnyArray, "*batch m n"], rtol: float | None = None
 @shape_checked
 def log_volume(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Float[jax.Array, "*batch"]:
     """Σ log σ_i (the log volume element); −inf where J is numerically rank-deficient."""
-    J = jnp.asarray(J)
+    J = _checked(J)
     sigma = singular_values(J)
     return _log_volume_from_sigma(sigma, _singular_mask(sigma, J.shape, J.dtype, rtol))
 
@@ -132,7 +134,7 @@ def log_volume(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> F
 @shape_checked
 def summary(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> dict[str, jax.Array]:
     """All of the above from one SVD: the batched per-point record used by experiments."""
-    J = jnp.asarray(J)
+    J = _checked(J)
     return summarize_singular_values(singular_values(J), J.shape[-2:], J.dtype, rtol)
 
 
@@ -169,12 +171,19 @@ def chained_ranks(layer_jacobians, rtol: float | None = None) -> list[jax.Array]
     is a sequence of (..., k_l, k_{l−1}) arrays (batched over leading axes); ranks use
     the `numerical_rank` tolerance per step.
     """
+    if isinstance(layer_jacobians, (jax.Array, np.ndarray)) or len(layer_jacobians) == 0:
+        raise ValueError("layer_jacobians must be a non-empty sequence of (..., k_l, k_{l-1}) arrays, one per layer")
+    layer_jacobians = [_checked(J) if jnp.ndim(J) >= 2 else _checked(jnp.zeros((0, 0))) for J in layer_jacobians]
+    for l, (J, previous) in enumerate(zip(layer_jacobians[1:], layer_jacobians), start=1):
+        if J.shape[-1] != previous.shape[-2] or J.shape[:-2] != previous.shape[:-2]:
+            raise ValueError(f"layer {l}'s Jacobian {tuple(J.shape)} does not chain with layer {l - 1}'s "
+                             f"{tuple(previous.shape)}: need (..., k_l, k_(l-1)) with the same leading axes")
     ranks = []
-    first = jnp.asarray(layer_jacobians[0])
+    first = layer_jacobians[0]
     n0 = first.shape[-1]
     basis = jnp.broadcast_to(jnp.eye(n0, dtype=first.dtype), first.shape[:-2] + (n0, n0))
     for J in layer_jacobians:
-        product = jnp.asarray(J) @ basis  # (..., k_l, r): the product's image, one layer at a time
+        product = J @ basis  # (..., k_l, r): the product's image, one layer at a time
         u, sigma, _ = jnp.linalg.svd(product, full_matrices=False)
         rank = _rank_from_sigma(sigma, product.shape[-2:], product.dtype, rtol)
         ranks.append(rank)

@@ -44,7 +44,8 @@ def prob_any_dead(n, layer: int = 1):
     So P(no dead unit at layer l) = 2⁻ⁿ (1 − 2⁻ⁿ)^(l−1), which matters only for small n.
     """
     n = np.asarray(n, dtype=float)
-    if not np.all(np.isfinite(n)) or np.any(n < 0) or np.any(n != np.round(n)) or int(layer) != layer or layer < 1:
+    if (not np.all(np.isfinite(n)) or np.any(n < 0) or np.any(n != np.round(n)) or not math.isfinite(layer)
+            or int(layer) != layer or layer < 1):
         raise ValueError(f"need integer width n >= 0 and integer layer >= 1, got n={n}, layer={layer}")
     log_all_alive = -n * math.log(2.0)
     if layer > 1:
@@ -53,10 +54,17 @@ def prob_any_dead(n, layer: int = 1):
     return -np.expm1(log_all_alive)
 
 
+MAX_EXACT_SIZE = 100_000
+
+
 def prob_relu_rank_deficient(m: int, n: int) -> float:
-    """P(rank D_φ(Wx) W < n) for an m×n Gaussian W under ReLU = P(Binomial(m, ½) < n)."""
-    if int(m) != m or int(n) != n or m < 1 or n < 1:
+    """P(rank D_φ(Wx) W < n) for an m×n Gaussian W under ReLU = P(Binomial(m, ½) < n).
+    Exact (big-integer) for m, n ≤ MAX_EXACT_SIZE."""
+    if (isinstance(m, bool) or isinstance(n, bool) or not (math.isfinite(m) and math.isfinite(n))
+            or int(m) != m or int(n) != n or m < 1 or n < 1):
         raise ValueError(f"m and n must be positive integers, got m={m}, n={n}")
+    if max(m, n) > MAX_EXACT_SIZE:
+        raise ValueError(f"m and n must be <= {MAX_EXACT_SIZE:,} for the exact sum, got m={m}, n={n}")
     m, n = int(m), int(n)
     favourable = sum(math.comb(m, k) for k in range(min(n, m + 1)))
     return favourable / 2**m  # exact big-integer sum, rounded once
@@ -73,8 +81,12 @@ def prob_low_derivative(activation, q: float, threshold: float = 0.05) -> float:
     """P(|φ'(√q z)| < threshold), z ~ N(0, 1): the expected fraction of dead or saturated
     units when pre-activations are N(0, q). Exact Gaussian mass of the zones found by
     `activations.low_derivative_zones` (zones touching the search window extend to ±∞)."""
-    if q <= 0:
-        return float(abs(activations.get(activation).derivative(0.0)) < threshold)
+    if not (math.isfinite(q) and q >= 0):
+        raise ValueError(f"q (the pre-activation variance) must be finite and >= 0, got {q}")
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be finite and > 0, got {threshold}")
+    if q == 0:  # every pre-activation is 0
+        return float(abs(float(np.asarray(activations.get(activation).derivative(np.float32(0.0))))) < threshold)
     z_max = 8.0 * max(1.0, math.sqrt(q))
     total = 0.0
     for a, b in activations.low_derivative_zones(activation, threshold, z_max=z_max):
@@ -145,6 +157,9 @@ def fixed_point_q(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1
     return 0.5 * (lo + hi)
 
 
+MAX_VARIANCE = 1e6
+
+
 def mean_field(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0) -> tuple[float, float]:
     """(q*, χ₁) for weights N(0, σ_w²/fan_in) and biases N(0, σ_b²).
 
@@ -155,6 +170,10 @@ def mean_field(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0)
     """
     if not (math.isfinite(sigma_w2) and math.isfinite(sigma_b2)) or sigma_w2 < 0 or sigma_b2 < 0:
         raise ValueError(f"variances must be finite and >= 0, got sigma_w2={sigma_w2}, sigma_b2={sigma_b2}")
+    if max(sigma_w2, sigma_b2) > MAX_VARIANCE:
+        # beyond this a bounded φ's finite q* ~ σ² comes near the 1e12·q0 divergence cap and would read as inf
+        raise ValueError(f"variances above {MAX_VARIANCE:g} are outside the range this solver handles reliably, got "
+                         f"sigma_w2={sigma_w2}, sigma_b2={sigma_b2}")
     if not (math.isfinite(q0) and q0 > 0):
         raise ValueError(f"the starting length q0 must be finite and > 0 (a squared length), got {q0}")
     q_star = fixed_point_q(activation, sigma_w2, sigma_b2, q0=q0)
@@ -172,27 +191,34 @@ def _finite_q(q_star: float, q0: float = 1.0) -> float:
 
 def isometry_prediction(activation, sigma_w2: float, sigma_b2: float, depth: int,
                         weights: str = "gaussian") -> dict[str, float]:
-    """Predicted mean and variance/mean² of the eigenvalues of JJᵀ after `depth` layers."""
+    """Predicted mean and variance/mean² of the eigenvalues of JJᵀ after `depth` layers
+    (mean = χ₁^depth: +inf where that exceeds float64, e.g. χ₁ = 2 at depth 1100)."""
     s1 = {"gaussian": -1.0, "orthogonal": 0.0}.get(weights)
     if s1 is None:
         raise ValueError(f"weights must be 'gaussian' or 'orthogonal', got {weights!r}")
-    if int(depth) != depth or depth < 1:
+    if isinstance(depth, bool) or not math.isfinite(depth) or int(depth) != depth or depth < 1:
         raise ValueError(f"depth must be an integer >= 1, got {depth}")
     q_star, chi1 = mean_field(activation, sigma_w2, sigma_b2)
     mu1 = derivative_moment(activation, _finite_q(q_star), 1)
     mu2 = derivative_moment(activation, _finite_q(q_star), 2)
+    log_mean = depth * math.log(chi1) if chi1 > 0 else -math.inf
     return {
         "q_star": q_star,
         "chi1": chi1,
-        "mean": chi1**depth,
+        "mean": math.inf if log_mean > math.log(np.finfo(np.float64).max) else math.exp(log_mean),
         "variance_over_mean2": depth * (mu2 / mu1**2 - 1.0 - s1),
     }
 
 
 def fuss_catalan(L: int, k: int) -> int:
-    """Fuss–Catalan number C((L+1)k, k) / (Lk + 1); L = 1 gives the Catalan numbers."""
-    if isinstance(L, bool) or isinstance(k, bool) or int(L) != L or int(k) != k or L < 0 or k < 0:
+    """Fuss–Catalan number C((L+1)k, k) / (Lk + 1); L = 1 gives the Catalan numbers (exact
+    integers, for L, k ≤ MAX_EXACT_SIZE)."""
+    if (isinstance(L, bool) or isinstance(k, bool) or not (math.isfinite(L) and math.isfinite(k))
+            or int(L) != L or int(k) != k or L < 0 or k < 0):
         raise ValueError(f"L and k must be integers >= 0, got L={L}, k={k}")
+    if max(L, k) > MAX_EXACT_SIZE:
+        raise ValueError(f"L and k must be <= {MAX_EXACT_SIZE:,} (the exact integer grows as ~(L+1)^((L+1)k)), "
+                         f"got L={L}, k={k}")
     L, k = int(L), int(k)
     return math.comb((L + 1) * k, k) // (L * k + 1)
 

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES, TABLES = ROOT / "figures", ROOT / "paper" / "tables"
 BENCHMARKS = ROOT / "benchmarks" / "results"
@@ -108,6 +110,35 @@ def linguistic_runs_table() -> str:
     return tabular(["width", "depth", "parameters", "val. loss", "NC1", "CDNV", "GNC2", "NC4"], rows, "rrrrrrrr")
 
 
+def _interval(fitted: dict) -> str:
+    if fitted["r2"] is None:
+        return "--"
+    return f"{fmt(fitted['r2'], 2)} [{fmt(fitted['ci'][0], 2)}, {fmt(fitted['ci'][1], 2)}]"
+
+
+def linguistic_conventions_table() -> str:
+    study = load("linguistic_collapse")["study_convention"]
+    rows = [[description.replace("‖Δμ‖⁴", "$\\|\\Delta\\mu\\|^4$").replace("μ̄_c", "$\\bar\\mu_c$")
+             .replace("w_c", "$w_c$"), _interval(study["ours"][name]), _interval(study["published"][name])]
+            for name, description in study["transforms"].items()]
+    return tabular(["the study's column (transform)", "$R^2$ here [95\\% CI]", "$R^2$ published [95\\% CI]"],
+                   rows, "lll")
+
+
+def digits_table() -> str:
+    models = load("digits")["models"]
+    rows = []
+    for name, m in models.items():
+        phase = m["terminal_phase"]
+        nc1 = phase.get("nc1") or {}
+        rows.append([name.replace("identity", "none"), m["train_accuracy"], m["test_accuracy"],
+                     phase["epoch_zero_train_error"] if phase["epoch_zero_train_error"] is not None else "--",
+                     nc1.get("at_zero_error"), nc1.get("last"), (phase.get("nc4") or {}).get("last"),
+                     max(layer["rank_deficient_fraction"] for layer in m["layers"].values())])
+    return tabular(["model", "train acc.", "test acc.", "epoch of 0 train error", "NC1 then", "NC1 last",
+                    "NC4 last", "max rank-def. fraction"], rows, "lrrrrrrr")
+
+
 def benchmark_table() -> str:
     result = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())
     rows = [[name.replace("_", "\\_"), row["points_per_second"], row["cost_in_forward_passes"],
@@ -124,6 +155,7 @@ def macros() -> dict[str, object]:
     linear, rank, iso = load("linear_collapse"), load("rank_depth"), load("dynamical_isometry")["summary"]
     saturation, yat, language = load("saturation"), load("yat_xor"), load("linguistic_collapse")
     relu4 = load("pullback")["networks"]["relu/4"]
+    digits = load("digits")
     wide = json.loads((BENCHMARKS / "wide_layers-cpu.json").read_text())
     memory = json.loads((BENCHMARKS / "memory-cpu.json").read_text())
     speed = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())["targets"]
@@ -149,6 +181,18 @@ def macros() -> dict[str, object]:
         "LCGncTwoRsq": language["fits"]["gnc2"]["r2"],
         "LCEquinormRsq": language["fits"]["nc2_equinorm"]["r2"],
         "LCTrainTokens": language["corpus"]["train_tokens"],
+        "LCStudyCdnvOurs": language["study_convention"]["ours"]["log10_cdnv"]["r2"],
+        "LCStudyCdnvPub": language["study_convention"]["published"]["log10_cdnv"]["r2"],
+        "LCStudyEquinormOurs": language["study_convention"]["ours"]["equinorm_cov"]["r2"],
+        "LCStudyEquinormPub": language["study_convention"]["published"]["equinorm_cov"]["r2"],
+        "LCStudyMedianWidth": float(np.median([f["ci_width"] for f in language["study_convention"]["ours"].values()
+                                               if f["r2"] is not None])),
+        "LCStudyTopOurs": language["study_convention"]["order_ours"][0].replace("_", "\\_"),
+        "LCStudyTopPub": language["study_convention"]["order_published"][0].replace("_", "\\_"),
+        "DigitsReluAcc": 100 * digits["models"]["relu"]["test_accuracy"],
+        "DigitsCnnAcc": 100 * digits["models"]["cnn"]["test_accuracy"],
+        "DigitsIdentityHolds": 100 * digits["models"]["relu"]["relu_rank_identity"]["holds_fraction"],
+        "DigitsFindings": len(digits["findings_against_papyan"]),
         "BenchForwardPasses": speed["cost_in_forward_passes"],
         "BenchTorchSpeedup": speed["speedup_vs_torch"],
         "WideSpeedup": wide["speedup"],
@@ -171,7 +215,9 @@ def macros() -> dict[str, object]:
 TABLE_FUNCTIONS = {
     "linear_collapse": linear_collapse_table, "grid_warp": grid_warp_table, "pullback": pullback_table,
     "isometry": isometry_table, "kernel_layers": kernel_table, "linguistic_fits": linguistic_fit_table,
-    "linguistic_runs": linguistic_runs_table, "benchmark": benchmark_table,
+    "linguistic_runs": linguistic_runs_table, "linguistic_conventions": linguistic_conventions_table,
+    "digits": digits_table,
+    "benchmark": benchmark_table,
 }
 
 

@@ -1,0 +1,310 @@
+"""Jacobian spectra without forming J: Golub–Kahan bidiagonalisation, stochastic Lanczos
+quadrature and Hutchinson's estimator, from Jacobian-vector and vector-Jacobian products.
+
+Every function takes the same `f` forms, `params=` and point shapes as
+`geometry.jacobians.jacobian_field` (an NNX module, a bound method, a function of x, or
+f(params, x) with `params=`), flattens each point's Jacobian to J (m, n), and touches J only
+through products: J v by `jax.linearize` (one linearisation per point, reused) and Jᵀ u by
+`jax.linear_transpose` of it. Memory per point is O(s · (m + n)) for s iterations, never m · n.
+Points are vmapped in chunks and sharded over devices like `jacobian_field`.
+
+Golub–Kahan (GK) with full reorthogonalisation: from a unit v₁, s steps give orthonormal
+U (s, m), V (s, n) and an upper-bidiagonal B (s × s) with J Vᵀ = Uᵀ B and
+Jᵀ Uᵀ = Vᵀ Bᵀ + β_s v_{s+1} e_sᵀ. The singular values of B (Ritz values) approximate those of
+J from below; each Ritz triplet (σ_i, p_i, q_i) has residual ‖Jᵀ U p_i − σ_i V q_i‖ = β_s |p_i[s]|,
+and Weyl's theorem for the augmented matrix [[0, J], [Jᵀ, 0]] puts a singular value of J within
+that residual of σ_i: the reported `bound`. A value is `converged` when its bound is at most
+`tol` · σ_max. With s = min(m, n) the bidiagonalisation is complete and the values exact (to
+rounding), which is how `which="smallest"` gets the bottom of the spectrum by default.
+
+Stochastic Lanczos quadrature (SLQ; Ubaru, Chen & Saad 2017): Lanczos on A = JᵀJ (or JJᵀ,
+whichever is min(m, n) square) from a Rademacher probe z is GK from z/‖z‖, with tridiagonal
+T = BᵀB, eigenvalues σ_j(B)² and first eigenvector components τ_j = q_j[1]; then
+zᵀ g(A) z ≈ ‖z‖² Σ_j τ_j² g(σ_j²), exact for polynomials of degree < 2s. `log_volume` is
+½ tr log A = Σ log σ_i (all min(m, n) of them); its error estimate is the standard error over
+probes. `frobenius_norm_squared` is Hutchinson's E_z ‖J z‖² (z Rademacher over the inputs),
+with the standard error over probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geometry import jacobians
+
+WHICH = ("largest", "smallest")
+
+
+def _operators(pure, params, x):
+    """(J·, Jᵀ·, m, n) at one point, on flattened vectors."""
+    shape = x.shape
+
+    def flat(v):
+        out = pure(params, v.reshape(shape))
+        return out.reshape(-1)
+
+    y, jvp = jax.linearize(flat, x.reshape(-1))
+    vjp = jax.linear_transpose(jvp, x.reshape(-1))
+    return jvp, (lambda u: vjp(u)[0]), y.size, x.size
+
+
+def _normalise(w):
+    norm = jnp.linalg.norm(w)
+    tiny = jnp.finfo(w.dtype).tiny / jnp.finfo(w.dtype).eps
+    ok = norm > tiny
+    # an exhausted Krylov space gives an exact 0; a NaN/inf product must stay NaN (never a silent 0)
+    bad = ~jnp.isfinite(norm)
+    vector = jnp.where(ok, w / jnp.where(ok, norm, 1.0), jnp.where(bad, jnp.nan, 0.0))
+    return vector, jnp.where(ok | bad, norm, 0.0)
+
+
+def _orthogonalise(w, basis):
+    # twice is enough (Kahan–Parlett); the unfilled rows of `basis` are zero and drop out
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
+
+
+def bidiagonalise(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int, steps: int):
+    """(alphas (s,), betas (s,)) of Golub–Kahan with full reorthogonalisation from `start` (n,):
+    B has diagonal alphas and superdiagonal betas[:-1]; betas[-1] is the residual factor β_s."""
+    dtype = start.dtype
+    v, _ = _normalise(start)
+    u, alpha0 = _normalise(matvec(v))
+    V = jnp.zeros((steps + 1, start.size), dtype).at[0].set(v)
+    U = jnp.zeros((steps, m), dtype).at[0].set(u)
+    alphas = jnp.zeros(steps, dtype).at[0].set(alpha0)
+    betas = jnp.zeros(steps, dtype)
+
+    def step(j, carry):
+        U, V, alphas, betas = carry
+        w = _orthogonalise(rmatvec(U[j]) - alphas[j] * V[j], V)
+        v_next, beta = _normalise(w)
+        V = V.at[j + 1].set(v_next)
+        betas = betas.at[j].set(beta)
+        z = _orthogonalise(matvec(v_next) - beta * U[j], U)
+        u_next, alpha = _normalise(z)
+        last = j + 1 >= steps  # the final step only needs β_s
+        U = jnp.where(last, U, U.at[jnp.minimum(j + 1, steps - 1)].set(u_next))
+        alphas = jnp.where(last, alphas, alphas.at[jnp.minimum(j + 1, steps - 1)].set(alpha))
+        return U, V, alphas, betas
+
+    U, V, alphas, betas = jax.lax.fori_loop(0, steps, step, (U, V, alphas, betas))
+    return alphas, betas
+
+
+def _bidiagonal(alphas, betas):
+    return jnp.diag(alphas) + jnp.diag(betas[:-1], 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TopSingular:
+    """x ↦ (Ritz values (k,), bounds (k,)) of J(x) from `steps` GK iterations."""
+
+    pure: Callable
+    k: int
+    steps: int
+    which: str
+    transpose: bool  # run on Jᵀ (when m < n: its GK space is the smaller one)
+
+    def __call__(self, params, x, start):
+        matvec, rmatvec, m, n = _operators(self.pure, params, x)
+        if self.transpose:
+            matvec, rmatvec, m, n = rmatvec, matvec, n, m
+        alphas, betas = bidiagonalise(matvec, rmatvec, start[:n], m, self.steps)
+        P, sigma, _ = jnp.linalg.svd(_bidiagonal(alphas, betas))
+        bounds = jnp.abs(betas[-1] * P[-1, :])
+        if self.which == "largest":
+            return sigma[: self.k], bounds[: self.k]
+        return sigma[::-1][: self.k], bounds[::-1][: self.k]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Nodes:
+    """x ↦ SLQ nodes σ_j(B)² and weights τ_j² (P, s) of the smaller Gram matrix of J(x), per probe."""
+
+    pure: Callable
+    steps: int
+    transpose: bool
+
+    def __call__(self, params, x, probes):
+        matvec, rmatvec, m, n = _operators(self.pure, params, x)
+        if self.transpose:
+            matvec, rmatvec, m, n = rmatvec, matvec, n, m
+
+        def one(z):
+            alphas, betas = bidiagonalise(matvec, rmatvec, z[:n], m, self.steps)
+            _, sigma, Qt = jnp.linalg.svd(_bidiagonal(alphas, betas))
+            return sigma**2, Qt[:, 0] ** 2
+
+        return jax.vmap(one)(probes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Quadrature:
+    """x ↦ (per-probe zᵀ log(A) z, per-probe ‖Jz‖²) for A the smaller Gram matrix of J(x)."""
+
+    pure: Callable
+    steps: int
+    transpose: bool
+
+    def __call__(self, params, x, probes):  # probes: (P, max(m, n)) of ±1
+        matvec, rmatvec, m, n = _operators(self.pure, params, x)
+        frobenius = jax.vmap(lambda z: jnp.sum(matvec(z[:n]) ** 2))(probes)
+        if self.transpose:
+            matvec, rmatvec, m, n = rmatvec, matvec, n, m
+
+        def one(z):
+            z = z[:n]
+            alphas, betas = bidiagonalise(matvec, rmatvec, z, m, self.steps)
+            _, sigma, Qt = jnp.linalg.svd(_bidiagonal(alphas, betas))
+            weights = Qt[:, 0] ** 2  # τ_j²: first components of T = BᵀB's eigenvectors
+            return jnp.sum(z**2) * jnp.sum(weights * jnp.log(sigma**2))
+
+        return jax.vmap(one)(probes), frobenius
+
+
+def _prepare(f, points, params):
+    pure, params = jacobians.as_pure_function(f, params)
+    points = jacobians.check_points(points)
+    shapes = jacobians.output_shapes(pure, params, points[:1])
+    if not isinstance(shapes, jax.ShapeDtypeStruct):
+        raise ValueError("matfree needs f to return one array per point (not a pytree)")
+    m, n = math.prod(shapes.shape), math.prod(points.shape[1:])  # per point
+    if m == 0:
+        raise ValueError("f returns an empty output: there is no Jacobian")
+    return pure, params, points, m, n
+
+
+def singular_values(f, points, k: int, *, which: str = "largest", params=None, steps: int | None = None,
+                    tol: float = 1e-5, strict: bool = False, seed: int = 0, chunk_size: int | None = None,
+                    devices=None) -> dict:
+    """The k largest (or smallest) singular values of each point's Jacobian without forming it.
+
+    Returns {"values": (N, k) descending for "largest", ascending for "smallest", "bounds":
+    (N, k) residual bounds (module docstring), "converged": (N, k) bool (bound ≤ tol·σ_max),
+    "steps": s}. Default s: min(r, 2k + 20) for "largest", r = min(m, n) for "smallest" (a
+    complete bidiagonalisation: exact). `strict=True` raises ValueError when any value has
+    not converged instead of flagging it.
+    """
+    if which not in WHICH:
+        raise ValueError(f"unknown which={which!r}; valid: {', '.join(WHICH)}")
+    pure, params, points, m, n = _prepare(f, points, params)
+    r = min(m, n)
+    if isinstance(k, bool) or int(k) != k or not 1 <= k <= r:
+        raise ValueError(f"k must be an integer in [1, min(m, n) = {r}], got {k}")
+    steps = (min(r, 2 * int(k) + 20) if which == "largest" else r) if steps is None else int(steps)
+    if not k <= steps <= r:
+        raise ValueError(f"steps must be in [k, min(m, n)] = [{k}, {r}], got {steps}")
+    start = jax.random.normal(jax.random.key(seed), (max(m, n),), points.dtype)
+    per_point = _TopSingular(pure, int(k), steps, which, transpose=m < n)
+    values, bounds = jacobians.map_points(_WithStart(per_point, start), params, points, chunk_size=chunk_size,
+                                          devices=devices)
+    jacobians.check_finite_result(values, "the singular values")
+    values, bounds = np.asarray(values), np.asarray(bounds)
+    top = values.max(axis=1, keepdims=True) if which == "smallest" else values[:, :1]
+    converged = bounds <= tol * np.maximum(top, np.finfo(values.dtype).tiny)
+    if strict and not converged.all():
+        bad = np.flatnonzero(~converged.all(axis=1))
+        raise ValueError(f"{bad.size} points did not converge to tol={tol} in {steps} steps (first: {bad[:5].tolist()}; "
+                         f"worst bound / σ_max {float(np.max(bounds / np.maximum(top, 1e-300))):.3g}); raise steps")
+    return {"values": values, "bounds": bounds, "converged": converged, "steps": steps}
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithStart:
+    """Binds a fixed start vector (or probes) so that map_points sees per_point(params, x)."""
+
+    per_point: Callable
+    extra: jax.Array
+
+    def __hash__(self):
+        return hash((self.per_point, self.extra.shape, str(self.extra.dtype), float(jnp.sum(self.extra))))
+
+    def __eq__(self, other):
+        return (isinstance(other, _WithStart) and self.per_point == other.per_point
+                and self.extra.shape == other.extra.shape and bool(jnp.all(self.extra == other.extra)))
+
+    def __call__(self, params, x):
+        return self.per_point(params, x, self.extra)
+
+
+def _quadrature(f, points, params, probes: int, steps: int | None, seed: int, chunk_size, devices):
+    pure, params, points, m, n = _prepare(f, points, params)
+    if isinstance(probes, bool) or int(probes) != probes or probes < 2:
+        raise ValueError(f"probes must be an integer >= 2 (the error estimate needs two), got {probes}")
+    r = min(m, n)
+    steps = min(r, 30) if steps is None else int(steps)
+    if not 1 <= steps <= r:
+        raise ValueError(f"steps must be in [1, min(m, n) = {r}], got {steps}")
+    signs = jax.random.rademacher(jax.random.key(seed), (int(probes), max(m, n)), points.dtype)
+    per_point = _Quadrature(pure, steps, transpose=m < n)
+    log_quadratic, frobenius = jacobians.map_points(_WithStart(per_point, signs), params, points,
+                                                    chunk_size=chunk_size, devices=devices)
+    return np.asarray(log_quadratic, np.float64), np.asarray(frobenius, np.float64), steps, r
+
+
+def log_volume(f, points, *, params=None, probes: int = 32, steps: int | None = None, seed: int = 0,
+               chunk_size: int | None = None, devices=None) -> dict:
+    """Σ log σ_i over the min(m, n) singular values of each point's Jacobian, by SLQ.
+
+    Returns {"values": (N,), "standard_error": (N,), "probes", "steps"}. -inf never appears:
+    a numerically singular J gives a very negative, finite estimate (use `spectra.log_volume`
+    on the dense J when exact singularity matters)."""
+    log_quadratic, _, steps, _ = _quadrature(f, points, params, probes, steps, seed, chunk_size, devices)
+    per_probe = 0.5 * log_quadratic  # ½ zᵀ log(A) z estimates ½ tr log A = Σ log σ
+    if not np.all(np.isfinite(per_probe)):
+        raise ValueError("the Jacobian is singular at some points (a zero Ritz value): its log volume is -inf; "
+                         "use geometry.spectra.log_volume on the dense Jacobian there")
+    return {"values": per_probe.mean(axis=1), "standard_error": per_probe.std(axis=1, ddof=1) / math.sqrt(probes),
+            "probes": int(probes), "steps": steps}
+
+
+def frobenius_norm_squared(f, points, *, params=None, probes: int = 32, seed: int = 0,
+                           chunk_size: int | None = None, devices=None) -> dict:
+    """‖J‖_F² = tr JᵀJ at each point by Hutchinson's estimator E_z ‖J z‖² (z Rademacher):
+    {"values": (N,), "standard_error": (N,), "probes"}."""
+    _, frobenius, _, _ = _quadrature(f, points, params, probes, 1, seed, chunk_size, devices)
+    return {"values": frobenius.mean(axis=1), "standard_error": frobenius.std(axis=1, ddof=1) / math.sqrt(probes),
+            "probes": int(probes)}
+
+
+def spectral_density(f, x, *, params=None, probes: int = 16, steps: int | None = None, grid=None,
+                     bandwidth: float | None = None, seed: int = 0) -> dict:
+    """The density of the squared singular values λ = σ² of J at ONE point x (the eigenvalues of
+    the smaller Gram matrix, normalised to total mass 1), by SLQ: each probe gives a discrete
+    measure Σ_j τ_j² δ(λ − θ_j); their mean is smoothed with a Gaussian of width `bandwidth`
+    (default 2% of the node range) on `grid` (default 200 points over the nodes).
+
+    Returns {"grid", "density" (G,), "standard_error" (G,) over probes, "nodes" (P, s),
+    "weights" (P, s), "probes", "steps"}."""
+    x = jnp.asarray(x)
+    pure, params, points, m, n = _prepare(f, x[None], params)
+    if isinstance(probes, bool) or int(probes) != probes or probes < 2:
+        raise ValueError(f"probes must be an integer >= 2 (the error estimate needs two), got {probes}")
+    r = min(m, n)
+    steps = min(r, 40) if steps is None else int(steps)
+    if not 1 <= steps <= r:
+        raise ValueError(f"steps must be in [1, min(m, n) = {r}], got {steps}")
+    signs = jax.random.rademacher(jax.random.key(seed), (int(probes), max(m, n)), points.dtype)
+    nodes, weights = _Nodes(pure, steps, transpose=m < n)(params, points[0], signs)
+    nodes, weights = np.asarray(nodes, np.float64), np.asarray(weights, np.float64)
+    if not (np.all(np.isfinite(nodes)) and np.all(np.isfinite(weights))):
+        raise ValueError("the Jacobian is NaN or inf at x: the model produces non-finite derivatives there")
+    span = max(float(nodes.max() - nodes.min()), float(np.abs(nodes).max()) * 1e-6, 1e-30)
+    bandwidth = 0.02 * span if bandwidth is None else float(bandwidth)
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+    grid = np.linspace(nodes.min() - 3 * bandwidth, nodes.max() + 3 * bandwidth, 200) if grid is None else (
+        np.asarray(grid, np.float64))
+    kernel = np.exp(-0.5 * ((grid[None, None, :] - nodes[..., None]) / bandwidth) ** 2) / (bandwidth * np.sqrt(2 * np.pi))
+    per_probe = np.sum(weights[..., None] * kernel, axis=1)  # (P, G)
+    return {"grid": grid, "density": per_probe.mean(axis=0),
+            "standard_error": per_probe.std(axis=0, ddof=1) / math.sqrt(probes), "nodes": nodes, "weights": weights,
+            "probes": int(probes), "steps": steps}

@@ -1,0 +1,133 @@
+"""Matrix-free spectra (geometry.matfree) against dense SVDs and closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from geometry import jacobians, matfree, models
+
+
+def _mlp_function(seed=0, n=48, width=64, m=40):
+    rng = np.random.default_rng(seed)
+    W1 = jnp.asarray(rng.normal(size=(width, n)) / np.sqrt(n), jnp.float32)
+    W2 = jnp.asarray(rng.normal(size=(m, width)) / np.sqrt(width), jnp.float32)
+    return lambda x: jnp.tanh(W2 @ jnp.tanh(W1 @ x))
+
+
+def _dense_singular_values(f, points):
+    J = np.asarray(jacobians.jacobian_field(f, points, as_matrix=True), np.float64)
+    return np.linalg.svd(J, compute_uv=False)  # (N, r) descending
+
+
+def test_top_k_against_dense_svd_with_fewer_steps_than_the_rank():
+    f = _mlp_function()
+    points = jnp.asarray(np.random.default_rng(1).normal(size=(6, 48)), jnp.float32)
+    dense = _dense_singular_values(f, points)
+    result = matfree.singular_values(f, points, 4, steps=24)  # 24 < r = 40: a partial bidiagonalisation
+    assert result["steps"] == 24 and result["converged"].all()
+    np.testing.assert_allclose(result["values"], dense[:, :4], rtol=1e-5)
+    # the reported bound is honest: every value lies within it of a true singular value
+    assert np.all(np.abs(result["values"] - dense[:, :4]) <= result["bounds"] + 1e-5 * dense[:, :1])
+
+
+def test_bounds_are_honest_when_not_converged():
+    f = _mlp_function(seed=2)
+    points = jnp.asarray(np.random.default_rng(3).normal(size=(4, 48)), jnp.float32)
+    dense = _dense_singular_values(f, points)
+    result = matfree.singular_values(f, points, 3, steps=3, tol=1e-9)
+    assert not result["converged"].all()
+    for values, bounds, sigma in zip(result["values"], result["bounds"], dense):
+        for value, bound in zip(values, bounds):  # some true σ within the bound (Weyl), up to float32 rounding
+            assert np.min(np.abs(sigma - value)) <= bound + 1e-5 * sigma[0]
+    with pytest.raises(ValueError, match="did not converge"):
+        matfree.singular_values(f, points, 3, steps=3, tol=1e-9, strict=True)
+
+
+def test_smallest_values_and_wide_jacobians():
+    f = _mlp_function(seed=4, n=30, width=50, m=36)
+    points = jnp.asarray(np.random.default_rng(5).normal(size=(3, 30)), jnp.float32)
+    dense = _dense_singular_values(f, points)
+    smallest = matfree.singular_values(f, points, 3, which="smallest")
+    np.testing.assert_allclose(smallest["values"], dense[:, ::-1][:, :3], rtol=1e-4)
+    wide = lambda x: f(x[:30]) * (1.0 + 0.01 * jnp.sum(x[30:]))  # noqa: E731  (36 outputs, 70 inputs: m < n)
+    points = jnp.asarray(np.random.default_rng(6).normal(size=(3, 70)), jnp.float32)
+    np.testing.assert_allclose(matfree.singular_values(wide, points, 5)["values"],
+                               _dense_singular_values(wide, points)[:, :5], rtol=1e-5)
+
+
+def test_closed_forms_of_a_scaled_orthogonal_map():
+    """J = c Q: σ_i = c, log volume n log c and ‖J‖_F² = n c² — exact for every probe."""
+    n, c = 24, 1.7
+    Q = jnp.asarray(np.linalg.qr(np.random.default_rng(7).normal(size=(n, n)))[0], jnp.float32)
+    f = lambda x: c * (Q @ x)  # noqa: E731
+    points = jnp.ones((2, n), jnp.float32)
+    np.testing.assert_allclose(matfree.singular_values(f, points, 3)["values"], c, rtol=1e-5)
+    volume = matfree.log_volume(f, points, probes=4, steps=8)
+    np.testing.assert_allclose(volume["values"], n * np.log(c), rtol=1e-5)
+    assert np.all(volume["standard_error"] < 1e-4)
+    frobenius = matfree.frobenius_norm_squared(f, points, probes=4)
+    np.testing.assert_allclose(frobenius["values"], n * c**2, rtol=1e-5)
+
+
+def test_slq_and_hutchinson_estimates_against_dense_values():
+    f = _mlp_function(seed=8, n=32, width=48, m=40)
+    points = jnp.asarray(np.random.default_rng(9).normal(size=(4, 32)), jnp.float32)
+    dense = _dense_singular_values(f, points)
+    volume = matfree.log_volume(f, points, probes=96)
+    frobenius = matfree.frobenius_norm_squared(f, points, probes=96)
+    # unbiased estimators: within 4.5 standard errors (the quadrature itself is exact here: steps = 30 of r = 32
+    # captures log on the spectrum to far below the Monte Carlo error)
+    assert np.all(np.abs(volume["values"] - np.log(dense).sum(1)) < 4.5 * volume["standard_error"])
+    assert np.all(np.abs(frobenius["values"] - (dense**2).sum(1)) < 4.5 * frobenius["standard_error"])
+
+
+def test_spectral_density_of_products_of_gaussian_matrices_has_fuss_catalan_moments():
+    """J = G_L ⋯ G_1 / n^(L/2) (G iid N(0, 1), n × n): the moments of the squared singular values tend
+    to the Fuss–Catalan numbers; SLQ's measure (exact moments up to 2·steps − 1 per probe) matches."""
+    from geometry import theory
+
+    n, L = 300, 2
+    rng = np.random.default_rng(11)
+    product = np.eye(n)
+    for _ in range(L):
+        product = rng.normal(size=(n, n)) / np.sqrt(n) @ product
+    A = jnp.asarray(product, jnp.float32)
+    result = matfree.spectral_density(lambda x: A @ x, jnp.zeros(n, jnp.float32), probes=8, steps=10)
+    for k in (1, 2, 3):
+        slq = np.mean(np.sum(result["weights"] * result["nodes"] ** k, axis=1))
+        np.testing.assert_allclose(slq, theory.fuss_catalan(L, k), rtol=0.15)
+    density = result["density"]
+    np.testing.assert_allclose(np.trapezoid(density, result["grid"]), 1.0, rtol=1e-3)
+
+
+def test_nnx_module_and_params_forms():
+    model = models.MLP(10, 16, depth=2, out_features=6, activation="tanh", rngs=nnx.Rngs(0))
+    points = jnp.asarray(np.random.default_rng(10).normal(size=(3, 10)), jnp.float32)
+    dense = _dense_singular_values(model, points)
+    np.testing.assert_allclose(matfree.singular_values(model, points, 2)["values"], dense[:, :2], rtol=1e-5)
+    graphdef, state = nnx.split(model)
+    apply = lambda params, x: nnx.merge(graphdef, params)(x)  # noqa: E731
+    np.testing.assert_allclose(matfree.singular_values(apply, points, 2, params=state)["values"], dense[:, :2],
+                               rtol=1e-5)
+
+
+def test_bad_input(nans_allowed):
+    f = _mlp_function()
+    points = jnp.zeros((2, 48), jnp.float32)
+    for k in (0, 41, 2.5):
+        with pytest.raises(ValueError, match="k must be an integer"):
+            matfree.singular_values(f, points, k)
+    with pytest.raises(ValueError, match="unknown which"):
+        matfree.singular_values(f, points, 2, which="middle")
+    with pytest.raises(ValueError, match="steps must be"):
+        matfree.singular_values(f, points, 4, steps=2)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        matfree.singular_values(lambda x: jnp.sqrt(x - 1.0), points, 2)  # NaN produced inside the model
+    with pytest.raises(ValueError, match="one array per point"):
+        matfree.singular_values(lambda x: {"a": x, "b": x}, points, 2)
+    with pytest.raises(ValueError, match="probes must be"):
+        matfree.log_volume(f, points, probes=1)
+    with pytest.raises(ValueError, match="singular"):
+        matfree.log_volume(lambda x: 0.0 * x[:5], points, probes=2)  # J = 0 exactly: log volume -inf
