@@ -17,6 +17,7 @@ EXPERIMENTS = {
     "pullback": "experiments.pullback",
     "injectivity": "experiments.injectivity",
     "dynamical_isometry": "experiments.dynamical_isometry",
+    "spectral_universality": "experiments.spectral_universality",
     "tradeoff": "experiments.tradeoff",
     "fidelity": "experiments.fidelity",
     "similarity": "experiments.similarity",

@@ -20,9 +20,9 @@ penultimate features (`geometry.collapse.collapse_metrics`, default convention: 
 nc2_equinorm, nc2_equiangle, nc3, nc4 with the head) on the training and on the test points.
 Papyan et al. report that, past zero training error, NC1 → 0, the class means approach a
 simplex ETF (equinorm, equiangle → 0), the head aligns with them (NC3 → 0) and the head
-agrees with the nearest class mean (NC4 → 1); the JSON states for each model whether each
-trend held between the first evaluation at zero training error and the last, and lists any
-that did not as findings.
+agrees with the nearest class mean (NC4 → 1); the JSON states for each model and metric whether
+it moved toward collapse, away from it, or stayed flat (relative change < 2%) between the first
+evaluation at zero training error and the last, and lists every move away as a finding.
 Per layer at the test points (final models): numerical and effective rank, condition number
 and the rank-deficient fraction of ∂h_l/∂x (`probe.input_jacobian_field`, cheapest mode:
 forward, 64 inputs), the ReLU rank identity rank ∂h_l/∂x = min(n₀, k₁, …, k_l) (k_i active
@@ -47,6 +47,7 @@ NC_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc3", "nc4")
 # the direction Papyan et al. report past zero training error: -1 = decreases, +1 = increases
 PAPYAN_TREND = {"nc1": -1, "cdnv": -1, "nc2_equinorm": -1, "nc2_equiangle": -1, "nc3": -1, "nc4": +1}
 ACCURACY_FLOOR = 0.95  # the issue's floor for the CNN and the ReLU MLP
+FLAT = 0.02  # a relative change below this between zero training error and the end is "flat", not a trend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +129,10 @@ def train_with_series(name: str, config: Config, split, context) -> tuple[nnx.Mo
     directory = Path(context.out_dir) / ".checkpoints" / context.name / f"{name}-w{config.width}-d{config.depth}"
     series_file = directory / "series.json"
     series = json.loads(series_file.read_text()) if series_file.exists() else {}
-    for epoch in evaluation_epochs(config):
+    epochs = evaluation_epochs(config)
+    # measured epochs are skipped (their numbers are in the series file); a finished run only restores the end
+    pending = [e for e in epochs if str(e) not in series] or [epochs[-1]]
+    for epoch in pending:
         train_config = training.TrainConfig(steps=epoch * steps_per_epoch, learning_rate=config.learning_rate,
                                             batch_size=config.batch_size, seed=context.seed,
                                             checkpoint_every=10**9, log_every=10**9)
@@ -137,8 +141,8 @@ def train_with_series(name: str, config: Config, split, context) -> tuple[nnx.Mo
         if str(epoch) not in series:
             series[str(epoch)] = measure_epoch(model, head, split)
             io.atomic_write(series_file, json.dumps(series))
-    context.log(f"{name}: train {series[str(epoch)]['train_accuracy']:.4f}, test "
-                f"{series[str(epoch)]['test_accuracy']:.4f} after {epoch} epochs")
+    context.log(f"{name}: train {series[str(epochs[-1])]['train_accuracy']:.4f}, test "
+                f"{series[str(epochs[-1])]['test_accuracy']:.4f} after {epochs[-1]} epochs")
     return model, hidden, pre, {int(k): v for k, v in sorted(series.items(), key=lambda kv: int(kv[0]))}
 
 
@@ -173,8 +177,9 @@ def layer_geometry(model, hidden: list[str], pre: list[str], x_test: np.ndarray,
 
 
 def trends(series: dict[int, dict]) -> dict:
-    """Per metric: value at the first evaluation with zero training error and at the last, and
-    whether it moved the way Papyan et al. report (None when zero training error was never reached)."""
+    """Per metric: value at the first evaluation with zero training error and at the last, and the
+    direction: "toward collapse" (the way Papyan et al. report), "away from collapse", or "flat"
+    (relative change below FLAT; for nc4, change of the disagreement 1 − nc4 below FLAT of it)."""
     epochs = sorted(series)
     perfect = [e for e in epochs if series[e]["train_accuracy"] == 1.0]
     if not perfect:
@@ -183,8 +188,14 @@ def trends(series: dict[int, dict]) -> dict:
     out = {"epoch_zero_train_error": first, "last_epoch": last}
     for key in NC_KEYS:
         a, b = series[first]["nc_train"].get(key), series[last]["nc_train"].get(key)
-        held = None if a is None or b is None or first == last else bool(np.sign(b - a) == PAPYAN_TREND[key])
-        out[key] = {"at_zero_error": a, "last": b, "as_papyan_reports": held}
+        direction = None
+        if a is not None and b is not None and first != last:
+            scale = abs(1.0 - a) if key == "nc4" else abs(a)
+            if abs(b - a) < FLAT * max(scale, 1e-12):
+                direction = "flat"
+            else:
+                direction = "toward collapse" if np.sign(b - a) == PAPYAN_TREND[key] else "away from collapse"
+        out[key] = {"at_zero_error": a, "last": b, "direction": direction}
     return out
 
 
@@ -208,16 +219,18 @@ def run(config: Config, context) -> dict:
     findings = []
     for name, r in results.items():
         for key, trend in r["terminal_phase"].items():
-            if isinstance(trend, dict) and trend["as_papyan_reports"] is False:
+            if isinstance(trend, dict) and trend["direction"] == "away from collapse":
                 findings.append(f"{name}: {key} went {trend['at_zero_error']:.4g} -> {trend['last']:.4g} after zero "
-                                "training error, against the trend Papyan et al. report")
+                                "training error, away from collapse (Papyan et al. report the opposite)")
         if r["terminal_phase"]["epoch_zero_train_error"] is None:
             findings.append(f"{name}: never reached zero training error (train accuracy {r['train_accuracy']:.4f})")
     floors = {name: results[name]["test_accuracy"] >= ACCURACY_FLOOR for name in ("relu", "cnn") if name in results}
+    directions = {name: {key: t["direction"] for key, t in r["terminal_phase"].items() if isinstance(t, dict)}
+                  for name, r in results.items()}
     plot(results, context)
     return {"data": {"train": len(split[0]), "test": len(split[2]), "pixels": 64, "classes": 10},
             "models": results, "accuracy_floor": ACCURACY_FLOOR, "meets_accuracy_floor": floors,
-            "findings_against_papyan": findings}
+            "terminal_phase_directions": directions, "flat_threshold": FLAT, "findings_against_papyan": findings}
 
 
 def plot(results: dict, context) -> None:

@@ -13,6 +13,7 @@ from geometry import (
     activations,
     collapse,
     data,
+    free_probability,
     functional,
     jacobians,
     kernels,
@@ -41,7 +42,7 @@ from geometry.training import CheckpointError, TrainConfig, train
 
 __all__ = [
     # modules
-    "activations", "collapse", "data", "functional", "jacobians", "kernels", "layers", "matfree", "metric", "models", "probe",
+    "activations", "collapse", "data", "free_probability", "functional", "jacobians", "kernels", "layers", "matfree", "metric", "models", "probe",
     "shapes", "similarity", "spectra", "theory", "training",
     # entry points
     "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "KernelMLP", "LayerNorm", "MLP",

@@ -293,7 +293,8 @@ def spectral_density(f, x, *, params=None, probes: int = 16, steps: int | None =
     if not 1 <= steps <= r:
         raise ValueError(f"steps must be in [1, min(m, n) = {r}], got {steps}")
     signs = jax.random.rademacher(jax.random.key(seed), (int(probes), max(m, n)), points.dtype)
-    nodes, weights = _Nodes(pure, steps, transpose=m < n)(params, points[0], signs)
+    # jitted with the parameters as arguments: a model's weights never become compile-time constants
+    nodes, weights = jax.jit(_Nodes(pure, steps, transpose=m < n))(params, points[0], signs)
     nodes, weights = np.asarray(nodes, np.float64), np.asarray(weights, np.float64)
     if not (np.all(np.isfinite(nodes)) and np.all(np.isfinite(weights))):
         raise ValueError("the Jacobian is NaN or inf at x: the model produces non-finite derivatives there")

@@ -139,6 +139,19 @@ def digits_table() -> str:
                     "NC4 last", "max rank-def. fraction"], rows, "lrrrrrrr")
 
 
+def universality_table() -> str:
+    numbers = load("spectral_universality")
+    rows = []
+    for key, r in numbers["results"].items():
+        if r["width"] != numbers["largest_width"]:
+            continue
+        activation, weights = key.split("/")[:2]
+        rows.append([activation, weights, str(r["depth"]), r["predicted_moments"][1], r["measured_moments"][1],
+                     r["standard_errors"][1], max(r["relative_errors"]), r.get("cms_distance_fuss_catalan")])
+    return tabular(["$\\phi$", "weights", "$L$", "$m_2$ predicted", "$m_2$ measured", "s.e.",
+                    "max rel. err. $m_{1..4}$", "CMS dist. to Fuss--Catalan"], rows, "llrrrrrr")
+
+
 def benchmark_table() -> str:
     result = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())
     rows = [[name.replace("_", "\\_"), row["points_per_second"], row["cost_in_forward_passes"],
@@ -156,6 +169,7 @@ def macros() -> dict[str, object]:
     saturation, yat, language = load("saturation"), load("yat_xor"), load("linguistic_collapse")
     relu4 = load("pullback")["networks"]["relu/4"]
     digits = load("digits")
+    universality = load("spectral_universality")
     wide = json.loads((BENCHMARKS / "wide_layers-cpu.json").read_text())
     memory = json.loads((BENCHMARKS / "memory-cpu.json").read_text())
     speed = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())["targets"]
@@ -193,6 +207,18 @@ def macros() -> dict[str, object]:
         "DigitsCnnAcc": 100 * digits["models"]["cnn"]["test_accuracy"],
         "DigitsIdentityHolds": 100 * digits["models"]["relu"]["relu_rank_identity"]["holds_fraction"],
         "DigitsFindings": len(digits["findings_against_papyan"]),
+        "DigitsFlat": sum(d == "flat" for m in digits["terminal_phase_directions"].values() for d in m.values()),
+        "DigitsToward": sum(d == "toward collapse" for m in digits["terminal_phase_directions"].values()
+                            for d in m.values()),
+        "DigitsTrends": sum(d is not None for m in digits["terminal_phase_directions"].values() for d in m.values()),
+        "SUWidth": universality["largest_width"],
+        "SUGaussMeanErr": 100 * max(r["relative_errors"][0] for k, r in universality["results"].items()
+                                    if k.startswith("linear/gaussian") and r["width"] == universality["largest_width"]),
+        "SUMaxCMS": max(r["cms_distance_fuss_catalan"] for r in universality["results"].values()
+                       if r.get("cms_distance_fuss_catalan") is not None and r["width"] == universality["largest_width"]),
+        # linear orthogonal rows are exact (every moment 1): their "standard error" is float32 rounding
+        "SUMaxSE": max(max(r["errors_in_standard_errors"][:2]) for k, r in universality["results"].items()
+                       if r["width"] == universality["largest_width"] and not k.startswith("linear/orthogonal")),
         "BenchForwardPasses": speed["cost_in_forward_passes"],
         "BenchTorchSpeedup": speed["speedup_vs_torch"],
         "WideSpeedup": wide["speedup"],
@@ -216,7 +242,7 @@ TABLE_FUNCTIONS = {
     "linear_collapse": linear_collapse_table, "grid_warp": grid_warp_table, "pullback": pullback_table,
     "isometry": isometry_table, "kernel_layers": kernel_table, "linguistic_fits": linguistic_fit_table,
     "linguistic_runs": linguistic_runs_table, "linguistic_conventions": linguistic_conventions_table,
-    "digits": digits_table,
+    "digits": digits_table, "universality": universality_table,
     "benchmark": benchmark_table,
 }
 

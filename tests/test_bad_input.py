@@ -28,7 +28,7 @@ def test_spectra_refuse_non_finite_and_empty_jacobians(nans_allowed):
 def test_point_cloud_comparisons_need_the_same_points():
     rng = np.random.default_rng(1)
     X, Y = rng.normal(size=(10, 2)), rng.normal(size=(12, 2))
-    with pytest.raises(ValueError, match="same points: 10 != 12"):
+    with pytest.raises(ValueError, match="same points, at least 2: got 10 and 12 rows"):
         metric.knn_agreement(X, Y, k=3)
     with pytest.raises(ValueError, match="same points, at least 3: got 10 and 12"):
         metric.distance_rank_correlation(X, Y)
@@ -53,7 +53,7 @@ def test_theory_refuses_what_it_cannot_answer():
 
 
 def test_make_dataset_refuses_nan_noise():
-    with pytest.raises(ValueError, match="noise must be a finite number"):
+    with pytest.raises(ValueError, match=r"noise must be a number in \[0, 1e30\]"):
         data.make_dataset("spiral", 10, noise=float("nan"))
 
 

@@ -31,3 +31,12 @@ def test_modes_benchmark_loop_equals_the_probe_fields():
     for i, point in enumerate(x):
         for l, J in enumerate(modes.replaced_loop(model, jnp.asarray(point))):
             np.testing.assert_allclose(fields[f"layers/{l}"][i], J, rtol=1e-5, atol=1e-6)
+
+
+def test_matfree_benchmark_routes_agree():
+    from benchmarks import matfree as bench_matfree
+
+    dense = bench_matfree.route("dense", n=64, width=32, depth=2, points=2, k=3)
+    free = bench_matfree.route("matfree", n=64, width=32, depth=2, points=2, k=3)
+    np.testing.assert_allclose(free["values"], dense["values"], rtol=1e-5)
+    assert dense["peak_rss_mb"] > 0 and free["seconds"] > 0

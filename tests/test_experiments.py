@@ -213,6 +213,18 @@ def test_linguistic_collapse_grid(quick_records):
         assert run["study_metrics"]["hits"] + run["study_metrics"]["misses"] == run["metrics"]["nc4_tokens"]
 
 
+def test_spectral_universality_against_free_probability(quick_records):
+    numbers = quick_records[0]["spectral_universality"]["numbers"]
+    for key, r in numbers["results"].items():
+        if key.startswith("linear/orthogonal"):  # J is σ_w^L times an orthogonal matrix: every moment is 1
+            np.testing.assert_allclose(r["measured_moments"], 1.0, rtol=1e-4)
+        else:  # Monte Carlo over probes and finite-N fluctuations only: the mean within 5 standard errors
+            assert r["errors_in_standard_errors"][0] < 5.0, key
+        if key.startswith("linear/gaussian"):
+            assert r["predicted_moments"][:3] == [1.0, r["depth"] + 1.0, (r["depth"] + 1) * (3 * r["depth"] + 2) / 2]
+            assert 0 <= r["cms_distance_fuss_catalan"] <= 1
+
+
 def test_digits_terminal_phase_and_real_data_geometry(quick_records):
     records, out = quick_records
     numbers = records["digits"]["numbers"]
@@ -229,6 +241,8 @@ def test_digits_terminal_phase_and_real_data_geometry(quick_records):
     identity = numbers["models"]["relu"]["relu_rank_identity"]
     assert identity["holds_fraction"] >= 0.99 and identity["max_abs_gap"] <= 1  # float32 rank at the tolerance
     assert set(numbers["models"]["cnn"]["layers"]) == {"act1", "act2", "act3"}  # a user-style model, via probe
+    for directions in numbers["terminal_phase_directions"].values():
+        assert set(directions.values()) <= {None, "flat", "toward collapse", "away from collapse"}
 
 
 def test_digits_resumes_its_series_without_retraining(quick_records, tmp_path):
