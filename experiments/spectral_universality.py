@@ -3,7 +3,7 @@ reach, against the free-probability predictions of Pennington, Schoenholz & Gang
 
 Command:  python -m experiments spectral_universality [--quick]
 Writes:   figures/spectral_universality.{png,pdf,json}
-Runtime:  ~6 min on 2 CPU cores (quick: ~20 s)
+Runtime:  ~3 min on 2 CPU cores (quick: ~10 s)
 
 Networks h_l = φ(W_l h_{l−1} + b_l), N × N weights with entries of variance σ_w²/N (Gaussian) or
 σ_w × a Haar-orthogonal matrix, biases N(0, σ_b²), at criticality (χ₁ = 1): linear (σ_w² = 1),

@@ -320,6 +320,28 @@ def capture_fn(model, layers=None, *, example, what: str = "outputs", batched: b
     return fn, state, keys
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _LayerOutput(StaticKey):
+    """pure(state, x) -> the output of one layer at model input x."""
+
+    capture: _CaptureFn
+    key: str
+
+    def __call__(self, state, x):
+        return self.capture(state, x)[self.key]
+
+
+def layer_function(model, layer: str, *, example, batched: bool = False):
+    """(f, state) with f(state, x) = the output of `layer` (a path or a pattern matching one
+    layer) at model input x: the form every `f(params, x)` analysis takes, e.g. per-layer spectra
+    of wide layers without a dense SVD — `matfree.singular_values(f, points, k, params=state)`."""
+    example = jax.ShapeDtypeStruct(jnp.shape(example), jnp.result_type(example))
+    fn, state, keys, _ = _prepare(model, layer, example, "outputs", batched)
+    if len(keys) != 1:
+        raise ValueError(f"layer {layer!r} selects {len(keys)} layers ({', '.join(keys) or 'none'}); give one path")
+    return _LayerOutput(dataclasses.replace(fn, values_only=True), keys[0]), state
+
+
 def _ordered(result: dict, keys: Sequence[str]) -> dict:
     return {key: result[key] for key in keys}  # jit returns dicts key-sorted; give call order back
 

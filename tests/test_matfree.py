@@ -131,3 +131,16 @@ def test_bad_input(nans_allowed):
         matfree.log_volume(f, points, probes=1)
     with pytest.raises(ValueError, match="singular"):
         matfree.log_volume(lambda x: 0.0 * x[:5], points, probes=2)  # J = 0 exactly: log volume -inf
+
+
+def test_probe_hands_one_layer_to_the_matrix_free_routes():
+    from geometry import probe
+
+    model = models.MLP(12, 64, depth=3, out_features=4, activation="tanh", rngs=nnx.Rngs(2))
+    points = jnp.asarray(np.random.default_rng(12).normal(size=(3, 12)), jnp.float32)
+    f, state = probe.layer_function(model, "layers/1", example=points[0])
+    dense = probe.input_jacobian_field(model, points, "layers/1", as_matrix=True)["layers/1"]  # (3, 64, 12)
+    sigma = np.linalg.svd(np.asarray(dense, np.float64), compute_uv=False)
+    np.testing.assert_allclose(matfree.singular_values(f, points, 3, params=state)["values"], sigma[:, :3], rtol=1e-5)
+    with pytest.raises(ValueError, match="selects 3 layers"):
+        probe.layer_function(model, "layers/*", example=points[0])
