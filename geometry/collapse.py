@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from geometry import collapse_studies, layers
+from geometry.shapes import AnyArray, Shaped, shape_checked
 
 PINV_RTOL = 1e-10
 MAX_FEATURE = 1e75
@@ -177,7 +178,8 @@ def _check_head(W, bias, num_classes: int, dim: int, layout: str = "out_in"):
     return W, bias
 
 
-def collapse_metrics(H, y, W=None, bias=None, *, num_classes: int | None = None, min_count: int = DEFAULT_MIN_COUNT,
+@shape_checked
+def collapse_metrics(H: Shaped[AnyArray, "N d"], y: Shaped[AnyArray, "N"], W=None, bias=None, *, num_classes: int | None = None, min_count: int = DEFAULT_MIN_COUNT,
                      H_eval=None, y_eval=None, layout: str = "out_in", convention: str = "default",
                      pinv_rtol: float = PINV_RTOL) -> dict:
     """Collapse metrics of features H (N, d) with labels y (N,), all in memory.

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geometry.shapes import as_float_array
+from geometry.shapes import AnyArray, Float, Shaped, as_float_array, shape_checked
 
 
 def _finite_float(name: str, value, shape_rule: str) -> jax.Array:
@@ -50,7 +50,9 @@ def rbf(x: jax.Array, z: jax.Array, sigma: float = 1.0) -> jax.Array:
     return jnp.exp(-jnp.sum((x - z) ** 2) / (2.0 * sigma**2))
 
 
-def gram(kernel, X: jax.Array, Z: jax.Array | None = None, **params) -> jax.Array:
+@shape_checked
+def gram(kernel, X: Shaped[AnyArray, "n d"], Z: Shaped[AnyArray, "m d"] | None = None,
+         **params) -> Float[jax.Array, "n _"]:
     """(n, m) matrix k(x_i, z_j); Z defaults to X."""
     X = _finite_float("X", X, "(n, d)")
     Z = X if Z is None else _finite_float("Z", Z, "(m, d)")
@@ -59,13 +61,15 @@ def gram(kernel, X: jax.Array, Z: jax.Array | None = None, **params) -> jax.Arra
     return jax.vmap(lambda x: jax.vmap(lambda z: kernel(x, z, **params))(Z))(X)
 
 
-def min_eigenvalue(K: jax.Array) -> jax.Array:
+@shape_checked
+def min_eigenvalue(K: Shaped[AnyArray, "*batch n n"]) -> Float[jax.Array, "*batch"]:
     """Smallest eigenvalue of the symmetric part of K."""
     K = _square(K)
     return jnp.linalg.eigvalsh(0.5 * (K + jnp.swapaxes(K, -1, -2)))[..., 0]
 
 
-def is_psd(K: jax.Array, rtol: float = 1e-6) -> jax.Array:
+@shape_checked
+def is_psd(K: Shaped[AnyArray, "*batch n n"], rtol: float = 1e-6) -> Shaped[jax.Array, "*batch"]:
     """λ_min ≥ −rtol · λ_max (see the module docstring for why a tolerance)."""
     K = _square(K)
     if not (np.isfinite(rtol) and rtol >= 0):
@@ -74,7 +78,8 @@ def is_psd(K: jax.Array, rtol: float = 1e-6) -> jax.Array:
     return eigenvalues[..., 0] >= -rtol * jnp.abs(eigenvalues[..., -1])
 
 
-def rkhs_norm(alpha: jax.Array, K: jax.Array) -> jax.Array:
+@shape_checked
+def rkhs_norm(alpha: Shaped[AnyArray, "m *outputs"], K: Shaped[AnyArray, "m m"]) -> Float[jax.Array, "*outputs"]:
     """‖f‖²_H = αᵀ K α for f = Σ_j α_j k(·, z_j); α of shape (m,) or (m, outputs)."""
     K = _square(K)
     alpha = _finite_float("alpha", alpha, "(m,) or (m, outputs)")

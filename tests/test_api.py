@@ -34,3 +34,23 @@ def test_jacobian_field_signature_is_the_designed_one():
     for keyword, default in (("mode", "auto"), ("params", None), ("chunk_size", None), ("reduce", None),
                              ("devices", None)):
         assert parameters[keyword].default == default and parameters[keyword].kind == parameters[keyword].KEYWORD_ONLY
+
+
+SHAPE_CHECKED = {
+    "spectra": ["singular_values", "numerical_rank", "effective_rank", "stable_rank", "condition_number", "log_volume",
+                "summary"],
+    "metric": ["pullback_metric", "dense_layer_singular_values", "metric_ellipse", "pairwise_distances"],
+    "similarity": ["cka", "cka_permutation_test"],
+    "collapse": ["collapse_metrics"],
+    "kernels": ["gram", "min_eigenvalue", "is_psd", "rkhs_norm"],
+}
+
+
+def test_public_array_functions_carry_checked_shape_annotations():
+    """Shapes in the types, enforced on every call (geometry.shapes.shape_checked)."""
+    for module, names in SHAPE_CHECKED.items():
+        for name in names:
+            fn = getattr(getattr(geometry, module), name)
+            annotations = getattr(fn, "__wrapped__", fn).__annotations__
+            assert hasattr(fn, "__wrapped__"), f"geometry.{module}.{name} is not shape_checked"
+            assert any("[" in str(a) and "Array" in str(a) for a in annotations.values()), f"{module}.{name}"
