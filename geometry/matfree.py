@@ -103,6 +103,20 @@ def _bidiagonal(alphas, betas):
     return jnp.diag(alphas) + jnp.diag(betas[:-1], 1)
 
 
+def _oriented(pure, params, x, transpose: bool):
+    """(J·, Jᵀ·, m, n) at one point, or those of Jᵀ when `transpose` (so that n = min side)."""
+    matvec, rmatvec, m, n = _operators(pure, params, x)
+    return (rmatvec, matvec, n, m) if transpose else (matvec, rmatvec, m, n)
+
+
+def _nodes_and_weights(matvec, rmatvec, m: int, z, steps: int):
+    """SLQ from unit-normalised z: nodes σ_j(B)² and weights τ_j² (first components of the
+    eigenvectors of T = BᵀB)."""
+    alphas, betas = bidiagonalise(matvec, rmatvec, z, m, steps)
+    _, sigma, Qt = jnp.linalg.svd(_bidiagonal(alphas, betas))
+    return sigma**2, Qt[:, 0] ** 2
+
+
 @dataclasses.dataclass(frozen=True)
 class _TopSingular:
     """x ↦ (Ritz values (k,), bounds (k,)) of J(x) from `steps` GK iterations."""
@@ -114,9 +128,7 @@ class _TopSingular:
     transpose: bool  # run on Jᵀ (when m < n: its GK space is the smaller one)
 
     def __call__(self, params, x, start):
-        matvec, rmatvec, m, n = _operators(self.pure, params, x)
-        if self.transpose:
-            matvec, rmatvec, m, n = rmatvec, matvec, n, m
+        matvec, rmatvec, m, n = _oriented(self.pure, params, x, self.transpose)
         alphas, betas = bidiagonalise(matvec, rmatvec, start[:n], m, self.steps)
         P, sigma, _ = jnp.linalg.svd(_bidiagonal(alphas, betas))
         bounds = jnp.abs(betas[-1] * P[-1, :])
@@ -127,47 +139,44 @@ class _TopSingular:
 
 @dataclasses.dataclass(frozen=True)
 class _Nodes:
-    """x ↦ SLQ nodes σ_j(B)² and weights τ_j² (P, s) of the smaller Gram matrix of J(x), per probe."""
+    """x ↦ SLQ nodes and weights (P, s) of the smaller Gram matrix of J(x), one row per probe."""
 
     pure: Callable
     steps: int
     transpose: bool
 
     def __call__(self, params, x, probes):
-        matvec, rmatvec, m, n = _operators(self.pure, params, x)
-        if self.transpose:
-            matvec, rmatvec, m, n = rmatvec, matvec, n, m
-
-        def one(z):
-            alphas, betas = bidiagonalise(matvec, rmatvec, z[:n], m, self.steps)
-            _, sigma, Qt = jnp.linalg.svd(_bidiagonal(alphas, betas))
-            return sigma**2, Qt[:, 0] ** 2
-
-        return jax.vmap(one)(probes)
+        matvec, rmatvec, m, n = _oriented(self.pure, params, x, self.transpose)
+        return jax.vmap(lambda z: _nodes_and_weights(matvec, rmatvec, m, z[:n], self.steps))(probes)
 
 
 @dataclasses.dataclass(frozen=True)
-class _Quadrature:
-    """x ↦ (per-probe zᵀ log(A) z, per-probe ‖Jz‖²) for A the smaller Gram matrix of J(x)."""
+class _LogQuadratic:
+    """x ↦ per-probe zᵀ log(A) z ≈ ‖z‖² Σ_j τ_j² log θ_j, A the smaller Gram matrix of J(x)."""
 
     pure: Callable
     steps: int
     transpose: bool
 
     def __call__(self, params, x, probes):  # probes: (P, max(m, n)) of ±1
-        matvec, rmatvec, m, n = _operators(self.pure, params, x)
-        frobenius = jax.vmap(lambda z: jnp.sum(matvec(z[:n]) ** 2))(probes)
-        if self.transpose:
-            matvec, rmatvec, m, n = rmatvec, matvec, n, m
+        matvec, rmatvec, m, n = _oriented(self.pure, params, x, self.transpose)
 
         def one(z):
-            z = z[:n]
-            alphas, betas = bidiagonalise(matvec, rmatvec, z, m, self.steps)
-            _, sigma, Qt = jnp.linalg.svd(_bidiagonal(alphas, betas))
-            weights = Qt[:, 0] ** 2  # τ_j²: first components of T = BᵀB's eigenvectors
-            return jnp.sum(z**2) * jnp.sum(weights * jnp.log(sigma**2))
+            nodes, weights = _nodes_and_weights(matvec, rmatvec, m, z[:n], self.steps)
+            return jnp.sum(z[:n] ** 2) * jnp.sum(weights * jnp.log(nodes))
 
-        return jax.vmap(one)(probes), frobenius
+        return jax.vmap(one)(probes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hutchinson:
+    """x ↦ per-probe ‖J z‖² (z over the inputs)."""
+
+    pure: Callable
+
+    def __call__(self, params, x, probes):
+        matvec, _, _, n = _operators(self.pure, params, x)
+        return jax.vmap(lambda z: jnp.sum(matvec(z[:n]) ** 2))(probes)
 
 
 def _prepare(f, points, params):
@@ -237,19 +246,24 @@ class _WithStart:
         return self.per_point(params, x, self.extra)
 
 
-def _quadrature(f, points, params, probes: int, steps: int | None, seed: int, chunk_size, devices):
-    pure, params, points, m, n = _prepare(f, points, params)
+def _probes(probes: int, steps: int | None, default_steps: int, m: int, n: int, seed: int, dtype):
+    """(steps, Rademacher probes (P, max(m, n))) after checking both."""
     if isinstance(probes, bool) or int(probes) != probes or probes < 2:
         raise ValueError(f"probes must be an integer >= 2 (the error estimate needs two), got {probes}")
     r = min(m, n)
-    steps = min(r, 30) if steps is None else int(steps)
+    steps = min(r, default_steps) if steps is None else int(steps)
     if not 1 <= steps <= r:
         raise ValueError(f"steps must be in [1, min(m, n) = {r}], got {steps}")
-    signs = jax.random.rademacher(jax.random.key(seed), (int(probes), max(m, n)), points.dtype)
-    per_point = _Quadrature(pure, steps, transpose=m < n)
-    log_quadratic, frobenius = jacobians.map_points(_WithStart(per_point, signs), params, points,
-                                                    chunk_size=chunk_size, devices=devices)
-    return np.asarray(log_quadratic, np.float64), np.asarray(frobenius, np.float64), steps, r
+    return steps, jax.random.rademacher(jax.random.key(seed), (int(probes), max(m, n)), dtype)
+
+
+def _per_probe(per_point, f, points, params, probes, steps, default_steps, seed, chunk_size, devices):
+    """(per_point(params, x, probes) at every point as float64 (N, P), steps)."""
+    pure, params, points, m, n = _prepare(f, points, params)
+    steps, signs = _probes(probes, steps, default_steps, m, n, seed, points.dtype)
+    values = jacobians.map_points(_WithStart(per_point(pure, steps, m < n), signs), params, points,
+                                  chunk_size=chunk_size, devices=devices)
+    return np.asarray(values, np.float64), steps
 
 
 def log_volume(f, points, *, params=None, probes: int = 32, steps: int | None = None, seed: int = 0,
@@ -259,7 +273,7 @@ def log_volume(f, points, *, params=None, probes: int = 32, steps: int | None = 
     Returns {"values": (N,), "standard_error": (N,), "probes", "steps"}. -inf never appears:
     a numerically singular J gives a very negative, finite estimate (use `spectra.log_volume`
     on the dense J when exact singularity matters)."""
-    log_quadratic, _, steps, _ = _quadrature(f, points, params, probes, steps, seed, chunk_size, devices)
+    log_quadratic, steps = _per_probe(_LogQuadratic, f, points, params, probes, steps, 30, seed, chunk_size, devices)
     per_probe = 0.5 * log_quadratic  # ½ zᵀ log(A) z estimates ½ tr log A = Σ log σ
     if not np.all(np.isfinite(per_probe)):
         raise ValueError("the Jacobian is singular at some points (a zero Ritz value): its log volume is -inf; "
@@ -272,7 +286,8 @@ def frobenius_norm_squared(f, points, *, params=None, probes: int = 32, seed: in
                            chunk_size: int | None = None, devices=None) -> dict:
     """‖J‖_F² = tr JᵀJ at each point by Hutchinson's estimator E_z ‖J z‖² (z Rademacher):
     {"values": (N,), "standard_error": (N,), "probes"}."""
-    _, frobenius, _, _ = _quadrature(f, points, params, probes, 1, seed, chunk_size, devices)
+    frobenius, _ = _per_probe(lambda pure, steps, transpose: _Hutchinson(pure), f, points, params, probes, 1, 1,
+                              seed, chunk_size, devices)
     return {"values": frobenius.mean(axis=1), "standard_error": frobenius.std(axis=1, ddof=1) / math.sqrt(probes),
             "probes": int(probes)}
 
@@ -288,13 +303,7 @@ def spectral_density(f, x, *, params=None, probes: int = 16, steps: int | None =
     "weights" (P, s), "probes", "steps"}."""
     x = jnp.asarray(x)
     pure, params, points, m, n = _prepare(f, x[None], params)
-    if isinstance(probes, bool) or int(probes) != probes or probes < 2:
-        raise ValueError(f"probes must be an integer >= 2 (the error estimate needs two), got {probes}")
-    r = min(m, n)
-    steps = min(r, 40) if steps is None else int(steps)
-    if not 1 <= steps <= r:
-        raise ValueError(f"steps must be in [1, min(m, n) = {r}], got {steps}")
-    signs = jax.random.rademacher(jax.random.key(seed), (int(probes), max(m, n)), points.dtype)
+    steps, signs = _probes(probes, steps, 40, m, n, seed, points.dtype)
     # jitted with the parameters as arguments: a model's weights never become compile-time constants
     nodes, weights = jax.jit(_Nodes(pure, steps, transpose=m < n))(params, points[0], signs)
     nodes, weights = np.asarray(nodes, np.float64), np.asarray(weights, np.float64)
