@@ -25,12 +25,9 @@ from geometry.shapes import AnyArray, Float, Shaped, as_float_array, shape_check
 def _finite_float(name: str, value, shape_rule: str) -> jax.Array:
     """value as a floating JAX array, refusing NaN/inf and non-numeric input (checks skipped under a trace)."""
     try:
-        array = as_float_array(name, value)
+        return as_float_array(name, value, finite=True)
     except ValueError as error:
         raise ValueError(f"{error} (expected {shape_rule})") from None
-    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
-        raise ValueError(f"{name} contains NaN or inf")
-    return array
 
 
 def _square(K) -> jax.Array:

@@ -22,11 +22,9 @@ from geometry.shapes import AnyArray, Float, as_float_array, shape_checked
 
 def _finite(name: str, value, minimum_rows: int = 1) -> jax.Array:
     """value as a floating JAX array with >= minimum_rows rows and no NaN/inf (not checked under a trace)."""
-    array = as_float_array(name, value)
+    array = as_float_array(name, value, finite=True)
     if array.ndim and (array.shape[0] < minimum_rows or 0 in array.shape):
         raise ValueError(f"{name} must hold at least {minimum_rows} non-empty rows, got shape {tuple(array.shape)}")
-    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
-        raise ValueError(f"{name} contains NaN or inf")
     return array
 
 

@@ -51,12 +51,20 @@ def _summary(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines()[:4])
 
 
-def as_float_array(name: str, value) -> jax.Array:
+def as_float_array(name: str, value, *, finite: bool = False) -> jax.Array:
     """`value` as a floating JAX array, refusing what a silent conversion would corrupt: non-numeric
     or boolean data, and float64 values that JAX's default float32 would turn into inf (beyond
-    ±3.4e38) or into 0 (nonzero below 1e-45). Integers become floats. Tracers pass through."""
+    ±3.4e38) or into 0 (nonzero below 1e-45). Integers become floats. `finite=True` also refuses
+    NaN and inf. Tracers pass through unchecked."""
     if isinstance(value, jax.core.Tracer):
         return value
+    array = _as_float_array(name, value)
+    if finite and not bool(jax.numpy.all(jax.numpy.isfinite(array))):
+        raise ValueError(f"{name} contains NaN or inf")
+    return array
+
+
+def _as_float_array(name: str, value) -> jax.Array:
     array = value if isinstance(value, jax.Array) else np.asarray(value)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise ValueError(f"{name} must be a real numeric array, got dtype {array.dtype}")
