@@ -105,6 +105,16 @@ def gram(X, kernel: str = "linear", sigma_scale: float = 1.0, sigma_convention: 
     return np.exp(-distances2 / (2 * sigma_scale**2 * median))
 
 
+def _double_centred(K: np.ndarray) -> np.ndarray:
+    """H K H, H = I − 11ᵀ/n."""
+    return K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
+
+
+def _hollow(K: np.ndarray) -> np.ndarray:
+    """K with its diagonal set to 0 (the unbiased estimator's K̃)."""
+    return K - np.diag(np.diag(K))
+
+
 def hsic(K, L, debiased: bool = False) -> float:
     """Biased HSIC tr(KHLH)/(n−1)², or the unbiased estimator of Song et al. (2012); float64."""
     K, L = np.asarray(K), np.asarray(L)
@@ -119,11 +129,9 @@ def hsic(K, L, debiased: bool = False) -> float:
         raise ValueError("K or L contains NaN or inf")
     n = K.shape[0]
     if not debiased:
-        Kc = K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
-        Lc = L - L.mean(axis=0, keepdims=True) - L.mean(axis=1, keepdims=True) + L.mean()
+        Kc, Lc = _double_centred(K), _double_centred(L)
         return float(np.sum(Kc * Lc) / (n - 1) ** 2)
-    K = K - np.diag(np.diag(K))
-    L = L - np.diag(np.diag(L))
+    K, L = _hollow(K), _hollow(L)
     trace_term = np.sum(K * L)
     sums_term = K.sum() * L.sum() / ((n - 1) * (n - 2))
     cross_term = 2.0 / (n - 2) * np.sum(K.sum(axis=0) * L.sum(axis=0))
@@ -165,7 +173,7 @@ def cka_permutation_test(X: Shaped[AnyArray, "N ..."], Y: Shaped[AnyArray, "N ..
     # HSIC(L, L) is permutation invariant, and so are the sums in the debiased estimator: only
     # the n² trace term (and the debiased cross term) is recomputed per shuffle
     if debiased:
-        K, L = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))
+        K, L = _hollow(K), _hollow(L)
         fixed = K.sum() * L.sum() / ((n - 1) * (n - 2))
         k_columns, l_columns = K.sum(axis=0), L.sum(axis=0)
 
@@ -173,8 +181,7 @@ def cka_permutation_test(X: Shaped[AnyArray, "N ..."], Y: Shaped[AnyArray, "N ..
             cross = 2.0 / (n - 2) * np.sum(k_columns * l_columns[order])
             return (np.sum(K * L[np.ix_(order, order)]) + fixed - cross) / (n * (n - 3))
     else:
-        K = K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
-        L = L - L.mean(axis=0, keepdims=True) - L.mean(axis=1, keepdims=True) + L.mean()
+        K, L = _double_centred(K), _double_centred(L)
 
         def statistic(order):  # centring commutes with permuting rows and columns together
             return np.sum(K * L[np.ix_(order, order)]) / (n - 1) ** 2
