@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import ClassifierSpec, trained_classifier
+from experiments._classifiers import ClassifierSpec, display_name, trained_classifier
 from experiments import linear_collapse
 from experiments.similarity import mean_pairwise_cosine
 from geometry import jacobians, probe, spectra
@@ -28,7 +28,7 @@ FAILURES = {
     "linear collapse": ("R² of the best affine fit to the logits", +1, 0.95, 0.99,
                         "R² ≥ 0.99: under 1% of the output variance is nonlinear, the stack acts as one matrix; "
                         "≥ 0.95: the nonlinear part is a small correction"),
-    "rank collapse": ("fraction of points with rank ∂h_L/∂x < n₀", +1, 0.01, 0.25,
+    "rank collapse": ("fraction of points with rank ∂h_L/∂x < min(n₀, width)", +1, 0.01, 0.25,
                       "any measurable fraction erases input directions on a region (≥ 1%); "
                       "≥ 25%: a quarter of the data loses a direction for good"),
     "dead units": ("fraction of hidden units with |φ'| < 0.05 on every point", +1, 0.10, 0.50,
@@ -72,7 +72,7 @@ def measure(trained) -> dict:
     last_hidden = probe.outputs(model, x, f"layers/{model.depth - 1}")[f"layers/{model.depth - 1}"]
     return {
         "linear collapse": affine_r2(x, np.asarray(jax.vmap(model)(jnp.asarray(x)))),
-        "rank collapse": float(np.mean(np.asarray(spectra.numerical_rank(J)) < x.shape[1])),
+        "rank collapse": float(np.mean(np.asarray(spectra.numerical_rank(J)) < min(J.shape[1:]))),
         "dead units": float(dead.mean()),
         "saturation": float(low[:, ~dead].mean()) if (~dead).any() else 1.0,
         "representation collapse": mean_pairwise_cosine(np.asarray(last_hidden)),
@@ -81,9 +81,10 @@ def measure(trained) -> dict:
 
 def run(config: Config, context) -> dict:
     runs = []
-    cases = [(d, a) for d in config.datasets for a in config.activations]
+    paths = {display_name(d): d for d in config.datasets}  # a file is keyed by its stem
+    cases = [(d, a) for d in paths for a in config.activations]
     for dataset, activation in context.progress(cases, "runs"):
-        spec = ClassifierSpec(dataset=dataset, activation=activation, width=config.width, depth=config.depth,
+        spec = ClassifierSpec(dataset=paths[dataset], activation=activation, width=config.width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
         trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         values = measure(trained)

@@ -12,6 +12,8 @@ hidden layer l we compare input space with h_l:
 * Spearman ρ between all pairwise input distances and the same pairs' distances in h_l
   (`metric.distance_rank_correlation`).
 Networks: random (He init, untrained) and trained on the spiral, width 32 and 4, depth 4.
+Other data: `--dataset digits` or `--dataset PATH` trains them on those data (d inputs, C
+classes) and compares input space (d-dimensional) with each h_l the same way.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import dataclasses
 
 import matplotlib.pyplot as plt
 import numpy as np
-from flax import nnx
 
 from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import metric, models, plotting, probe
+from geometry import metric, plotting, probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Config:
     steps: int = 3000
     points: int = 500
     k: int = 10
+    dataset: str = "spiral"  # a 2-D dataset, "digits" or a CSV/NPZ path (`experiments._classifiers`)
 
 
 QUICK = Config(activations=("identity", "relu", "tanh"), widths=(32,), steps=300, points=200)
@@ -51,12 +53,12 @@ def run(config: Config, context) -> dict:
     results = {}
     cases = [(w, a) for w in config.widths for a in config.activations]
     for width, activation in context.progress(cases, "width × activation"):
-        spec = ClassifierSpec(dataset="spiral", activation=activation, width=width, depth=config.depth,
+        spec = ClassifierSpec(dataset=config.dataset, activation=activation, width=width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
         trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         x = trained.x_test[: config.points]
-        random_model = models.MLP(2, width, depth=config.depth, out_features=2, activation=activation,
-                                  rngs=nnx.Rngs(spec.seed))  # the trained network's own initialisation
+        # the trained network's own initialisation
+        random_model = spec.build(x.shape[1], trained.classes)
         results[f"{activation}/{width}"] = {
             "activation": activation, "width": width, "test_accuracy": trained.test_accuracy,
             "trained": layer_scores(trained.model, x, config.k), "random": layer_scores(random_model, x, config.k),

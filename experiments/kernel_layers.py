@@ -19,6 +19,13 @@ Kernel machine facts: a one-block Yat model with one shared (b, ε) — so each 
 is exactly f_i(x) = Σ_j α_ij k(x, w_j) + c_i — is trained per dataset; over its learned
 prototypes w_j we report the Gram matrix's relative minimum eigenvalue (PSD check) and
 the RKHS norms ‖f_i‖²_H = α_iᵀ K α_i of the trained readout (`geometry.kernels`).
+
+Other data (`--dataset digits`, `--dataset PATH`): every model takes the data's d inputs and C
+classes (the parameter count to match is then that of the MLP d → 32 ×4 → C); the grid is on
+the plane through the data mean spanned by their first two principal components
+(`geometry.plane`), where J is the Jacobian of c ↦ F(x̄ + c₁u₁ + c₂u₂) (hidden × 2), and the
+collisions are tested in the full input space. The depth sweep runs on the spiral when it is
+among the datasets, else on the first one.
 """
 
 from __future__ import annotations
@@ -30,11 +37,11 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import data, jacobians, kernels, plotting, spectra
+from experiments._classifiers import ClassifierSpec, display_name, load_split, trained_classifier
+from geometry import data, jacobians, kernels, plane, plotting, spectra
 from geometry.kernel_models import parameter_count
 
-MLP_REFERENCE = ClassifierSpec(dataset="spiral", activation="relu")  # 2 → 32 ×4 → 2
+MLP_REFERENCE = ClassifierSpec(dataset="spiral", activation="relu")  # d → 32 ×4 → C (2 → 32 ×4 → 2 on 2-D sets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +62,13 @@ QUICK = Config(datasets=("xor", "spiral"), activations=("relu",), kernels=("yat"
                grid=40, pairs=2000)
 
 
-def matched_units(kernel: str, hidden: int, blocks: int, target: int) -> int:
+def matched_units(kernel: str, hidden: int, blocks: int, target: int, in_features: int = 2, classes: int = 2) -> int:
     """Kernel units per block whose KernelMLP parameter count is closest to `target`.
 
     The count is affine in the number of units, so two models fix it."""
     def count(units):
         return parameter_count(ClassifierSpec(dataset="xor", activation=kernel, model=kernel, units=units, width=hidden,
-                                              depth=blocks).build())
+                                              depth=blocks).build(in_features, classes))
 
     base, slope = count(1), count(2) - count(1)
     units = max(1, round((target - base) / slope) + 1)
@@ -69,7 +76,10 @@ def matched_units(kernel: str, hidden: int, blocks: int, target: int) -> int:
 
 
 def measure(trained, grid_points: np.ndarray, pairs: int, seed: int) -> dict:
-    J = jacobians.jacobian_field(trained.model.features, grid_points)
+    """Geometry of x ↦ F(x) (`model.features`) on a grid of plane coordinates (G², 2) of the data's
+    plane (`plane.data_plane`), and collisions among held-out pairs."""
+    drawn_on = plane.data_plane(trained.x_train)
+    J = jacobians.jacobian_field(drawn_on.restrict(trained.model.features), grid_points)  # (G², hidden, 2)
     stats = {k: np.asarray(v, dtype=np.float64) for k, v in spectra.summary(J).items()}
     rng = np.random.default_rng(seed)
     i, j = rng.integers(len(trained.x_test), size=(2, pairs))
@@ -90,43 +100,58 @@ def measure(trained, grid_points: np.ndarray, pairs: int, seed: int) -> dict:
     }
 
 
+def data_shape(datasets) -> tuple[int, int]:
+    """(inputs d, classes C) shared by all the datasets; parameter counts are matched for one shape."""
+    shapes = {}
+    for dataset in datasets:
+        x_train, y_train, _, y_test = load_split(ClassifierSpec(dataset=dataset, activation="relu"))
+        shapes[display_name(dataset)] = (x_train.shape[1], int(max(y_train.max(), y_test.max())) + 1)
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"kernel_layers matches parameter counts for one data shape, but the datasets have (inputs, "
+                         f"classes) {shapes}; run the differently shaped ones separately")
+    return next(iter(shapes.values()))
+
+
 def run(config: Config, context) -> dict:
-    target = parameter_count(MLP_REFERENCE.build())
-    units = {k: matched_units(k, config.kernel_hidden, config.kernel_blocks, target) for k in config.kernels}
+    in_features, classes = data_shape(config.datasets)
+    target = parameter_count(MLP_REFERENCE.build(in_features, classes))
+    units = {k: matched_units(k, config.kernel_hidden, config.kernel_blocks, target, in_features, classes)
+             for k in config.kernels}
+    paths = {display_name(d): d for d in config.datasets}  # a file is keyed by its stem
     specs = {}
-    for dataset in config.datasets:
+    for dataset, path in paths.items():
         for kernel in config.kernels:
-            specs[(dataset, kernel)] = ClassifierSpec(dataset=dataset, activation=kernel, model=kernel, units=units[kernel],
+            specs[(dataset, kernel)] = ClassifierSpec(dataset=path, activation=kernel, model=kernel, units=units[kernel],
                                                       width=config.kernel_hidden, depth=config.kernel_blocks,
                                                       steps=config.steps, seed=context.seed)
         for activation in config.activations:
-            specs[(dataset, activation)] = ClassifierSpec(dataset=dataset, activation=activation, steps=config.steps,
+            specs[(dataset, activation)] = ClassifierSpec(dataset=path, activation=activation, steps=config.steps,
                                                           seed=context.seed)
     results = {}
     for (dataset, name), spec in context.progress(list(specs.items()), "dataset × model"):
         trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
-        grid_points = data.grid(data.bounds_of(trained.x_train), config.grid)
+        grid_points = data.grid(plane.data_plane(trained.x_train).bounds(trained.x_train), config.grid)
         results[f"{dataset}/{name}"] = {"dataset": dataset, "model": name,
                                         **measure(trained, grid_points, config.pairs, context.seed)}
 
-    sweep = []
+    sweep, sweep_dataset = [], "spiral" if "spiral" in paths else next(iter(paths))
     for blocks in context.progress(config.depth_sweep, "Yat depth sweep"):
-        spec = ClassifierSpec(dataset="spiral", activation="yat", model="yat", units=config.sweep_units,
+        spec = ClassifierSpec(dataset=paths[sweep_dataset], activation="yat", model="yat", units=config.sweep_units,
                               width=config.kernel_hidden, depth=blocks, steps=config.steps, seed=context.seed)
         trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
-        grid_points = data.grid(data.bounds_of(trained.x_train), config.grid)
+        grid_points = data.grid(plane.data_plane(trained.x_train).bounds(trained.x_train), config.grid)
         sweep.append({"blocks": blocks, **measure(trained, grid_points, config.pairs, context.seed)})
 
     machines = {}
-    for dataset in context.progress(config.datasets, "shared-kernel machines"):
-        spec = ClassifierSpec(dataset=dataset, activation="yat-shared", model="yat", shared=True,
+    for dataset in context.progress(list(paths), "shared-kernel machines"):
+        spec = ClassifierSpec(dataset=paths[dataset], activation="yat-shared", model="yat", shared=True,
                               units=config.sweep_units, width=config.kernel_hidden, depth=1, steps=config.steps,
                               seed=context.seed)
         trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         machines[dataset] = kernel_machine_facts(trained)
 
-    _plot(config, context, results, sweep)
-    kernel_spiral = {k: results[f"spiral/{k}"]["test_accuracy"] for k in config.kernels if "spiral" in config.datasets}
+    _plot(config, context, results, sweep, list(paths), sweep_dataset)
+    kernel_spiral = {k: results[f"spiral/{k}"]["test_accuracy"] for k in config.kernels if "spiral" in paths}
     return {"matched_units": units, "mlp_parameters": target, "results": results, "yat_depth_sweep": sweep,
             "kernel_spiral_test_accuracy": kernel_spiral, "shared_kernel_machines": machines}
 
@@ -146,7 +171,7 @@ def kernel_machine_facts(trained) -> dict:
             "rkhs_norm_squared_mean": float(norms.mean())}
 
 
-def _plot(config, context, results, sweep) -> None:
+def _plot(config, context, results, sweep, datasets, sweep_dataset) -> None:
     models_order = list(config.kernels) + list(config.activations)
     metrics = [("test_accuracy", "test accuracy", "linear"),
                ("rank_deficient_fraction", "rank-deficient fraction of grid", "symlog"),
@@ -154,14 +179,14 @@ def _plot(config, context, results, sweep) -> None:
                ("collision_fraction", "collision fraction (pairs)", "symlog")]
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.6))
     width = 0.8 / len(models_order)
-    positions = np.arange(len(config.datasets))
+    positions = np.arange(len(datasets))
     colours = {"yat": "#000000", "rbf": "#7f7f7f"}
     for ax, (key, title, scale) in zip(axes, metrics):
         for k, name in enumerate(models_order):
-            values = [results[f"{d}/{name}"][key] for d in config.datasets]
+            values = [results[f"{d}/{name}"][key] for d in datasets]
             values = [v if np.isfinite(v) else np.nan for v in values]
             ax.bar(positions + k * width, values, width, label=name, color=colours.get(name, plotting.color(name)))
-        ax.set_xticks(positions + 0.4 - width / 2, config.datasets)
+        ax.set_xticks(positions + 0.4 - width / 2, datasets)
         ax.set_yscale(scale, **({"linthresh": 1e-3} if scale == "symlog" else {}))
         ax.set_title(title, fontsize=8)
     axes[0].set_ylim(0.4, 1.02)
@@ -170,7 +195,7 @@ def _plot(config, context, results, sweep) -> None:
     blocks = [s["blocks"] for s in sweep]
     ax.plot(blocks, [s["test_accuracy"] for s in sweep], "-o", color="k", label="test accuracy")
     ax.plot(blocks, [1 - s["rank_deficient_fraction"] for s in sweep], "--s", color="0.5", label="full-rank fraction")
-    ax.set_xlabel("stacked Yat blocks (spiral)")
+    ax.set_xlabel(f"stacked Yat blocks ({sweep_dataset})")
     ax.set_xticks(blocks)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=6)

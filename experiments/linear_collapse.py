@@ -13,6 +13,14 @@ For `none` the network is the affine map x ↦ W_total x + b_total with
 W_total = W_out W_4 ⋯ W_1 (2×2): its numerical and effective rank, and the numerical proof
 max |network(x) − (W_total x + b_total)| over the data. For the others, the numerical and
 effective rank of the end-to-end Jacobian ∂logits/∂x (2×2), median over the data.
+
+Other data: `--dataset digits` or `--dataset PATH` (a CSV or NPZ, `experiments._classifiers`)
+runs the same analysis on d-dimensional, C-class data: W_total is C×d, the Jacobian C×d, and
+the decision regions are drawn on the plane of the data's first two principal components
+(`geometry.plane`; the points shown are the data projected onto it, so a point may sit in a
+region its own prediction disagrees with). The best straight line is exact only for 2-D,
+two-class data; elsewhere `best_linear_accuracy` is null, and `none` is still shown to be one
+affine classifier.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import data, jacobians, plotting, spectra
+from experiments._classifiers import (ClassifierSpec, class_colours, decision_values, display_name, draw_decision,
+                                      trained_classifier)
+from geometry import jacobians, plane, plotting, spectra
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "gelu", "silu")  # identity is "none"
 
@@ -68,7 +77,7 @@ def affine_collapse(model, x: np.ndarray) -> dict:
     """W_total, b_total of an identity-activation MLP and how exactly the stack equals them."""
     weights = [layer.dense.effective_weight() for layer in model.layers] + [model.readout.effective_weight()]
     biases = [layer.dense.bias[...] for layer in model.layers] + [model.readout.bias[...]]
-    w_total, b_total = jnp.eye(2), jnp.zeros(2)
+    w_total, b_total = jnp.eye(x.shape[1]), jnp.zeros(x.shape[1])
     for w, b in zip(weights, biases):
         w_total, b_total = w @ w_total, w @ b_total + b
     stacked = jax.vmap(model)(jnp.asarray(x))
@@ -86,28 +95,32 @@ def affine_collapse(model, x: np.ndarray) -> dict:
 
 def run(config: Config, context) -> dict:
     results, boundaries = {}, {}
-    cases = [(d, a) for d in config.datasets for a in config.activations]
+    paths = {display_name(d): d for d in config.datasets}  # a file is keyed by its stem
+    cases = [(d, a) for d in paths for a in config.activations]
     for dataset, activation in context.progress(cases, "dataset × activation"):
-        spec = ClassifierSpec(dataset=dataset, activation=activation, width=config.width, depth=config.depth,
+        spec = ClassifierSpec(dataset=paths[dataset], activation=activation, width=config.width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
         trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         x, y = trained.x_train, trained.y_train
-        J = jacobians.jacobian_field(trained.model, x)  # (N, 2, 2): ∂logits/∂x
+        J = jacobians.jacobian_field(trained.model, x)  # (N, C, d): ∂logits/∂x
         stats = spectra.summary(J)
         record = {"train_accuracy": trained.train_accuracy, "test_accuracy": trained.test_accuracy,
                   "jacobian_median_numerical_rank": float(np.median(np.asarray(stats["numerical_rank"]))),
                   "jacobian_median_effective_rank": float(np.median(np.asarray(stats["effective_rank"])))}
         if activation == "identity":
             record["collapse"] = affine_collapse(trained.model, x)
-        bounds = data.bounds_of(x)
-        grid = data.grid(bounds, config.grid)
-        logits = np.asarray(jax.vmap(trained.model)(jnp.asarray(grid)))
-        boundaries[(dataset, activation)] = (bounds, (logits[:, 1] - logits[:, 0]).reshape(config.grid, config.grid), x, y)
+        drawn_on = plane.data_plane(x)
+        bounds = drawn_on.bounds(x)
+        decision = decision_values(trained.model, drawn_on.grid(bounds, config.grid))
+        boundaries[(dataset, activation)] = (bounds, decision, x, y, drawn_on)
         results[f"{dataset}/{activation}"] = record
 
     linear_best = {}
-    for dataset in config.datasets:
-        x, y = boundaries[(dataset, config.activations[0])][2:]
+    for dataset in paths:
+        x, y = boundaries[(dataset, config.activations[0])][2:4]
+        if x.shape[1] != 2 or y.max() > 1:
+            linear_best[dataset] = None  # the angle sweep is exact only for 2-D, two-class data
+            continue
         extra = [results[f"{dataset}/identity"]["collapse"]["direction"]] if "identity" in config.activations else []
         linear_best[dataset] = best_linear_accuracy(x, y, config.angles, extra)
         if "identity" in config.activations:
@@ -115,41 +128,43 @@ def run(config: Config, context) -> dict:
             record["best_linear_accuracy"] = linear_best[dataset]
             record["none_not_better_than_best_line"] = record["train_accuracy"] <= linear_best[dataset] + 1e-9
 
-    _plot(config, context, results, boundaries, linear_best)
+    _plot(config, context, results, boundaries, linear_best, list(paths))
     summary = {}
     if "identity" in config.activations:
-        summary["max_rank_W_total"] = max(results[f"{d}/identity"]["collapse"]["numerical_rank"] for d in config.datasets)
+        summary["max_rank_W_total"] = max(results[f"{d}/identity"]["collapse"]["numerical_rank"] for d in paths)
+        lined = [d for d in paths if linear_best[d] is not None]  # null when no dataset has an exact best line
         summary["none_never_beats_a_line"] = all(results[f"{d}/identity"]["none_not_better_than_best_line"]
-                                                 for d in config.datasets)
+                                                 for d in lined) if lined else None
         summary["max_abs_difference_stack_vs_single_matrix"] = max(
-            results[f"{d}/identity"]["collapse"]["max_abs_difference_stack_vs_single_matrix"] for d in config.datasets)
-    if "spiral" in config.datasets:
+            results[f"{d}/identity"]["collapse"]["max_abs_difference_stack_vs_single_matrix"] for d in paths)
+    if "spiral" in paths:
         summary["spiral_train_accuracy"] = {a: results[f"spiral/{a}"]["train_accuracy"] for a in config.activations}
     for r in results.values():
         r.get("collapse", {}).pop("direction", None)
     return {"results": results, "best_linear_accuracy": linear_best, "summary": summary}
 
 
-def _plot(config, context, results, boundaries, linear_best) -> None:
-    rows, cols = len(config.datasets), len(config.activations)
+def _plot(config, context, results, boundaries, linear_best, datasets) -> None:
+    rows, cols = len(datasets), len(config.activations)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
-    for i, dataset in enumerate(config.datasets):
+    for i, dataset in enumerate(datasets):
         for j, activation in enumerate(config.activations):
             ax = axes[i, j]
-            bounds, decision, x, y = boundaries[(dataset, activation)]
-            ax.imshow(decision > 0, origin="lower", extent=bounds, cmap="coolwarm", alpha=0.25, interpolation="nearest")
-            ax.contour(np.linspace(*bounds[:2], config.grid), np.linspace(*bounds[2:], config.grid), decision,
-                       levels=[0.0], colors="k", linewidths=0.8)
-            ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=1.5, lw=0)
+            bounds, decision, x, y, drawn_on = boundaries[(dataset, activation)]
+            classes = int(y.max()) + 1
+            draw_decision(ax, decision, bounds, config.grid, classes)
+            shown = drawn_on.coordinates(x)
+            ax.scatter(shown[:, 0], shown[:, 1], c=y, s=1.5, lw=0, **class_colours(classes))
             r = results[f"{dataset}/{activation}"]
             label = "none" if activation == "identity" else activation
             title = f"{label}: acc {r['train_accuracy']:.3f}"
             if activation == "identity":
-                title += f"\nbest line {linear_best[dataset]:.3f}, rank W_tot {r['collapse']['numerical_rank']}"
+                line = "" if linear_best[dataset] is None else f"best line {linear_best[dataset]:.3f}, "
+                title += f"\n{line}rank W_tot {r['collapse']['numerical_rank']}"
             ax.set_title(title, fontsize=7, color=plotting.color(activation))
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel(dataset)
+                ax.set_ylabel(dataset if drawn_on.is_input_plane else f"{dataset}: PC1–PC2 plane")
     fig.tight_layout()
     context.save_figure(fig)

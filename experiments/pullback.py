@@ -13,20 +13,26 @@ piecewise-linear φ (ReLU, leaky ReLU) also the linear regions — cells of cons
 activation pattern — their count on the grid, and the fraction of the grid where g is
 singular (numerical rank < 2), where the network crushes a neighbourhood onto a curve
 or a point.
+
+Other data (`--dataset digits`, `--dataset PATH`): the networks are trained on those data
+(d inputs, C classes) and every map is drawn on the plane through the data mean spanned by
+their first two principal components (`geometry.plane`), in a box around the projected
+training data: J is then the Jacobian of c ↦ h_4(x̄ + c₁u₁ + c₂u₂) (width × 2) and g the metric
+the network induces on that plane; linear regions are those the plane cuts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import EllipseCollection
 
-from experiments._classifiers import ClassifierSpec, trained_classifier
-from geometry import data, jacobians, metric, plotting, probe, spectra
+from experiments._classifiers import (ClassifierSpec, class_colours, decision_values, display_name, draw_decision,
+                                      trained_classifier)
+from geometry import data, jacobians, metric, plane, plotting, probe, spectra
 
 PIECEWISE_LINEAR = ("relu", "leaky_relu")
 
@@ -40,6 +46,8 @@ class Config:
     steps: int = 3000
     grid: int = 300
     glyph_grid: int = 15
+    dataset: str = "spiral"  # a 2-D dataset, "digits" or a CSV/NPZ path (`experiments._classifiers`)
+    bounds: tuple[float, float, float, float] = (-2.6, 2.6, -2.6, 2.6)  # the map's box for 2-D data
 
 
 QUICK = Config(networks=(("relu", 32), ("tanh", 32)), steps=300, grid=80, glyph_grid=8)
@@ -54,20 +62,19 @@ def activation_patterns(model, points: np.ndarray) -> np.ndarray:
 
 
 def run(config: Config, context) -> dict:
-    bounds = (-2.6, 2.6, -2.6, 2.6)
-    points = data.grid(bounds, config.grid)
-    extent = bounds
     results = {}
     maps = {}
     for activation, width in context.progress(config.networks, "networks"):
         key = f"{activation}/{width}"
-        spec = ClassifierSpec(dataset="spiral", activation=activation, width=width, depth=config.depth,
+        spec = ClassifierSpec(dataset=config.dataset, activation=activation, width=width, depth=config.depth,
                               steps=config.steps, seed=context.seed)
         trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
-        J = jacobians.jacobian_field(trained.model.features, points)  # (G², 32, 2)
+        drawn_on = plane.data_plane(trained.x_train)  # the same for every network: one data split
+        bounds = config.bounds if drawn_on.is_input_plane else drawn_on.bounds(trained.x_train)
+        points = data.grid(bounds, config.grid)  # (G², 2) plane coordinates
+        J = jacobians.jacobian_field(drawn_on.restrict(trained.model.features), points)  # (G², width, 2)
         stats = {k: np.asarray(v, dtype=np.float64) for k, v in spectra.summary(J).items()}
         g = metric.pullback_metric(J)  # (G², 2, 2)
-        logits = np.asarray(jax.vmap(trained.model)(jnp.asarray(points)))
         record = {
             "train_accuracy": trained.train_accuracy,
             "test_accuracy": trained.test_accuracy,
@@ -79,11 +86,12 @@ def run(config: Config, context) -> dict:
                                                         initial=0.0)),
         }
         if activation in PIECEWISE_LINEAR:
-            patterns = activation_patterns(trained.model, points)
+            patterns = activation_patterns(trained.model, drawn_on.points(points))
             record["linear_regions_on_grid"] = int(len(np.unique(patterns)))
             maps[key] = {"patterns": patterns}
         maps.setdefault(key, {}).update(
-            stats=stats, g=np.asarray(g), decision=logits[:, 1] - logits[:, 0], trained=trained)
+            stats=stats, g=np.asarray(g), decision=decision_values(trained.model, drawn_on.points(points)),
+            trained=trained)
         results[key] = record
 
     n_cols = 6
@@ -93,7 +101,8 @@ def run(config: Config, context) -> dict:
     for row, (activation, width) in enumerate(config.networks):
         key = f"{activation}/{width}"
         m, r = maps[key], results[key]
-        x, y = m["trained"].x_train, m["trained"].y_train
+        x, y = drawn_on.coordinates(m["trained"].x_train), m["trained"].y_train
+        extent = bounds
         panels = [
             ("½ log det g", np.where(np.isfinite(m["stats"]["log_volume"]), m["stats"]["log_volume"], np.nan), "viridis"),
             ("log₁₀ σ_min(J)", np.log10(np.maximum(m["stats"]["sigma_min"], 1e-12)), "magma"),
@@ -112,9 +121,8 @@ def run(config: Config, context) -> dict:
         ax = axes[row, 3]
         _ellipses(ax, m, config, extent)
         ax.set_title("metric ellipses, data, boundary", fontsize=7)
-        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=1, lw=0)
-        ax.contour(np.linspace(*extent[:2], config.grid), np.linspace(*extent[2:], config.grid),
-                   m["decision"].reshape(shape), levels=[0.0], colors="k", linewidths=0.8)
+        ax.scatter(x[:, 0], x[:, 1], c=y, s=1, lw=0, **class_colours(int(y.max()) + 1))
+        draw_decision(ax, m["decision"], extent, config.grid, int(y.max()) + 1, fill=False)
         ax = axes[row, 4]
         if "patterns" in m:
             shuffled = np.random.default_rng(0).permutation(m["patterns"].max() + 1)[m["patterns"]]
@@ -136,10 +144,19 @@ def run(config: Config, context) -> dict:
     for ax in axes[:, :5].flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    name = display_name(config.dataset)
+    if not drawn_on.is_input_plane:
+        fig.suptitle(f"{name}: maps on the plane through the data mean spanned by "
+                     f"{' and '.join(drawn_on.axis_labels)}; g is the metric induced on that plane", fontsize=9)
     fig.tight_layout()
     context.save_figure(fig)
-    return {"networks": results, "grid": config.grid, "bounds": bounds,
-            "architecture": f"2 -> width x {config.depth} -> 2, trained on spiral; keys are activation/width"}
+    d, classes = trained.x_train.shape[1], trained.classes
+    numbers = {"networks": results, "grid": config.grid, "bounds": bounds,
+               "architecture": f"{d} -> width x {config.depth} -> {classes}, trained on {name}; keys are activation/width"}
+    if not drawn_on.is_input_plane:
+        numbers["plane"] = {"axes": "first two principal components of the training inputs, through their mean",
+                            "explained_variance": list(drawn_on.explained_variance)}
+    return numbers
 
 
 def _ellipses(ax, m: dict, config: Config, extent) -> None:

@@ -11,6 +11,9 @@ distribution we measure the input → last-hidden-layer Jacobian J (32×2, `jaco
 its median condition number and the fraction of points where it is rank-deficient
 (`numerical_rank` < 2), against test accuracy. The seed article's claim: sharper
 activations (φ' closer to {0, 1}) buy selectivity at the price of geometry.
+
+Other data (`--dataset digits`, `--dataset PATH`): the same networks with d inputs and C
+outputs; J is k×d and "rank-deficient" means numerical rank < min(k, d), the most J can have.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import dataclasses
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import ClassifierSpec, trained_classifier
+from experiments._classifiers import ClassifierSpec, display_name, trained_classifier
 from geometry import jacobians, metric, plotting, spectra
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "leaky_relu_0.1", "leaky_relu_0.3", "sigmoid", "tanh", "gelu", "silu",
@@ -45,13 +48,13 @@ def spec(config: Config, dataset: str, activation: str, width: int, seed: int) -
 
 
 def geometry_on(trained, points: np.ndarray) -> dict:
-    """Median condition number and rank-deficient fraction of ∂h_L/∂x over points."""
-    J = jacobians.jacobian_field(trained.model.features, points)  # (P, width, 2)
+    """Median condition number and rank-deficient fraction (rank < min(width, d)) of ∂h_L/∂x over points."""
+    J = jacobians.jacobian_field(trained.model.features, points)  # (P, width, d)
     stats = spectra.summary(J)
     condition = np.asarray(stats["condition_number"], dtype=np.float64)
     return {
         "median_condition_number": float(np.median(condition)),
-        "rank_deficient_fraction": float(np.mean(np.asarray(stats["numerical_rank"]) < 2)),
+        "rank_deficient_fraction": float(np.mean(np.asarray(stats["numerical_rank"]) < min(J.shape[1:]))),
         "median_log_volume": float(np.median(np.asarray(stats["log_volume"], dtype=np.float64))),
         "median_sigma_min": float(np.median(np.asarray(stats["sigma_min"]))),
     }
@@ -59,16 +62,17 @@ def geometry_on(trained, points: np.ndarray) -> dict:
 
 def run(config: Config, context) -> dict:
     rows = []
-    cases = [(d, w, a) for d in config.datasets for w in config.widths for a in config.activations]
+    paths = {display_name(d): d for d in config.datasets}  # a file is keyed by its stem
+    cases = [(d, w, a) for d in paths for w in config.widths for a in config.activations]
     for dataset, width, activation in context.progress(cases, "dataset × width × activation"):
-        trained = trained_classifier(spec(config, dataset, activation, width, context.seed),
+        trained = trained_classifier(spec(config, paths[dataset], activation, width, context.seed),
                                      context.out_dir / ".checkpoints", context.log)
         rows.append({"dataset": dataset, "width": width, "activation": activation,
                      "train_accuracy": trained.train_accuracy,
                      "test_accuracy": trained.test_accuracy, **geometry_on(trained, trained.x_test)})
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
-    markers = {"circles": "o", "spiral": "s"}
+    markers = dict(zip(paths, "osD^v<>p*h"))
     for ax, key, label in ((axes[0], "median_condition_number", "median condition number of ∂h_L/∂x"),
                            (axes[1], "rank_deficient_fraction", "fraction of points with rank ∂h_L/∂x < 2")):
         for row in rows:
@@ -86,7 +90,8 @@ def run(config: Config, context) -> dict:
     for dataset, marker in markers.items():
         axes[0].scatter([], [], marker=marker, color="0.5", label=dataset)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"trained MLPs 2→k×{config.depth}→2, k ∈ {list(config.widths)} (open markers: k = {min(config.widths)}), "
+    d, classes = trained.x_train.shape[1], trained.classes
+    fig.suptitle(f"trained MLPs {d}→k×{config.depth}→{classes}, k ∈ {list(config.widths)} (open markers: k = {min(config.widths)}), "
                  f"{config.steps} Adam steps; geometry on held-out points", fontsize=9)
     fig.tight_layout()
     context.save_figure(fig)
@@ -100,7 +105,7 @@ def run(config: Config, context) -> dict:
     return {
         "rows": rows,
         "spearman_accuracy_vs_condition": {f"{d}/{w}": correlation(d, w, "median_condition_number")
-                                           for d in config.datasets for w in config.widths},
+                                           for d in paths for w in config.widths},
         "spearman_accuracy_vs_rank_deficient_fraction": {f"{d}/{w}": correlation(d, w, "rank_deficient_fraction")
-                                                         for d in config.datasets for w in config.widths},
+                                                         for d in paths for w in config.widths},
     }
