@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks._common import result_name, timed, write_result
+from benchmarks._common import parse_args, result_name, timed, write_result
 from geometry import data, jacobians, models
 from geometry.jacobians import DEFAULT_CHUNK_SIZE
 
@@ -147,7 +147,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.jacobians", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--name", help="result file name (default: jacobians-<device>)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     config = QUICK if args.quick else Config()
     points = jnp.asarray(data.grid((-2, 2, -2, 2), config.resolution), jnp.float32)
     print(f"width {config.width}, depth {config.depth}, {len(points)} points", flush=True)

@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--route", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args()  # no launch flags: each route's peak RSS is one process's, measured alone
     n, width, depth, points, k = (768, 256, 4, 2, 8) if args.quick else (3072, 1024, 8, 32, 16)
     if args.route:
         print(json.dumps(route(args.route, n, width, depth, points, k)))

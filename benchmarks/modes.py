@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks._common import block, result_name, timed, write_result
+from benchmarks._common import block, parse_args, result_name, timed, write_result
 from geometry import jacobians, models, probe
 
 
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--name", default=None)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     config = QUICK if args.quick else Config()
     results = {}
     for name, (model, points) in cases(config).items():

@@ -128,16 +128,23 @@ def main() -> None:
              "regenerate the JSON with `python -m benchmarks.jacobians`, `python -m benchmarks.modes`, "
              "`python -m benchmarks.memory`, `python -m benchmarks.wide_layers` and `python -m benchmarks.matfree` on each "
              "machine.", ""]
-    kinds = {path.stem.split("-", 1)[1] for path in RESULTS.glob("*.json") if "-quick" not in path.stem}
-    if not any(kind != "cpu" for kind in kinds):
+    platforms = {json.loads(path.read_text())["machine"]["device"].split(":")[0] for path in RESULTS.glob("*.json")}
+    if platforms <= {"cpu"}:
         lines += ["No accelerator results yet (no GPU was available where these were run): run the "
                   "benchmarks on a GPU or TPU machine, then this report, and its tables appear beside the CPU ones.", ""]
-    for prefix, (title, section) in SECTIONS.items():
-        for path in sorted(RESULTS.glob(f"{prefix}-*.json")):
-            if "-quick" in path.stem:
-                continue
-            result = json.loads(path.read_text())
-            lines += [f"## {title} — {path.stem}", "", _machine(result["machine"]), "", *section(result), ""]
+    found = [(prefix, title, section, path, json.loads(path.read_text()))
+             for prefix, (title, section) in SECTIONS.items()
+             for path in sorted(RESULTS.glob(f"{prefix}-*.json")) if "-quick" not in path.stem]
+    lines += ["| result | device | processes | commit |", "|---|---|---:|---|"]
+    lines += [f"| {path.stem} | {result['machine']['device']} | {result['machine'].get('processes', 1)} | "
+              f"`{result['machine']['git_commit'][:12]}` |" for _, _, _, path, result in found]
+    lines += ["", "`jacobians`, `modes` and `wide_layers` take the launch flags of `python -m experiments` "
+              "(`--coordinator HOST:PORT --num-processes N --process-id I`, or none under SLURM, Open MPI or a "
+              "TPU pod); `memory` and `matfree` measure one process's peak memory in single-process workers. "
+              "Several processes on one host share its cores: such a result shows the cost of the exchange between "
+              "processes (gloo over TCP on CPUs), not a speedup.", ""]
+    for prefix, title, section, path, result in found:
+        lines += [f"## {title} — {path.stem}", "", _machine(result["machine"]), "", *section(result), ""]
     atomic_write(OUT, "\n".join(lines))
     print(f"wrote {OUT}")
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import result_name, timed, write_result
+from benchmarks._common import parse_args, result_name, timed, write_result
 from geometry import jacobians, metric, spectra
 
 REFINE = 16  # smallest singular values recomputed without squaring (the library default)
@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--inputs", type=int, default=256)
     parser.add_argument("--width", type=int, default=1024)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     width, count = (256, 64) if args.quick else (args.width, args.inputs)
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((width, width)) / np.sqrt(width)

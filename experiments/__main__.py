@@ -9,16 +9,32 @@ experiment that has it (`--set NAME.KEY=VALUE`: of one experiment), checked agai
 frozen Config before anything runs: e.g. `--set corpus=stories.txt` gives the text
 experiments a UTF-8 file instead of the built-in pydoc_data.topics corpus (`--corpus PATH`
 is short for that, and checks the file exists).
+
+`--dataset digits` or `--dataset PATH` (a CSV with a header row and an integer label in the
+last column, or an NPZ with arrays x and y) runs the classifier experiments — those whose
+Config has a `datasets` or `dataset` field: linear_collapse, failure_table, tradeoff,
+pullback, fidelity, kernel_layers — on that data instead of the 2-D toy sets (`all` then
+means all of those). The file is read and checked before anything runs, and unless `--out`
+is given the outputs go to figures/dataset-NAME/, so the committed figures are not replaced.
+
+Several processes (`geometry.distributed`): `--coordinator HOST:PORT --num-processes N
+--process-id I` on each, or nothing under SLURM, Open MPI or a TPU pod (detected). Every
+process computes its share of every field; process 0 writes the outputs, the others exit 0.
+A lost process makes the others exit 1 within the heartbeat timeout, naming it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
+import jax
+
 from experiments import EXPERIMENTS
+from geometry import distributed
 
 
 def _listing() -> str:
@@ -68,17 +84,48 @@ def _verify(out: str) -> int:
     return 0
 
 
+def _dataset_field(name: str) -> str | None:
+    """"datasets" or "dataset", whichever field the experiment's Config has (None: neither)."""
+    from experiments._runner import load
+
+    fields = {f.name for f in dataclasses.fields(load(name).Config)}
+    return next((f for f in ("datasets", "dataset") if f in fields), None)
+
+
+def _with_dataset(args, names: list[str]) -> list[str]:
+    """The experiments to run on --dataset (all that take one when the names were `all`), with the
+    overrides that set it added to args; the data are loaded once here so a broken file stops
+    the run before any work. Default --out: figures/dataset-NAME."""
+    from experiments import _classifiers
+
+    taking = [n for n in names if _dataset_field(n)]
+    if args.names != ["all"] and len(taking) < len(names):
+        valid = ", ".join(n for n in EXPERIMENTS if _dataset_field(n))
+        raise ValueError(f"--dataset: {', '.join(n for n in names if n not in taking)} take(s) no dataset; "
+                         f"the experiments that do: {valid}")
+    _classifiers.check_dataset(args.dataset)
+    _classifiers.load_split(_classifiers.ClassifierSpec(dataset=args.dataset, activation="relu"))
+    for name in taking:
+        field = _dataset_field(name)
+        value = (args.dataset,) if field == "datasets" else args.dataset
+        args.overrides.append(f"{name}.{field}={value!r}")
+    if args.out is None:
+        args.out = str(Path("figures") / f"dataset-{_classifiers.display_name(args.dataset)}")
+    return taking
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="experiment names, or 'all'")
     parser.add_argument("--quick", action="store_true", help="small variant (CI-sized)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures", help="output directory (default: figures)")
+    parser.add_argument("--out", help="output directory (default: figures, or figures/dataset-NAME with --dataset)")
     parser.add_argument("--scale", choices=sorted(_scales()), help="a larger config for an accelerator")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (NAME.KEY=VALUE for one experiment); repeatable")
     parser.add_argument("--corpus", help="short for --set corpus=PATH (a UTF-8 text file; the file must exist)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--dataset", help="digits or a CSV/NPZ path: the classifier experiments on that data")
+    args = distributed.parse_args(parser, argv)
     if args.quick and args.scale:
         parser.error("--quick and --scale are exclusive")
     if args.corpus is not None:
@@ -89,17 +136,23 @@ def main(argv: list[str] | None = None) -> int:
         print(_listing())
         return 0
     if args.names == ["verify"]:
-        return _verify(args.out)
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
-    problem = _unwritable(args.out)
-    if problem:
-        parser.error(f"--out {args.out}: {problem}")
+        return _verify(args.out or "figures")
     names = list(EXPERIMENTS) if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         print(f"unknown experiment(s): {', '.join(unknown)}\n{_listing()}", file=sys.stderr)
         return 2
+    if args.dataset is not None:
+        try:
+            names = _with_dataset(args, names)
+        except ValueError as error:
+            parser.error(str(error))
+    args.out = args.out or "figures"
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
+    problem = _unwritable(args.out)
+    if problem:
+        parser.error(f"--out {args.out}: {problem}")
     from experiments import _overrides
     from experiments._runner import configure, load, read_manifest, run_experiment
 
@@ -124,10 +177,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--set {key}=...: no chosen experiment has a config field {key!r}")
     except ValueError as error:
         parser.error(str(error))
-    for i, name in enumerate(names, 1):
-        print(f"== {i}/{len(names)}: {name}", flush=True)
-        run_experiment(name, quick=args.quick, seed=args.seed, out_dir=args.out, scale=args.scale,
-                       overrides=plans[name])
+    # joined only now, when everything is checked: a bad option must not leave the peers waiting
+    several = (args.num_processes or 1) > 1 or (args.coordinator is None and distributed.detected_cluster())
+    if several and os.environ.get(distributed.CHILD) != "1":
+        command = [sys.executable, "-m", "experiments", *(sys.argv[1:] if argv is None else argv)]
+        return distributed.supervise(command, args.coordinator, args.process_id, args.num_processes)
+    distributed.join(args)
+    watchdog = distributed.Watchdog(args.heartbeat_timeout).start()
+    try:
+        for i, name in enumerate(names, 1):
+            print(f"== {i}/{len(names)}: {name}", flush=True)
+            run_experiment(name, quick=args.quick, seed=args.seed, out_dir=args.out, scale=args.scale,
+                           overrides=plans[name], watchdog=watchdog)
+    except Exception as error:
+        if jax.process_count() > 1:
+            watchdog.fail(error)  # names a lost peer, or reports the error; exits 1
+        raise
+    watchdog.stop()
     return 0
 
 

@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
@@ -19,7 +20,7 @@ from typing import Iterable, Iterator, TypeVar
 import jax
 
 from experiments import EXPERIMENTS, _overrides
-from geometry import plotting
+from geometry import distributed, plotting
 from geometry.io import atomic_write, write_json
 
 T = TypeVar("T")
@@ -51,7 +52,8 @@ def cpu_model() -> str:
 def device() -> str:
     first = jax.devices()[0]
     host = f" on {cpu_model()}, {os.cpu_count()} cores" if first.platform == "cpu" else ""
-    return f"{first.platform}: {first.device_kind} x{jax.device_count()}{host}"
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    return f"{first.platform}: {first.device_kind} x{jax.device_count()}{processes}{host}"
 
 
 @dataclasses.dataclass
@@ -60,6 +62,8 @@ class Context:
 
     Outputs are staged in OUT/.staging-NAME/ and moved into OUT together when the run has
     finished (`publish`), so a run that fails or is killed leaves the previous set intact.
+    Under several processes only process 0 (`writer`) publishes; the others stage in a private
+    temporary folder that is removed at the end.
     """
 
     name: str
@@ -67,9 +71,15 @@ class Context:
     seed: int
     quick: bool
     written: list[Path] = dataclasses.field(default_factory=list)  # staged files
+    writer: bool = True
+    private_staging: Path | None = None  # the staging folder of a process that does not write
 
     @property
     def staging(self) -> Path:
+        if not self.writer:
+            if self.private_staging is None:
+                self.private_staging = Path(tempfile.mkdtemp(prefix=f"layer-geometry-{self.name}-"))
+            return self.private_staging
         return self.out_dir / f".staging-{self.name}"
 
     def save_figure(self, fig, suffix: str = "") -> None:
@@ -208,13 +218,16 @@ def configure(module, *, quick: bool = False, scale: str | None = None,
 
 
 def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: str | Path = "figures",
-                   scale: str | None = None, overrides: list[tuple[str, str]] = ()) -> dict:
-    """Run one experiment; writes NAME.png/.pdf/.json (and any extras) under out_dir."""
+                   scale: str | None = None, overrides: list[tuple[str, str]] = (), watchdog=None) -> dict:
+    """Run one experiment; writes NAME.png/.pdf/.json (and any extras) under out_dir (process 0 only,
+    under several processes; `watchdog` is then told what to remove if a peer is lost)."""
     module = load(name)
     config = configure(module, quick=quick, scale=scale, overrides=overrides, name=name)
-    context = Context(name=name, out_dir=Path(out_dir), seed=seed, quick=quick)
+    context = Context(name=name, out_dir=Path(out_dir), seed=seed, quick=quick, writer=distributed.is_writer())
     read_manifest(context.out_dir)  # a corrupt manifest is reported before any work
-    for leftover in clean_leftovers(context.out_dir, name):
+    if watchdog is not None:
+        watchdog.cleanup = lambda: shutil.rmtree(context.staging, ignore_errors=True)
+    for leftover in clean_leftovers(context.out_dir, name) if context.writer else ():
         print(f"[{name}] removed {leftover}, left by an interrupted run", flush=True)
     plotting.use_style()
     print(f"[{name}] {'quick' if quick else scale or 'full'} run, seed {seed}", flush=True)
@@ -234,6 +247,11 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
         "wall_time_s": round(wall_time, 2),
         "numbers": numbers,
     }
+    if not context.writer:
+        shutil.rmtree(context.staging, ignore_errors=True)
+        print(f"[{name}] process {jax.process_index()} of {jax.process_count()}: computed its share in "
+              f"{wall_time:.1f} s; process 0 writes the outputs", flush=True)
+        return record
     for path in publish(context, record):
         print(f"[{name}] wrote {path}", flush=True)
     print(f"[{name}] done in {wall_time:.1f} s", flush=True)

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from geometry import collapse, data, io, layers, models, plotting, probe, similarity, spectra, training
+from geometry import collapse, data, distributed, io, layers, models, plotting, probe, similarity, spectra, training
 
 NC_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc3", "nc4")
 # the direction Papyan et al. report past zero training error: -1 = decreases, +1 = increases
@@ -140,7 +140,8 @@ def train_with_series(name: str, config: Config, split, context) -> tuple[nnx.Mo
                        log=lambda line: None)
         if str(epoch) not in series:
             series[str(epoch)] = measure_epoch(model, head, split)
-            io.atomic_write(series_file, json.dumps(series))
+            if distributed.is_writer():  # beside process 0's checkpoints, like them
+                io.atomic_write(series_file, json.dumps(series))
     context.log(f"{name}: train {series[str(epochs[-1])]['train_accuracy']:.4f}, test "
                 f"{series[str(epochs[-1])]['test_accuracy']:.4f} after {epochs[-1]} epochs")
     return model, hidden, pre, {int(k): v for k, v in sorted(series.items(), key=lambda kv: int(kv[0]))}

@@ -13,6 +13,7 @@ from geometry import (
     activations,
     collapse,
     data,
+    distributed,
     free_probability,
     functional,
     jacobians,
@@ -21,6 +22,7 @@ from geometry import (
     matfree,
     metric,
     models,
+    plane,
     probe,
     shapes,
     similarity,
@@ -42,7 +44,7 @@ from geometry.training import CheckpointError, TrainConfig, train
 
 __all__ = [
     # modules
-    "activations", "collapse", "data", "free_probability", "functional", "jacobians", "kernels", "layers", "matfree", "metric", "models", "probe",
+    "activations", "collapse", "data", "distributed", "free_probability", "functional", "jacobians", "kernels", "layers", "matfree", "metric", "models", "plane", "probe",
     "shapes", "similarity", "spectra", "theory", "training",
     # entry points
     "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "KernelMLP", "LayerNorm", "MLP",

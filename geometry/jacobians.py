@@ -16,7 +16,9 @@ model; reverse mode (`jax.jacrev`) pulls one cotangent per output dimension m ba
 
 **Batching.** The per-point Jacobian is vmapped and walked in chunks with
 `jax.lax.map(batch_size=...)`, so peak memory is set by the chunk, not by the point count;
-with several devices the points are sharded over a 1-D mesh (`NamedSharding`).
+with several devices the points are sharded over a 1-D mesh (`NamedSharding`), across
+processes too after `jax.distributed` is initialised (`geometry.distributed`): every process
+must pass the same points, and every process gets the whole field back.
 
 **Compilation.** Modules are split once (`nnx.split`); the compiled function is cached on
 the module's graph definition (structural equality, so unhashable graph definitions work
@@ -309,9 +311,19 @@ def map_points(per_point: Callable, params, points: jax.Array, *, chunk_size: in
     padded = -(-count // len(devices)) * len(devices)
     if padded > count:  # repeat the last point; its extra results are dropped below
         points = jnp.concatenate([points, jnp.broadcast_to(points[-1:], (padded - count, *points.shape[1:]))])
+    # devices of several processes (jax.distributed, `geometry.distributed`): the inputs go in from
+    # host memory (identical on every process; arrays on one process's device cannot be sent to
+    # another's), each process computes its share, and every one gets the whole field back
+    processes = any(d.process_index != jax.process_index() for d in devices)
+    if processes:
+        points, params = jax.device_get((points, params))
     points = jax.device_put(points, NamedSharding(mesh, P(POINT_AXIS)))
     params = jax.device_put(params, NamedSharding(mesh, P()))
     result = _sharded(per_point, params, points, min(chunk_size, padded // len(devices)), mesh)
+    if processes:
+        from jax.experimental import multihost_utils
+
+        result = jax.tree_util.tree_map(jnp.asarray, multihost_utils.process_allgather(result, tiled=True))
     return jax.tree_util.tree_map(lambda leaf: leaf[:count], result)
 
 

@@ -54,6 +54,19 @@ def _operators(pure, params, x):
     return jvp, (lambda u: vjp(u)[0]), y.size, x.size
 
 
+def _varying_like(value, reference):
+    """`value` marked as varying over the same shard_map axes as `reference`. Under
+    `jacobians.map_points`' shard_map (several devices or processes) a point varies over the
+    points axis while the start vector and probes, shared by all points, do not; linearised
+    functions and loop carries insist that the two types agree."""
+    def varying(array):  # jax 0.10 keeps it in `manual_axis_type`; earlier releases in `vma`
+        kind = jax.typeof(array)
+        return getattr(getattr(kind, "manual_axis_type", None), "varying", None) or getattr(kind, "vma", frozenset())
+
+    missing = tuple(sorted(varying(reference) - varying(value)))
+    return jax.lax.pcast(value, missing, to="varying") if missing else value
+
+
 def _normalise(w):
     norm = jnp.linalg.norm(w)
     tiny = jnp.finfo(w.dtype).tiny / jnp.finfo(w.dtype).eps
@@ -95,7 +108,8 @@ def bidiagonalise(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int,
         alphas = jnp.where(last, alphas, alphas.at[jnp.minimum(j + 1, steps - 1)].set(alpha))
         return U, V, alphas, betas
 
-    U, V, alphas, betas = jax.lax.fori_loop(0, steps, step, (U, V, alphas, betas))
+    carry = jax.tree_util.tree_map(lambda a: _varying_like(a, start), (U, V, alphas, betas))  # see _varying_like
+    U, V, alphas, betas = jax.lax.fori_loop(0, steps, step, carry)
     return alphas, betas
 
 
@@ -243,7 +257,7 @@ class _WithStart:
                 and self.extra.shape == other.extra.shape and bool(jnp.all(self.extra == other.extra)))
 
     def __call__(self, params, x):
-        return self.per_point(params, x, self.extra)
+        return self.per_point(params, x, _varying_like(self.extra, x))
 
 
 def _probes(probes: int, steps: int | None, default_steps: int, m: int, n: int, seed: int, dtype):

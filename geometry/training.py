@@ -164,8 +164,16 @@ def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray, loss
 
 
 def _manager(directory: Path, config: TrainConfig) -> ocp.CheckpointManager:
+    # under several processes each manager serves its own process alone (no barriers with the
+    # others, which train the same model independently); only process 0 creates and writes
+    this_process = jax.process_index()
+    if this_process == 0:
+        directory.mkdir(parents=True, exist_ok=True)  # Orbax creates no folder for a subset of processes
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=config.checkpoint_every, max_to_keep=2, enable_async_checkpointing=False
+        save_interval_steps=config.checkpoint_every, max_to_keep=2, enable_async_checkpointing=False,
+        create=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=this_process,
+                                                                   active_processes={this_process}),
     )
     return ocp.CheckpointManager(directory.resolve(), options=options, item_names=("state", "meta"))
 
@@ -195,7 +203,9 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
     `loss_fn(model, (x_batch, y_batch))` returns the scalar to minimise (default: mean
     cross-entropy on integer labels). Pass a module-level function (not a new lambda per
     call) so the compiled step is reused. `log` receives progress lines (default: stderr
-    every `log_every` steps).
+    every `log_every` steps). Under several processes (`geometry.distributed`) every process
+    trains its own copy the same way, resuming from the checkpoints it can read, and only
+    process 0 writes them.
     """
     check_config(config)
     x, y = _check_data(x, y, labels="integer" if loss_fn is cross_entropy_loss else "any")
@@ -212,7 +222,8 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
     step_fn = functools.partial(train_step, graphdef, loss_fn=loss_fn, optimizer=optimizer)
     fingerprint = _fingerprint(config, params, x, y, loss_fn)
     start, history, manager, resumed = 0, [], None, None
-    if checkpoint_dir is not None:
+    writer = jax.process_index() == 0  # under jax.distributed the others only read checkpoints
+    if checkpoint_dir is not None and (writer or Path(checkpoint_dir).is_dir()):
         manager = _manager(Path(checkpoint_dir), config)
         latest = manager.latest_step()
         if latest is not None and latest > config.steps:
@@ -232,7 +243,7 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
         if done % config.log_every == 0 or done == config.steps:
             history.append({"step": done, "loss": float(loss)})
             log(f"{name}: step {done}/{config.steps} loss {float(loss):.4f}")
-        if manager is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+        if writer and manager is not None and (done % config.checkpoint_every == 0 or done == config.steps):
             _save(manager, done, params, opt_state, fingerprint, history)
     if manager is not None:
         manager.wait_until_finished()
@@ -243,6 +254,8 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
 
 def _save(manager, step, params, opt_state, fingerprint, history) -> None:
     state = {"params": params, "opt_state": opt_state}
+    if jax.process_count() > 1:  # Orbax refuses process-local jax.Arrays when several processes run
+        state = jax.device_get(state)
     meta = {"step": step, "fingerprint": fingerprint, "history": history}
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                  force=True)

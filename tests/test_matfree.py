@@ -1,6 +1,5 @@
 """Matrix-free spectra (geometry.matfree) against dense SVDs and closed forms."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

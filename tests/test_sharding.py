@@ -1,4 +1,5 @@
-"""jacobian_field over several devices equals the one-device field (4 forced CPU devices, in a subprocess)."""
+"""jacobian_field, the probe fields and the matrix-free spectra over several devices equal their one-device
+values (4 forced CPU devices, in a subprocess)."""
 
 import os
 import subprocess
@@ -8,7 +9,7 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
-    from geometry import jacobians, models, probe, spectra
+    from geometry import jacobians, matfree, models, probe, spectra
 
     assert jax.device_count() == 4, jax.devices()
     model = models.MLP(2, 32, 3, activation="tanh", rngs=nnx.Rngs(0))
@@ -44,6 +45,15 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_allclose(local["layers/1"], probe.local_jacobian_field(model, points[:1000], "layers/1",
                                                                              devices=one)["layers/1"],
                                rtol=1e-5, atol=1e-6)
+
+    # matrix-free spectra: the start vector and probes, shared by all points, meet sharded points
+    # (the bug this caught: their shard_map types disagreed with the points')
+    top = matfree.singular_values(model.features, points[:1000], 2)
+    np.testing.assert_allclose(top["values"], matfree.singular_values(model.features, points[:1000], 2,
+                                                                      devices=one)["values"], rtol=1e-5, atol=1e-6)
+    volume = matfree.log_volume(model.features, points[:1000], probes=4, steps=2)["values"]
+    np.testing.assert_allclose(volume, matfree.log_volume(model.features, points[:1000], probes=4, steps=2,
+                                                          devices=one)["values"], rtol=1e-5, atol=1e-5)
     print("ok")
 """)
 
