@@ -1,6 +1,8 @@
 """python -m experiments [NAME ... | all] [--quick | --scale gpu] [--seed S] [--out DIR] [--set KEY=VALUE ...]
 
 `python -m experiments verify [--out DIR]` checks every output against DIR/MANIFEST.json.
+`python -m experiments plot NAME ... [--out DIR]` redraws figures from DIR/NAME.json (and
+NAME.npz) without computing anything: restyle a figure by editing its experiment's `plot`.
 
 With no name, lists the experiments. Unknown names exit with code 2 and the list.
 `--scale gpu` picks the larger configs of experiments that define one (the others run
@@ -84,6 +86,27 @@ def _verify(out: str) -> int:
     return 0
 
 
+def _replot(names: list[str], out: str) -> int:
+    """Redraw the named experiments' figures from their JSON (and .npz) in OUT, computing nothing."""
+    from experiments._runner import replot
+
+    if not names:
+        print("python -m experiments plot NAME ... [--out DIR]: name the experiments to redraw", file=sys.stderr)
+        return 2
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        print(f"unknown experiment(s): {', '.join(unknown)}\n{_listing()}", file=sys.stderr)
+        return 2
+    for name in names:
+        try:
+            for path in replot(name, out):
+                print(f"[{name}] redrew {path}", flush=True)
+        except ValueError as error:
+            print(f"{name}: {error}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def _dataset_field(name: str) -> str | None:
     """"datasets" or "dataset", whichever field the experiment's Config has (None: neither)."""
     from experiments._runner import load
@@ -137,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.names == ["verify"]:
         return _verify(args.out or "figures")
+    if args.names[0] == "plot":
+        return _replot(args.names[1:], args.out or "figures")
     names = list(EXPERIMENTS) if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:

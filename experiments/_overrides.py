@@ -93,3 +93,22 @@ def for_experiment(parsed: list[tuple[str | None, str, str]], name: str, config)
     key its Config has."""
     fields = {f.name for f in dataclasses.fields(config)}
     return [(key, raw) for scope, key, raw in parsed if scope == name or (scope is None and key in fields)]
+
+
+def from_record(config_type, recorded: dict):
+    """The Config a JSON record was written with (lists back to tuples, each field type-checked)."""
+    hints = typing.get_type_hints(config_type)
+    values = {}
+    for field in dataclasses.fields(config_type):
+        if field.name not in recorded:
+            continue  # a field added since the record was written keeps its default
+        ok, converted = _fits(_tuples(recorded[field.name]), hints[field.name])
+        if not ok:
+            raise ValueError(f"the record's config field {field.name}={recorded[field.name]!r} is not of type "
+                             f"{_type_name(hints[field.name])}")
+        values[field.name] = converted
+    return config_type(**values)
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
 import jax
+import numpy as np
 
 from experiments import EXPERIMENTS, _overrides
 from geometry import distributed, plotting
-from geometry.io import atomic_write, write_json
+from geometry.io import atomic_write, from_jsonable, to_jsonable, write_json
 
 T = TypeVar("T")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "matplotlib")
@@ -71,6 +73,7 @@ class Context:
     seed: int
     quick: bool
     written: list[Path] = dataclasses.field(default_factory=list)  # staged files
+    arrays: dict = dataclasses.field(default_factory=dict)  # what save_arrays staged, for the plot
     writer: bool = True
     private_staging: Path | None = None  # the staging folder of a process that does not write
 
@@ -87,6 +90,16 @@ class Context:
 
     def write_file(self, filename: str, data: bytes | str) -> None:
         self.written.append(atomic_write(self.staging / filename, data))
+
+    def save_arrays(self, **arrays) -> None:
+        """Arrays the plot needs beside the JSON: staged as NAME.npz (compressed), and handed to
+        the experiment's `plot` with the numbers."""
+        self.arrays.update({key: np.asarray(value) for key, value in arrays.items()})
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **self.arrays)
+        path = atomic_write(self.staging / f"{self.name}.npz", buffer.getvalue())
+        if path not in self.written:
+            self.written.append(path)
 
     def progress(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         """Yield items, printing `name: description i/N` (in place on a terminal)."""
@@ -234,6 +247,10 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
     commit = git_commit()  # the code as it was when the run started, not after edits made during it
     start = time.perf_counter()
     numbers = module.run(config, context)
+    if hasattr(module, "plot"):  # drawn from what the JSON holds (keys sorted), so `replot` draws the same
+        for suffix, fig in module.plot(from_jsonable(json.loads(json.dumps(to_jsonable(numbers), sort_keys=True))),
+                                       dict(context.arrays), config).items():
+            context.save_figure(fig, suffix)
     wall_time = time.perf_counter() - start
     record = {
         "experiment": name,
@@ -256,3 +273,28 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
         print(f"[{name}] wrote {path}", flush=True)
     print(f"[{name}] done in {wall_time:.1f} s", flush=True)
     return record
+
+
+def replot(name: str, out_dir: str | Path = "figures") -> list[Path]:
+    """Redraw NAME's figures from OUT/NAME.json (and NAME.npz) alone, with the committed plotting
+    code, and record their new SHA-256 in the manifest: restyling without recomputing."""
+    module = load(name)
+    if not hasattr(module, "plot"):
+        raise ValueError(f"{name} draws its figure inside run() (not yet separated): rerun it instead")
+    out_dir = Path(out_dir)
+    path = out_dir / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"{path}: missing; run `python -m experiments {name}` first")
+    record = json.loads(path.read_text())
+    arrays_path = out_dir / f"{name}.npz"
+    arrays = dict(np.load(arrays_path)) if arrays_path.exists() else {}
+    config = _overrides.from_record(module.Config, record["config"])
+    manifest = read_manifest(out_dir)
+    plotting.use_style()
+    written = []
+    for suffix, fig in module.plot(from_jsonable(record["numbers"]), arrays, config).items():
+        written += plotting.save_figure(fig, out_dir / f"{name}{suffix}")
+    entry = manifest.setdefault(name, {"experiment": name, "sha256": {}})
+    entry["sha256"].update({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written})
+    write_json(out_dir / MANIFEST, dict(sorted(manifest.items())))
+    return written

@@ -92,6 +92,14 @@ def run(config: Config, context) -> dict:
                      "train_accuracy": trained.train_accuracy, "values": values,
                      "severity": {name: severity(name, v) for name, v in values.items()}})
 
+    thresholds = {name: {"metric": metric, "mild": mild, "severe": severe, "why": why}
+                  for name, (metric, _, mild, severe, why) in FAILURES.items()}
+    counts = {name: {s: sum(r["severity"][name] == s for r in runs) for s in SEVERITY} for name in FAILURES}
+    return {"thresholds": thresholds, "runs": runs, "severity_counts": counts}
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    runs = numbers["runs"]
     columns = ["run", "train acc"] + list(FAILURES)
     cells, colours = [], []
     palette = {"none": "#e8f5e9", "mild": "#fff3cd", "severe": "#f8d7da"}
@@ -109,8 +117,4 @@ def run(config: Config, context) -> dict:
     table.scale(1.0, 1.25)
     ax.text(0.0, 0.0, "\n".join(legend), transform=ax.transAxes, fontsize=7, va="top")
     fig.tight_layout()
-    context.save_figure(fig)
-    thresholds = {name: {"metric": metric, "mild": mild, "severe": severe, "why": why}
-                  for name, (metric, _, mild, severe, why) in FAILURES.items()}
-    counts = {name: {s: sum(r["severity"][name] == s for r in runs) for s in SEVERITY} for name in FAILURES}
-    return {"thresholds": thresholds, "runs": runs, "severity_counts": counts}
+    return {"": fig}

@@ -64,6 +64,14 @@ def run(config: Config, context) -> dict:
             "trained": layer_scores(trained.model, x, config.k), "random": layer_scores(random_model, x, config.k),
         }
 
+    last = {key: {state: {s: r[state][s][-1] for s in ("knn_agreement", "distance_spearman")}
+                  for state in ("random", "trained")} for key, r in results.items()}
+    return {"results": results, "last_layer": last, "k": config.k, "points": config.points,
+            "knn_chance_level": config.k / (config.points - 1)}
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    results = numbers["results"]
     layers = np.arange(1, config.depth + 1)
     fig, axes = plt.subplots(len(config.widths), 4, figsize=(14, 3.3 * len(config.widths)), squeeze=False)
     for row, width in enumerate(config.widths):
@@ -82,8 +90,4 @@ def run(config: Config, context) -> dict:
         axes[row, 0].axhline(config.k / (config.points - 1), color="0.5", ls=":", lw=0.8)
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
-    context.save_figure(fig)
-    last = {key: {state: {s: r[state][s][-1] for s in ("knn_agreement", "distance_spearman")}
-                  for state in ("random", "trained")} for key, r in results.items()}
-    return {"results": results, "last_layer": last, "k": config.k, "points": config.points,
-            "knn_chance_level": config.k / (config.points - 1)}
+    return {"": fig}

@@ -150,9 +150,9 @@ def run(config: Config, context) -> dict:
         trained = trained_classifier(spec, context.out_dir / ".checkpoints", context.log)
         machines[dataset] = kernel_machine_facts(trained)
 
-    _plot(config, context, results, sweep, list(paths), sweep_dataset)
     kernel_spiral = {k: results[f"spiral/{k}"]["test_accuracy"] for k in config.kernels if "spiral" in paths}
     return {"matched_units": units, "mlp_parameters": target, "results": results, "yat_depth_sweep": sweep,
+            "yat_depth_sweep_dataset": sweep_dataset,
             "kernel_spiral_test_accuracy": kernel_spiral, "shared_kernel_machines": machines}
 
 
@@ -171,7 +171,9 @@ def kernel_machine_facts(trained) -> dict:
             "rkhs_norm_squared_mean": float(norms.mean())}
 
 
-def _plot(config, context, results, sweep, datasets, sweep_dataset) -> None:
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    results, sweep, sweep_dataset = numbers["results"], numbers["yat_depth_sweep"], numbers["yat_depth_sweep_dataset"]
+    datasets = [display_name(d) for d in config.datasets]
     models_order = list(config.kernels) + list(config.activations)
     metrics = [("test_accuracy", "test accuracy", "linear"),
                ("rank_deficient_fraction", "rank-deficient fraction of grid", "symlog"),
@@ -201,4 +203,4 @@ def _plot(config, context, results, sweep, datasets, sweep_dataset) -> None:
     ax.legend(fontsize=6)
     ax.set_title("depth sweep", fontsize=8)
     fig.tight_layout()
-    context.save_figure(fig)
+    return {"": fig}

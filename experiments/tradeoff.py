@@ -71,10 +71,31 @@ def run(config: Config, context) -> dict:
                      "train_accuracy": trained.train_accuracy,
                      "test_accuracy": trained.test_accuracy, **geometry_on(trained, trained.x_test)})
 
+    def correlation(dataset, width, key):
+        chosen = [r for r in rows if r["dataset"] == dataset and r["width"] == width and np.isfinite(r[key])]
+        if len(chosen) < 3:
+            return None
+        return metric.spearman([r[key] for r in chosen], [r["test_accuracy"] for r in chosen])
+
+    return {
+        "rows": rows,
+        "inputs": int(trained.x_train.shape[1]),
+        "classes": trained.classes,
+        "spearman_accuracy_vs_condition": {f"{d}/{w}": correlation(d, w, "median_condition_number")
+                                           for d in paths for w in config.widths},
+        "spearman_accuracy_vs_rank_deficient_fraction": {f"{d}/{w}": correlation(d, w, "rank_deficient_fraction")
+                                                         for d in paths for w in config.widths},
+    }
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    rows = numbers["rows"]
+    d, classes = numbers.get("inputs", 2), numbers.get("classes", 2)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
-    markers = dict(zip(paths, "osD^v<>p*h"))
+    markers = dict(zip(dict.fromkeys(row["dataset"] for row in rows), "osD^v<>p*h"))
+    deficient = "< 2" if d == 2 else "< min(k, d)"
     for ax, key, label in ((axes[0], "median_condition_number", "median condition number of ∂h_L/∂x"),
-                           (axes[1], "rank_deficient_fraction", "fraction of points with rank ∂h_L/∂x < 2")):
+                           (axes[1], "rank_deficient_fraction", f"fraction of points with rank ∂h_L/∂x {deficient}")):
         for row in rows:
             value = row[key] if np.isfinite(row[key]) else np.nan
             narrow = row["width"] == min(config.widths) and len(config.widths) > 1
@@ -90,22 +111,7 @@ def run(config: Config, context) -> dict:
     for dataset, marker in markers.items():
         axes[0].scatter([], [], marker=marker, color="0.5", label=dataset)
     axes[0].legend(fontsize=7)
-    d, classes = trained.x_train.shape[1], trained.classes
-    fig.suptitle(f"trained MLPs {d}→k×{config.depth}→{classes}, k ∈ {list(config.widths)} (open markers: k = {min(config.widths)}), "
-                 f"{config.steps} Adam steps; geometry on held-out points", fontsize=9)
+    fig.suptitle(f"trained MLPs {d}→k×{config.depth}→{classes}, k ∈ {list(config.widths)} (open markers: k = "
+                 f"{min(config.widths)}), {config.steps} Adam steps; geometry on held-out points", fontsize=9)
     fig.tight_layout()
-    context.save_figure(fig)
-
-    def correlation(dataset, width, key):
-        chosen = [r for r in rows if r["dataset"] == dataset and r["width"] == width and np.isfinite(r[key])]
-        if len(chosen) < 3:
-            return None
-        return metric.spearman([r[key] for r in chosen], [r["test_accuracy"] for r in chosen])
-
-    return {
-        "rows": rows,
-        "spearman_accuracy_vs_condition": {f"{d}/{w}": correlation(d, w, "median_condition_number")
-                                           for d in paths for w in config.widths},
-        "spearman_accuracy_vs_rank_deficient_fraction": {f"{d}/{w}": correlation(d, w, "rank_deficient_fraction")
-                                                         for d in paths for w in config.widths},
-    }
+    return {"": fig}

@@ -61,6 +61,18 @@ def to_jsonable(value):
     return value
 
 
+def from_jsonable(value):
+    """Inverse of `to_jsonable` for what a plot reads back: the strings "inf", "-inf" and "nan"
+    become floats again (lists stay lists)."""
+    if isinstance(value, dict):
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    return value
+
+
 def write_json(path: str | os.PathLike, record) -> Path:
     text = json.dumps(to_jsonable(record), indent=1, sort_keys=True, allow_nan=False)
     return atomic_write(path, text + "\n")
