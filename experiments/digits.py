@@ -228,13 +228,14 @@ def run(config: Config, context) -> dict:
     floors = {name: results[name]["test_accuracy"] >= ACCURACY_FLOOR for name in ("relu", "cnn") if name in results}
     directions = {name: {key: t["direction"] for key, t in r["terminal_phase"].items() if isinstance(t, dict)}
                   for name, r in results.items()}
-    plot(results, context)
     return {"data": {"train": len(split[0]), "test": len(split[2]), "pixels": 64, "classes": 10},
             "models": results, "accuracy_floor": ACCURACY_FLOOR, "meets_accuracy_floor": floors,
             "terminal_phase_directions": directions, "flat_threshold": FLAT, "findings_against_papyan": findings}
 
 
-def plot(results: dict, context) -> None:
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    measured = numbers["models"]  # in the config's order (the JSON's keys are sorted)
+    results = {name: measured[name] for name in [*config.activations, *(["cnn"] if config.cnn else [])]}
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     color = {name: plotting.color(name) if name != "cnn" else "tab:purple" for name in results}
     panels = [("accuracy", None), ("nc1", True), ("cdnv", True), ("nc2_equiangle", False), ("nc2_equinorm", False),
@@ -269,5 +270,4 @@ def plot(results: dict, context) -> None:
     ax.legend(fontsize=6)
     fig.suptitle("Digits: terminal phase of training and per-layer geometry (vertical lines: zero training error)")
     fig.tight_layout()
-    context.save_figure(fig)
-    plt.close(fig)
+    return {"": fig}

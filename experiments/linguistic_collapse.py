@@ -231,8 +231,6 @@ def run(config: Config, context) -> dict:
              "separated_by_95_intervals": [k for k in ours if ours[k]["r2"] is not None and published[k]["r2"] is not None
                                            and (ours[k]["ci"][0] > published[k]["ci"][1]
                                                 or ours[k]["ci"][1] < published[k]["ci"][0])]}
-    plot(config, runs, fitted, context)
-    plot_conventions(study, context)
     return {
         "corpus": {"source": config.corpus or "pydoc_data.topics", "documents": list(text.documents),
                    "train_tokens": int(text.train_targets.size), "validation_tokens": int(text.validation_targets.size),
@@ -250,7 +248,13 @@ def _order(table: dict) -> list[str]:
     return sorted((k for k in table if table[k]["r2"] is not None), key=lambda k: -np.nan_to_num(table[k]["r2"]))
 
 
-def plot_conventions(study: dict, context) -> None:
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    """The grid figure, its scaling and attention companions, and the study-convention comparison."""
+    return {**_plot_grid(config, numbers["runs"], numbers["fits"]),
+            "_conventions": plot_conventions(numbers["study_convention"])}
+
+
+def plot_conventions(study: dict):
     names = list(_study_fits.QUANTITIES)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     rows = np.arange(len(names))
@@ -272,8 +276,7 @@ def plot_conventions(study: dict, context) -> None:
     ax.set_xlabel("R² with validation loss")
     ax.set_title("The study's own statistics, R² with validation loss: our models vs the published ones", fontsize=8)
     fig.tight_layout()
-    context.save_figure(fig, "_conventions")
-    plt.close(fig)
+    return fig
 
 
 def log_axis(ax) -> None:
@@ -286,7 +289,8 @@ def log_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(minor)
 
 
-def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
+def _plot_grid(config: Config, runs: list[dict], fitted: dict) -> dict:
+    figures = {}
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(config.widths)))
     markers = dict(zip(config.depths, "os^Dv<>"))
     style = {w: colors[i] for i, w in enumerate(config.widths)}
@@ -313,8 +317,7 @@ def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Neural-collapse metrics of causal LMs against validation loss (class = next token)")
     fig.tight_layout()
-    context.save_figure(fig)
-    plt.close(fig)
+    figures[""] = fig
 
     panels = ("validation_loss", "nc1", "cdnv", "gnc2", "nc4", "embedding_anisotropy")
     fig, axes = plt.subplots(1, len(panels), figsize=(17, 3.4))
@@ -331,8 +334,7 @@ def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle("Scaling: metrics against width, one line per depth")
     fig.tight_layout()
-    context.save_figure(fig, "_scaling")
-    plt.close(fig)
+    figures["_scaling"] = fig
 
     fig, axes = plt.subplots(1, len(config.widths), figsize=(4.2 * len(config.widths), 3.4), sharey=True,
                              squeeze=False)
@@ -349,5 +351,5 @@ def plot(config: Config, runs: list[dict], fitted: dict, context) -> None:
     axes[0, 0].set_ylabel("H(attention) / log(t + 1)")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    context.save_figure(fig, "_attention")
-    plt.close(fig)
+    figures["_attention"] = fig
+    return figures

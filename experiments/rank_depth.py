@@ -137,7 +137,6 @@ def run(config: Config, context) -> dict:
                 key: {"median": np.median(v, axis=1), "min": v.min(axis=1), "rank_deficient_fraction":
                       np.mean(v < 1.0, axis=1) if key == "numerical" else None} for key, v in ranks.items()}
 
-    _plot(config, context, random_results, trained_results)
     return {
         "random": random_results,
         "trained_spiral": trained_results,
@@ -146,7 +145,8 @@ def run(config: Config, context) -> dict:
     }
 
 
-def _plot(config, context, random_results, trained_results) -> None:
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    random_results, trained_results = numbers["random"], numbers["trained_spiral"]
     n_cols = len(config.activations)
     fig, axes = plt.subplots(len(VARIANTS) + 1, n_cols, figsize=(2.5 * n_cols, 2.2 * (len(VARIANTS) + 1)),
                              squeeze=False, sharey=True)
@@ -185,4 +185,4 @@ def _plot(config, context, random_results, trained_results) -> None:
     fig.suptitle("solid: float32 numerical rank (median, band min–max), dashed: effective rank, dotted (ReLU): exact "
                  "rank min(n₀, k₁, …, k_l); random rows: n₀ = width k", fontsize=9)
     fig.tight_layout()
-    context.save_figure(fig)
+    return {"": fig}

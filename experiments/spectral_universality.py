@@ -150,14 +150,14 @@ def run(config: Config, context) -> dict:
         summary[key] = {"max_relative_error_moments_1_to_4": float(errors.max()),
                         "relative_error_mean": float(errors[0]), "relative_error_second_moment": float(errors[1]),
                         "cms_distance_fuss_catalan": r.get("cms_distance_fuss_catalan")}
-    plot(config, results, context)
     worst = {k: max(v["max_relative_error_moments_1_to_4"] for key, v in summary.items() if key.startswith(k))
              for k in {key.rsplit("/", 2)[0] for key in summary}}
     return {"results": results, "summary": summary, "worst_relative_moment_error_by_family": worst,
             "largest_width": max(config.widths)}
 
 
-def plot(config: Config, results: dict, context) -> None:
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    results = numbers["results"]
     width = max(config.widths)
     fig, axes = plt.subplots(len(config.weights), len(config.activations) + 1,
                              figsize=(4.0 * (len(config.activations) + 1), 3.4 * len(config.weights)), squeeze=False)
@@ -197,5 +197,4 @@ def plot(config: Config, results: dict, context) -> None:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Spectra of end-to-end Jacobians by stochastic Lanczos quadrature (J never formed)")
     fig.tight_layout()
-    context.save_figure(fig)
-    plt.close(fig)
+    return {"": fig}
