@@ -45,18 +45,25 @@ class Config:
 QUICK = Config(grid_points=2401, collapse_points=200)
 
 
-def measure_activation(name: str, config: Config) -> dict:
+def curves(name: str, config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(z, φ(z), φ'(z), |φ'| < threshold) on the float64 grid: the definitions the figure draws."""
     activation = activations.get(name)
     with jax.enable_x64(True):
         z = jnp.linspace(-config.z_max, config.z_max, config.grid_points, dtype=jnp.float64)
-        phi = np.asarray(activation(z))
-        derivative = np.asarray(activation.derivative(z))
+        phi, derivative = np.asarray(activation(z)), np.asarray(activation.derivative(z))
+    return np.asarray(z), phi, derivative, np.abs(derivative) < config.threshold
+
+
+def measure_activation(name: str, config: Config) -> dict:
+    activation = activations.get(name)
+    z, phi, derivative, dead = curves(name, config)
+    with jax.enable_x64(True):
+        z = jnp.asarray(z)
         autodiff = np.asarray(jax.vmap(jax.grad(activation.fn))(z))
         jump = np.abs(
             np.asarray(activation.derivative(z + config.kink_step)) - np.asarray(activation.derivative(z - config.kink_step))
         )
     z = np.asarray(z)
-    dead = np.abs(derivative) < config.threshold
     strictly_monotone = bool(np.all(np.diff(phi) > 0))
     smooth = bool(jump.max() < 1e-3)
     return {
@@ -70,7 +77,6 @@ def measure_activation(name: str, config: Config) -> dict:
         "max_abs_derivative_vs_autodiff": float(np.max(np.abs(derivative - autodiff))),
         "low_derivative_zones": activations.low_derivative_zones(name, config.threshold, z_max=config.z_max),
         "low_derivative_fraction": float(dead.mean()),
-        "_curves": (z, phi, derivative, dead),
     }
 
 
@@ -112,9 +118,15 @@ def run(config: Config, context) -> dict:
         if not m["facts_agree"]:
             findings.append(f"{name}: declared facts {m['declared']} differ from measured {m['measured']}")
 
+    return {"activations": measured, "collapse": collapse, "findings": findings, "threshold": config.threshold}
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    measured, collapse = numbers["activations"], numbers["collapse"]
     fig, axes = plt.subplots(2, 5, figsize=(12.5, 5.2), sharex=False)
-    for ax, (name, m) in zip(axes.flat, measured.items()):
-        z, phi, derivative, dead = m.pop("_curves")
+    for ax, name in zip(axes.flat, activations.NAMES):
+        m = measured[name]
+        z, phi, derivative, dead = curves(name, config)  # the definitions; the measured numbers are in the JSON
         colour = plotting.color(name)
         ax.fill_between(z, -1.5, 3.0, where=dead, color="0.85", step="mid", lw=0, label=f"|φ'| < {config.threshold}")
         ax.plot(z, phi, color=colour, label="φ")
@@ -142,5 +154,4 @@ def run(config: Config, context) -> dict:
     for i, v in enumerate(values):
         ax.text(i, max(v, 1e-18) * 1.5, f"{v:.1e}", ha="center", fontsize=7)
     fig.tight_layout()
-    context.save_figure(fig)
-    return {"activations": measured, "collapse": collapse, "findings": findings, "threshold": config.threshold}
+    return {"": fig}

@@ -68,6 +68,12 @@ def run(config: Config, context) -> dict:
                                     "first_over_last": norms[0] / norms[-1] if norms[-1] > 0 else float("inf")}
         results[activation] = snapshots
 
+    return {"results": results, "depth": config.depth,
+            "first_over_last_at_init": {a: results[a]["0"]["first_over_last"] for a in config.activations}}
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    results = numbers["results"]
     fig, axes = plt.subplots(1, len(config.snapshots), figsize=(3.6 * len(config.snapshots), 3.4), sharey=True,
                              squeeze=False)
     layers = np.arange(1, config.depth + 1)
@@ -83,6 +89,4 @@ def run(config: Config, context) -> dict:
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("‖∂L/∂W_l‖_F")
     fig.tight_layout()
-    context.save_figure(fig)
-    return {"results": results, "depth": config.depth,
-            "first_over_last_at_init": {a: results[a]["0"]["first_over_last"] for a in config.activations}}
+    return {"": fig}
