@@ -128,6 +128,11 @@ def run(config: Config, context) -> dict:
     z_all = [abs(z) for k in ("z_layer_1", f"z_{deep}") for z in dead[k]] + [abs(r["z"]) for r in rank]
     summary = {"max_abs_z": max(z_all), "all_within_4_se": bool(max(z_all) < 4)}
 
+    return {"any_dead": dead, "rank_deficient": rank, "agreement": summary}
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    dead, rank = numbers["any_dead"], numbers["rank_deficient"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     widths = np.asarray(dead["width"])
     n_curve = np.unique(np.logspace(0, math.log10(max(config.widths)), 400).round())
@@ -170,5 +175,4 @@ def run(config: Config, context) -> dict:
     ax.set_title("(c) m×n ReLU layer: P(Bin(m, ½) < n)\nlines theory, points MC ± 2 SE")
     ax.legend()
     fig.tight_layout()
-    context.save_figure(fig)
-    return {"any_dead": dead, "rank_deficient": rank, "agreement": summary}
+    return {"": fig}

@@ -110,6 +110,21 @@ def run(config: Config, context) -> dict:
                   and max(max(v) for v in r["exact_collision_fraction"].values()) > 0]
     contracted = [key for key, r in results.items() if r["strictly_monotone"]
                   and max(max(v) for v in r["collision_fraction"].values()) > 0]
+    return {
+        "results": results,
+        "all_weight_matrices_full_column_rank": bool(all_full_rank),
+        "monotone_activations_with_exact_collisions": violations,
+        "theory_holds": not violations and bool(all_full_rank),
+        "monotone_activations_below_tolerance": contracted,
+        "note": ("the issue's test (‖F(x) − F(y)‖ < 1e-6 ‖x − y‖) also flags injective maps that contract that much: "
+                 "leaky ReLU (slope 0.01 per layer on the negative side) and saturated sigmoid in narrow deep nets do; "
+                 "min_distance_ratio shows those pairs stay distinct. Theory is judged on exact merges. "
+                 "GELU/SiLU are non-injective on measure-zero fold sets, which random pairs do not detect."),
+    }
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    results = numbers["results"]
     fig, axes = plt.subplots(1, len(config.widths), figsize=(4.2 * len(config.widths), 3.6), squeeze=False)
     layers = np.arange(1, config.depth + 1)
     for ax, width in zip(axes[0], config.widths):
@@ -124,15 +139,4 @@ def run(config: Config, context) -> dict:
         ax.set_xticks(layers)
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
-    context.save_figure(fig)
-    return {
-        "results": results,
-        "all_weight_matrices_full_column_rank": bool(all_full_rank),
-        "monotone_activations_with_exact_collisions": violations,
-        "theory_holds": not violations and bool(all_full_rank),
-        "monotone_activations_below_tolerance": contracted,
-        "note": ("the issue's test (‖F(x) − F(y)‖ < 1e-6 ‖x − y‖) also flags injective maps that contract that much: "
-                 "leaky ReLU (slope 0.01 per layer on the negative side) and saturated sigmoid in narrow deep nets do; "
-                 "min_distance_ratio shows those pairs stay distinct. Theory is judged on exact merges. "
-                 "GELU/SiLU are non-injective on measure-zero fold sets, which random pairs do not detect."),
-    }
+    return {"": fig}

@@ -84,6 +84,33 @@ def run(config: Config, context) -> dict:
             rows.append({"sigma_w": float(sigma_w), **record})
         results[f"{name}/{norm or 'none'}"] = rows
 
+    def worst_theory_gap(norm):
+        return max(abs(r["low_derivative_fraction_per_layer"][0] - r["theory_low_derivative_fraction_layer1"])
+                   for key, rows in results.items() if key.endswith(norm) for r in rows)
+
+    live = {key: [r["low_derivative_fraction_per_layer"][-1] for r in rows] for key, rows in results.items()}
+    layernorm_ranks = sorted({r["first_median_rank"] for key, rows in results.items() if key.endswith("layernorm")
+                              for r in rows})
+    ratio = {norm: float(np.median([r["first_median_sigma_min_over_max"] for key, rows in results.items()
+                                    if key.endswith(norm) for r in rows])) for norm in ("none", "layernorm")}
+    return {
+        "results": results,
+        "threshold": config.threshold,
+        "max_abs_gap_to_theory_layer1": {"none": worst_theory_gap("none"), "layernorm": worst_theory_gap("layernorm")},
+        "largest_sigma_w_last_layer_low_fraction": {k: v[-1] for k, v in live.items()},
+        "layernorm_first_layer_median_ranks": layernorm_ranks,
+        "first_layer_median_sigma_min_over_max": ratio,
+        "finding_layernorm_radial_kernel": (
+            f"first-layer Jacobian, median sigma_min/sigma_max: {ratio['layernorm']:.2e} with LayerNorm vs "
+            f"{ratio['none']:.2e} without; float32 numerical ranks with LayerNorm {layernorm_ranks} of n0={config.input_dim}. "
+            "Bias-free W followed by LayerNorm is scale-invariant up to its epsilon, so x is a near-null direction "
+            "(J x = phi'(a) (z - mean) eps / s^3); whether float32 resolves it depends on the rank tolerance"),
+    }
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    results = {f"{name}/{norm}": numbers["results"][f"{name}/{norm}"]  # the run's order, not the JSON's sorted one
+               for name in config.activations for norm in ("none", "layernorm")}
     panels = [
         ("low-derivative fraction, layer 1", lambda r, ln: r["low_derivative_fraction_per_layer"][0], "linear"),
         (f"low-derivative fraction, layer {config.depth}", lambda r, ln: r["low_derivative_fraction_per_layer"][-1],
@@ -116,27 +143,5 @@ def run(config: Config, context) -> dict:
     fig.suptitle(f"random MLPs n₀={config.input_dim}, width {config.width}, depth {config.depth}, "
                  f"{config.points} Gaussian inputs; solid: no norm, dashed: LayerNorm", fontsize=9)
     fig.tight_layout()
-    context.save_figure(fig)
+    return {"": fig}
 
-    def worst_theory_gap(norm):
-        return max(abs(r["low_derivative_fraction_per_layer"][0] - r["theory_low_derivative_fraction_layer1"])
-                   for key, rows in results.items() if key.endswith(norm) for r in rows)
-
-    live = {key: [r["low_derivative_fraction_per_layer"][-1] for r in rows] for key, rows in results.items()}
-    layernorm_ranks = sorted({r["first_median_rank"] for key, rows in results.items() if key.endswith("layernorm")
-                              for r in rows})
-    ratio = {norm: float(np.median([r["first_median_sigma_min_over_max"] for key, rows in results.items()
-                                    if key.endswith(norm) for r in rows])) for norm in ("none", "layernorm")}
-    return {
-        "results": results,
-        "threshold": config.threshold,
-        "max_abs_gap_to_theory_layer1": {"none": worst_theory_gap("none"), "layernorm": worst_theory_gap("layernorm")},
-        "largest_sigma_w_last_layer_low_fraction": {k: v[-1] for k, v in live.items()},
-        "layernorm_first_layer_median_ranks": layernorm_ranks,
-        "first_layer_median_sigma_min_over_max": ratio,
-        "finding_layernorm_radial_kernel": (
-            f"first-layer Jacobian, median sigma_min/sigma_max: {ratio['layernorm']:.2e} with LayerNorm vs "
-            f"{ratio['none']:.2e} without; float32 numerical ranks with LayerNorm {layernorm_ranks} of n0={config.input_dim}. "
-            "Bias-free W followed by LayerNorm is scale-invariant up to its epsilon, so x is a near-null direction "
-            "(J x = phi'(a) (z - mean) eps / s^3); whether float32 resolves it depends on the rank tolerance"),
-    }

@@ -88,6 +88,26 @@ def run(config: Config, context) -> dict:
         results[activation] = record
 
     labels = ["x", *[f"h{l}" for l in range(1, config.depth + 1)], "out"]
+    adjacent = {a: [float(results[a]["cka_linear"][l, l + 1]) for l in range(1, config.depth)]
+                for a in config.activations}
+    not_significant = {f"{a}/{key}": [[labels[i], labels[j]] for i, j in zip(*np.triu_indices(len(labels), 1))
+                                      if matrices[(a, key, "p")][i, j] >= config.alpha]
+                       for a in config.activations for key in TESTED}
+    return {"results": results, "layer_labels": labels, "linear_cka_between_adjacent_hidden_layers": adjacent,
+            "permutation_test": {"permutations": config.permutations, "alpha": config.alpha, "seed": context.seed,
+                                 "tested": list(TESTED), "pairs_not_significant": not_significant}}
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    results, labels = numbers["results"], numbers["layer_labels"]
+    matrices = {}
+    for activation in config.activations:
+        for kernel, debiased in VARIANTS:
+            key = f"{kernel}{'_debiased' if debiased else ''}"
+            matrices[(activation, key)] = np.array(results[activation][f"cka_{key}"], dtype=float)
+            if key in TESTED:
+                matrices[(activation, key, "p")] = np.array([[np.nan if p is None else p for p in row] for row in
+                                                             results[activation][f"cka_{key}_p_values"]], dtype=float)
     n_rows, n_cols = len(config.activations), len(VARIANTS) + 1
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.7 * n_cols, 2.6 * n_rows), squeeze=False)
     for i, activation in enumerate(config.activations):
@@ -118,12 +138,4 @@ def run(config: Config, context) -> dict:
         twin.set_ylim(-1, 1)
         ax.set_title("variance (solid), cosine (dashed)", fontsize=7)
     fig.tight_layout()
-    context.save_figure(fig)
-    adjacent = {a: [float(results[a]["cka_linear"][l, l + 1]) for l in range(1, config.depth)]
-                for a in config.activations}
-    not_significant = {f"{a}/{key}": [[labels[i], labels[j]] for i, j in zip(*np.triu_indices(len(labels), 1))
-                                      if matrices[(a, key, "p")][i, j] >= config.alpha]
-                       for a in config.activations for key in TESTED}
-    return {"results": results, "layer_labels": labels, "linear_cka_between_adjacent_hidden_layers": adjacent,
-            "permutation_test": {"permutations": config.permutations, "alpha": config.alpha, "seed": context.seed,
-                                 "tested": list(TESTED), "pairs_not_significant": not_significant}}
+    return {"": fig}

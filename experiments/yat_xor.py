@@ -88,11 +88,29 @@ def run(config: Config, context) -> dict:
     worst = relative_min.min(axis=0)
     nonnegative = b_values >= 0
 
+    context.save_arrays(**{f"region_{'constrained' if 'softplus' in name else 'free'}": region.astype(np.int8)
+                           for name, region in regions.items()}, points=x[:300], labels=y[:300])
+    return {
+        "single_unit": units,
+        "gram": {"b": b_values, "relative_min_eigenvalue_per_set": relative_min,
+                 "worst_relative_min_eigenvalue": worst},
+        "psd_for_all_nonnegative_b": bool(np.all(worst[nonnegative] >= -1e-6)),
+        "most_negative_relative_eigenvalue_for_negative_b": float(worst[~nonnegative].min()),
+        "largest_b_with_a_negative_eigenvalue": float(b_values[worst < -1e-6].max()) if np.any(worst < -1e-6) else None,
+    }
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    units, gram = numbers["single_unit"], numbers["gram"]
+    regions = {"b >= 0 (softplus)": arrays["region_constrained"], "b unconstrained": arrays["region_free"]}
+    x, y = arrays["points"], arrays["labels"]
+    b_values, relative_min = np.asarray(gram["b"]), np.asarray(gram["relative_min_eigenvalue_per_set"])
+    worst = np.asarray(gram["worst_relative_min_eigenvalue"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, (name, region) in zip(axes[:2], regions.items()):
+    for ax, (name, region) in zip(axes[:2], regions.items()):  # predicted class on the grid
         ax.imshow(region, origin="lower", extent=(-1, 1, -1, 1), cmap="coolwarm", alpha=0.35, interpolation="nearest")
         ax.contour(np.linspace(-1, 1, config.grid), np.linspace(-1, 1, config.grid), region, levels=[0.5], colors="k")
-        ax.scatter(x[:300, 0], x[:300, 1], c=y[:300], cmap="coolwarm", s=3, lw=0)
+        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=3, lw=0)
         u = units[name]
         ax.set_title(f"one Yat unit, {name}\ngrid accuracy {u['grid_accuracy']:.3f}, b = {u['b']:.3f}", fontsize=8)
         ax.set_aspect("equal")
@@ -108,12 +126,4 @@ def run(config: Config, context) -> dict:
     ax.set_title(f"PSD for b ≥ 0, lost for b < 0 (ε = {config.epsilon})", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    context.save_figure(fig)
-    return {
-        "single_unit": units,
-        "gram": {"b": b_values, "relative_min_eigenvalue_per_set": relative_min,
-                 "worst_relative_min_eigenvalue": worst},
-        "psd_for_all_nonnegative_b": bool(np.all(worst[nonnegative] >= -1e-6)),
-        "most_negative_relative_eigenvalue_for_negative_b": float(worst[~nonnegative].min()),
-        "largest_b_with_a_negative_eigenvalue": float(b_values[worst < -1e-6].max()) if np.any(worst < -1e-6) else None,
-    }
+    return {"": fig}
