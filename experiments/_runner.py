@@ -248,9 +248,12 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
     start = time.perf_counter()
     numbers = module.run(config, context)
     if hasattr(module, "plot"):  # drawn from what the JSON holds (keys sorted), so `replot` draws the same
-        for suffix, fig in module.plot(from_jsonable(json.loads(json.dumps(to_jsonable(numbers), sort_keys=True))),
-                                       dict(context.arrays), config).items():
-            context.save_figure(fig, suffix)
+        for suffix, drawn in module.plot(from_jsonable(json.loads(json.dumps(to_jsonable(numbers), sort_keys=True))),
+                                         dict(context.arrays), config).items():
+            if isinstance(drawn, (str, bytes)):  # a page or an animation: the file NAME+suffix as it is
+                context.write_file(f"{name}{suffix}", drawn)
+            else:
+                context.save_figure(drawn, suffix)
     wall_time = time.perf_counter() - start
     record = {
         "experiment": name,
@@ -292,8 +295,11 @@ def replot(name: str, out_dir: str | Path = "figures") -> list[Path]:
     manifest = read_manifest(out_dir)
     plotting.use_style()
     written = []
-    for suffix, fig in module.plot(from_jsonable(record["numbers"]), arrays, config).items():
-        written += plotting.save_figure(fig, out_dir / f"{name}{suffix}")
+    for suffix, drawn in module.plot(from_jsonable(record["numbers"]), arrays, config).items():
+        if isinstance(drawn, (str, bytes)):
+            written.append(atomic_write(out_dir / f"{name}{suffix}", drawn))
+        else:
+            written += plotting.save_figure(drawn, out_dir / f"{name}{suffix}")
     entry = manifest.setdefault(name, {"experiment": name, "sha256": {}})
     entry["sha256"].update({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written})
     write_json(out_dir / MANIFEST, dict(sorted(manifest.items())))

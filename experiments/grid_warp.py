@@ -93,6 +93,9 @@ def theory_fractions(name: str) -> dict:
     return {"folded": folded, "orientation_reversed": reversed_fraction, "derivative_zero": c}
 
 
+SHADES = np.array([0.1, 0.5, 0.88], dtype=np.float32)  # grey of a folded, an orientation-reversed, another point
+
+
 def measure(name: str, theta: float, points: np.ndarray) -> dict:
     J = jacobians.jacobian_field(layer(name, rotation(theta)), points)  # (N, 2, 2)
     folded = spectra.numerical_rank(J) < 2
@@ -100,7 +103,7 @@ def measure(name: str, theta: float, points: np.ndarray) -> dict:
     return {
         "folded": float(np.mean(np.asarray(folded), dtype=np.float64)),
         "orientation_reversed": float(np.mean(np.asarray(reversed_), dtype=np.float64)),
-        "shade": np.asarray(jnp.where(folded, 0.1, jnp.where(reversed_, 0.5, 0.88))),
+        "shade": np.asarray(jnp.where(folded, SHADES[0], jnp.where(reversed_, SHADES[1], SHADES[2]))),
     }
 
 
@@ -175,6 +178,26 @@ def run(config: Config, context) -> dict:
             per_angle[f"{angle:g}"] = m
         results[name] = {"theory": theory_fractions(name), "measured": per_angle}
 
+    # the shade of each disk point at the first angle (folded / reversed / neither), for the plot
+    context.save_arrays(**{f"shade_{name}": np.searchsorted(SHADES, masks[name]).astype(np.int8)
+                           for name in config.activations})
+    disk_fraction = len(points) / config.disk_grid**2
+    return {
+        "activations": results,
+        "measurement_points_in_disk": len(points),
+        "grid_resolution": 2.0 / (config.disk_grid - 1),
+        "disk_area_estimate": 4 * disk_fraction,
+    }
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    """The figure and the slider page: the maps φ(Wx) are drawn from their definition, the
+    measured fractions come from the JSON and the input shading from grid_warp.npz."""
+    results = numbers["activations"]
+    points = disk_points(config.disk_grid)
+    disk, hue = _scatter_disk(config)
+    thetas = [math.radians(a) for a in config.angles_deg]
+    masks = {name: SHADES[arrays[f"shade_{name}"]] for name in config.activations}
     n_rows, n_cols = len(config.activations), len(thetas) + 1
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.75 * n_cols, 1.75 * n_rows), squeeze=False)
     for row, name in enumerate(config.activations):
@@ -194,13 +217,4 @@ def run(config: Config, context) -> dict:
                 title += f"\nreversed {m['orientation_reversed']:.3f}"
             axes[row, col].set_title(title, fontsize=7)
     fig.tight_layout()
-    context.save_figure(fig)
-    context.log("rendering the slider page")
-    context.write_file(f"{context.name}.html", _html(config, disk, hue))
-    disk_fraction = len(points) / config.disk_grid**2
-    return {
-        "activations": results,
-        "measurement_points_in_disk": len(points),
-        "grid_resolution": 2.0 / (config.disk_grid - 1),
-        "disk_area_estimate": 4 * disk_fraction,
-    }
+    return {"": fig, ".html": _html(config, disk, hue)}
