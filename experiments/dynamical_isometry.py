@@ -144,7 +144,7 @@ def _rel(measured: float, predicted: float) -> float:
 
 
 def run(config: Config, context) -> dict:
-    results, positive_eigenvalues = [], []  # the histograms' samples: plotted, not written to the JSON
+    results, histograms = [], {}  # histograms of the positive eigenvalues: beside the JSON, for the plot
     for i, case in enumerate(context.progress(cases(), "spectra")):
         prediction = theory.isometry_prediction(case["activation"], case["sigma_w2"], case["sigma_b2"], config.depth,
                                                 case["weights"])
@@ -167,7 +167,8 @@ def run(config: Config, context) -> dict:
             if prediction["variance_over_mean2"] > 0 else abs(var / mean**2)
         record["mean_within_tolerance"] = record["mean_rel_error"] <= config.tolerance_mean
         record["variance_within_tolerance"] = record["variance_rel_error"] <= config.tolerance_variance
-        positive_eigenvalues.append(eig[~zero])
+        density, edges = np.histogram(np.log10(eig[~zero]), bins=60, density=True)
+        histograms.update({f"log10_eigenvalue_density_{i}": density, f"log10_eigenvalue_edges_{i}": edges})
         results.append(record)
 
     linear = {"identity": "linear Gaussian chain, σ_w² = 1", "rows": []}
@@ -191,7 +192,7 @@ def run(config: Config, context) -> dict:
         "worst_variance_rel_error": max(r["variance_rel_error"] for r in results),
         "worst_moment_rel_error": max(r["rel_error"] for r in linear["rows"]),
     }
-    _plot(config, context, results, positive_eigenvalues, linear, phase)
+    context.save_arrays(**histograms)
     return {"spectra": results, "fuss_catalan": linear, "phase_diagram": phase, "summary": summary,
             "N": config.width, "L": config.depth}
 
@@ -221,14 +222,14 @@ def phase_diagram(config: Config, context) -> dict:
             "critical_sigma_w2": critical_w2, "probes": points}
 
 
-def _plot(config, context, results, positive_eigenvalues, linear, phase) -> None:
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    results, linear, phase = numbers["spectra"], numbers["fuss_catalan"], numbers["phase_diagram"]
     fig = plt.figure(figsize=(14, 7.5))
     grid = fig.add_gridspec(2, 4)
-    for i, (r, positive) in enumerate(zip(results, positive_eigenvalues)):
-        ax = fig.add_subplot(grid[i // 4, i % 4]) if i < 6 else None
-        if ax is None:
-            break
-        ax.hist(np.log10(positive), bins=60, color=plotting.color(r["activation"]), alpha=0.8, density=True)
+    for i, r in enumerate(results[:6]):
+        ax = fig.add_subplot(grid[i // 4, i % 4])
+        ax.stairs(arrays[f"log10_eigenvalue_density_{i}"], arrays[f"log10_eigenvalue_edges_{i}"], fill=True,
+                  color=plotting.color(r["activation"]), alpha=0.8)
         ax.axvline(math.log10(r["prediction"]["mean"]), color="k", ls="--", lw=1, label="log₁₀ χ₁ᴸ (theory)")
         ax.axvline(math.log10(r["measured_mean"]), color="k", lw=1, label="log₁₀ mean (measured)")
         ax.set_title(f"{r['activation']} {r['weights']}, {r['regime']}\nσ_w²={r['sigma_w2']:.3f}, σ_b²={r['sigma_b2']}\n"
@@ -250,7 +251,7 @@ def _plot(config, context, results, positive_eigenvalues, linear, phase) -> None
     ax.set_title(f"linear Gaussian chain, N={config.width}\nlines Fuss–Catalan, points measured")
     ax.legend(fontsize=6)
     ax = fig.add_subplot(grid[1, 3])
-    mesh = ax.pcolormesh(phase["sigma_w2"], phase["sigma_b2"], np.log(phase["chi1"]), cmap="RdBu_r", vmin=-1, vmax=1,
+    mesh = ax.pcolormesh(phase["sigma_w2"], phase["sigma_b2"], np.log(np.asarray(phase["chi1"])), cmap="RdBu_r", vmin=-1, vmax=1,
                          shading="auto")
     fig.colorbar(mesh, ax=ax, label="log χ₁ (theory)")
     ax.plot(phase["critical_sigma_w2"], phase["critical_sigma_b2"], "k-", label="χ₁ = 1")
@@ -263,4 +264,4 @@ def _plot(config, context, results, positive_eigenvalues, linear, phase) -> None
     ax.set_title("tanh phase diagram")
     ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
-    context.save_figure(fig)
+    return {"": fig}
