@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +72,18 @@ def run(config: Config, context) -> dict:
             frames[activation].append((logits[:, 1] > logits[:, 0]).reshape(config.grid, config.grid))
             accuracy[activation].append(training.accuracy(model, x, y))
 
+    context.save_arrays(points=x, labels=y, **{f"frames_{a}": np.stack(frames[a]) for a in config.activations})
+    return {"frame_steps": steps, "train_accuracy": accuracy,
+            "final_train_accuracy": {a: accuracy[a][-1] for a in config.activations}}
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    """The GIF, the slider page and the last-frame figure, from the JSON and training_animation.npz."""
+    steps, accuracy = numbers["frame_steps"], numbers["train_accuracy"]
+    x, y = arrays["points"], arrays["labels"]
+    bounds = data.bounds_of(x)
+    frames = {a: arrays[f"frames_{a}"] for a in config.activations}  # (frames, grid, grid) bool each
+
     def draw(axes, index):
         for ax, activation in zip(axes, config.activations):
             ax.clear()
@@ -84,17 +98,15 @@ def run(config: Config, context) -> dict:
 
     fig, axes = plt.subplots(1, len(config.activations), figsize=(3.2 * len(config.activations), 3.4))
     anim = animation.FuncAnimation(fig, lambda i: draw(axes, i), frames=len(steps))
-    with plt.rc_context({"savefig.dpi": config.dpi, "animation.embed_limit": 5.0}):
+    with plt.rc_context({"savefig.dpi": config.dpi, "animation.embed_limit": 5.0}), \
+            tempfile.TemporaryDirectory() as scratch:  # the GIF writer needs a file
         html = plotting.animation_html(anim, "training_animation", fps=5, default_mode="once")
-        context.staging.mkdir(parents=True, exist_ok=True)  # the writer needs a file; staging is cleaned up
-        gif_path = context.staging / f".{context.name}.partial.gif"
-        anim.save(gif_path, writer=animation.PillowWriter(fps=5), dpi=config.dpi)
+        anim.save(Path(scratch) / "animation.gif", writer=animation.PillowWriter(fps=5), dpi=config.dpi)
+        gif = (Path(scratch) / "animation.gif").read_bytes()
     plt.close(fig)
-    context.write_file(f"{context.name}.gif", gif_path.read_bytes())
-    gif_path.unlink()
-    context.write_file(f"{context.name}.html", "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>"
-                       "training_animation</title></head><body><h3>Spiral, tanh vs no activation: decision regions "
-                       "during training (drag the slider)</h3>\n" + html + "\n</body></html>\n")
+    page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>training_animation</title></head><body><h3>"
+            "Spiral, tanh vs no activation: decision regions during training (drag the slider)</h3>\n" + html
+            + "\n</body></html>\n")
 
     fig = plt.figure(figsize=(10, 3.4))
     grid_spec = fig.add_gridspec(1, len(config.activations) + 1)
@@ -108,6 +120,4 @@ def run(config: Config, context) -> dict:
     ax.set_ylabel("train accuracy")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    context.save_figure(fig)
-    return {"frame_steps": steps, "train_accuracy": accuracy,
-            "final_train_accuracy": {a: accuracy[a][-1] for a in config.activations}}
+    return {".gif": gif, ".html": page, "": fig}
