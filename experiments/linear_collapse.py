@@ -113,6 +113,11 @@ def run(config: Config, context) -> dict:
         bounds = drawn_on.bounds(x)
         decision = decision_values(trained.model, drawn_on.grid(bounds, config.grid))
         boundaries[(dataset, activation)] = (bounds, decision, x, y, drawn_on)
+        context.save_arrays(**{f"decision {dataset} {activation}": decision.astype(np.float16)})
+        if activation == config.activations[0]:  # the same data and plane for every activation
+            context.save_arrays(**{f"points {dataset}": drawn_on.coordinates(x), f"labels {dataset}": y,
+                                   f"bounds {dataset}": np.asarray(bounds),
+                                   f"input plane {dataset}": np.asarray(drawn_on.is_input_plane)})
         results[f"{dataset}/{activation}"] = record
 
     linear_best = {}
@@ -128,7 +133,6 @@ def run(config: Config, context) -> dict:
             record["best_linear_accuracy"] = linear_best[dataset]
             record["none_not_better_than_best_line"] = record["train_accuracy"] <= linear_best[dataset] + 1e-9
 
-    _plot(config, context, results, boundaries, linear_best, list(paths))
     summary = {}
     if "identity" in config.activations:
         summary["max_rank_W_total"] = max(results[f"{d}/identity"]["collapse"]["numerical_rank"] for d in paths)
@@ -144,16 +148,21 @@ def run(config: Config, context) -> dict:
     return {"results": results, "best_linear_accuracy": linear_best, "summary": summary}
 
 
-def _plot(config, context, results, boundaries, linear_best, datasets) -> None:
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    """Decision regions (linear_collapse.npz: float16 maps, enough for a colour and a contour) over the
+    data, with the numbers from the JSON."""
+    results, linear_best = numbers["results"], numbers["best_linear_accuracy"]
+    datasets = [display_name(d) for d in config.datasets]
     rows, cols = len(datasets), len(config.activations)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
     for i, dataset in enumerate(datasets):
+        shown, y = arrays[f"points {dataset}"], arrays[f"labels {dataset}"]
+        bounds = tuple(float(b) for b in arrays[f"bounds {dataset}"])
+        classes = int(y.max()) + 1
         for j, activation in enumerate(config.activations):
             ax = axes[i, j]
-            bounds, decision, x, y, drawn_on = boundaries[(dataset, activation)]
-            classes = int(y.max()) + 1
+            decision = arrays[f"decision {dataset} {activation}"].astype(np.float32)
             draw_decision(ax, decision, bounds, config.grid, classes)
-            shown = drawn_on.coordinates(x)
             ax.scatter(shown[:, 0], shown[:, 1], c=y, s=1.5, lw=0, **class_colours(classes))
             r = results[f"{dataset}/{activation}"]
             label = "none" if activation == "identity" else activation
@@ -165,6 +174,6 @@ def _plot(config, context, results, boundaries, linear_best, datasets) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel(dataset if drawn_on.is_input_plane else f"{dataset}: PC1–PC2 plane")
+                ax.set_ylabel(dataset if bool(arrays[f"input plane {dataset}"]) else f"{dataset}: PC1–PC2 plane")
     fig.tight_layout()
-    context.save_figure(fig)
+    return {"": fig}
