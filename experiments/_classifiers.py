@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from matplotlib.colors import ListedColormap
 
-from geometry import data, models, training
+from geometry import data, models, plotting, training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +138,15 @@ def decision_values(model, points: np.ndarray) -> np.ndarray:
     if logits.shape[1] == 2:
         return logits[:, 1] - logits[:, 0]
     return np.argmax(logits, axis=1).astype(np.float32)
+
+
+def decision_to_keep(values: np.ndarray, resolution: int, classes: int) -> np.ndarray:
+    """`decision_values` as an experiment keeps them beside its JSON: for two classes only the cells
+    the boundary crosses keep their values (`plotting.contour_support`: the same boundary, a tiny
+    file); predicted classes as small integers."""
+    if classes == 2:
+        return plotting.contour_support(values, (resolution, resolution))
+    return np.asarray(values).astype(np.int16)
 
 
 def class_colours(classes: int) -> dict:

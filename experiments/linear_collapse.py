@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import (ClassifierSpec, class_colours, decision_values, display_name, draw_decision,
-                                      trained_classifier)
+from experiments._classifiers import (ClassifierSpec, class_colours, decision_to_keep, decision_values, display_name,
+                                      draw_decision, trained_classifier)
 from geometry import jacobians, plane, plotting, spectra
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "gelu", "silu")  # identity is "none"
@@ -113,7 +113,8 @@ def run(config: Config, context) -> dict:
         bounds = drawn_on.bounds(x)
         decision = decision_values(trained.model, drawn_on.grid(bounds, config.grid))
         boundaries[(dataset, activation)] = (bounds, decision, x, y, drawn_on)
-        context.save_arrays(**{f"decision {dataset} {activation}": decision.astype(np.float16)})
+        context.save_arrays(**{f"decision {dataset} {activation}": decision_to_keep(decision, config.grid,
+                                                                                     int(y.max()) + 1)})
         if activation == config.activations[0]:  # the same data and plane for every activation
             context.save_arrays(**{f"points {dataset}": drawn_on.coordinates(x), f"labels {dataset}": y,
                                    f"bounds {dataset}": np.asarray(bounds),
@@ -149,8 +150,8 @@ def run(config: Config, context) -> dict:
 
 
 def plot(numbers: dict, arrays: dict, config: Config) -> dict:
-    """Decision regions (linear_collapse.npz: float16 maps, enough for a colour and a contour) over the
-    data, with the numbers from the JSON."""
+    """Decision regions (linear_collapse.npz: the maps as `decision_to_keep` stores them) over the data,
+    with the numbers from the JSON."""
     results, linear_best = numbers["results"], numbers["best_linear_accuracy"]
     datasets = [display_name(d) for d in config.datasets]
     rows, cols = len(datasets), len(config.activations)
@@ -161,7 +162,7 @@ def plot(numbers: dict, arrays: dict, config: Config) -> dict:
         classes = int(y.max()) + 1
         for j, activation in enumerate(config.activations):
             ax = axes[i, j]
-            decision = arrays[f"decision {dataset} {activation}"].astype(np.float32)
+            decision = arrays[f"decision {dataset} {activation}"].astype(np.float32)  # exact where it matters
             draw_decision(ax, decision, bounds, config.grid, classes)
             ax.scatter(shown[:, 0], shown[:, 1], c=y, s=1.5, lw=0, **class_colours(classes))
             r = results[f"{dataset}/{activation}"]

@@ -30,8 +30,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import EllipseCollection
 
-from experiments._classifiers import (ClassifierSpec, class_colours, decision_values, display_name, draw_decision,
-                                      trained_classifier)
+from experiments._classifiers import (ClassifierSpec, class_colours, decision_to_keep, decision_values, display_name,
+                                      draw_decision, trained_classifier)
 from geometry import data, jacobians, metric, plane, plotting, probe, spectra
 
 PIECEWISE_LINEAR = ("relu", "leaky_relu")
@@ -63,7 +63,6 @@ def activation_patterns(model, points: np.ndarray) -> np.ndarray:
 
 def run(config: Config, context) -> dict:
     results = {}
-    maps = {}
     for activation, width in context.progress(config.networks, "networks"):
         key = f"{activation}/{width}"
         spec = ClassifierSpec(dataset=config.dataset, activation=activation, width=width, depth=config.depth,
@@ -88,44 +87,81 @@ def run(config: Config, context) -> dict:
         if activation in PIECEWISE_LINEAR:
             patterns = activation_patterns(trained.model, drawn_on.points(points))
             record["linear_regions_on_grid"] = int(len(np.unique(patterns)))
-            maps[key] = {"patterns": patterns}
-        maps.setdefault(key, {}).update(
-            stats=stats, g=np.asarray(g), decision=decision_values(trained.model, drawn_on.points(points)),
-            trained=trained)
+            context.save_arrays(**{f"{key} patterns": patterns.astype(np.int32)})
+        semi_axes, angle = glyphs(np.asarray(g), config)
+        finite_condition = np.where(np.isfinite(stats["condition_number"]), stats["condition_number"], np.nan)
+        shown = {"half_log_det_g": stats["log_volume"], "log10_sigma_min": np.log10(np.maximum(stats["sigma_min"], 1e-12)),
+                 "log10_condition": np.log10(finite_condition)}
+        for panel, values in shown.items():  # at the precision of a colour map (`plotting.quantise`)
+            q = plotting.quantise(values)
+            context.save_arrays(**{f"{key} {panel}": q["codes"], f"{key} {panel} range": [q["low"], q["high"]]})
+        decision = decision_values(trained.model, drawn_on.points(points))
+        context.save_arrays(**{
+            f"{key} singular": stats["numerical_rank"] < 2,
+            f"{key} decision": decision_to_keep(decision, config.grid, trained.classes),
+            f"{key} glyph_semi_axes": semi_axes, f"{key} glyph_angle": angle})
+        if key == f"{config.networks[0][0]}/{config.networks[0][1]}":  # one data split for every network
+            context.save_arrays(points=drawn_on.coordinates(trained.x_train), labels=trained.y_train)
         results[key] = record
 
+    name = display_name(config.dataset)
+    d, classes = trained.x_train.shape[1], trained.classes
+    numbers = {"networks": results, "grid": config.grid, "bounds": bounds,
+               "architecture": f"{d} -> width x {config.depth} -> {classes}, trained on {name}; keys are activation/width"}
+    if not drawn_on.is_input_plane:
+        numbers["plane"] = {"axes": "first two principal components of the training inputs, through their mean",
+                            "explained_variance": list(drawn_on.explained_variance)}
+    return numbers
+
+
+def glyphs(g: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Semi-axes (P, 2) and angles (P,) of the metric ellipses on the coarse glyph sub-grid."""
+    flat = _glyph_index(config)
+    semi_axes, angle = (np.asarray(a) for a in metric.metric_ellipse(jnp.asarray(g[flat])))
+    return semi_axes, angle
+
+
+def _glyph_index(config: Config) -> np.ndarray:
+    step = max(1, config.grid // config.glyph_grid)
+    index = np.arange(config.grid)[step // 2 :: step]
+    return (index[:, None] * config.grid + index[None, :]).ravel()  # row-major (y, x)
+
+
+def plot(numbers: dict, arrays: dict, config: Config) -> dict:
+    """Six panels per network from the JSON and pullback.npz."""
+    results = numbers["networks"]
+    extent = tuple(numbers["bounds"])
+    x, y = arrays["points"], arrays["labels"]
+    classes = int(y.max()) + 1
     n_cols = 6
     fig, axes = plt.subplots(len(config.networks), n_cols, figsize=(2.4 * n_cols, 2.4 * len(config.networks)),
                              squeeze=False)
     shape = (config.grid, config.grid)
     for row, (activation, width) in enumerate(config.networks):
         key = f"{activation}/{width}"
-        m, r = maps[key], results[key]
-        x, y = drawn_on.coordinates(m["trained"].x_train), m["trained"].y_train
-        extent = bounds
-        panels = [
-            ("½ log det g", np.where(np.isfinite(m["stats"]["log_volume"]), m["stats"]["log_volume"], np.nan), "viridis"),
-            ("log₁₀ σ_min(J)", np.log10(np.maximum(m["stats"]["sigma_min"], 1e-12)), "magma"),
-            ("log₁₀ cond(J)", np.log10(np.where(np.isfinite(m["stats"]["condition_number"]),
-                                                 m["stats"]["condition_number"], np.nan)), "cividis"),
-        ]
-        for col, (title, values, cmap) in enumerate(panels):
+        r = results[key]
+        panels = [("½ log det g", "half_log_det_g", "viridis"), ("log₁₀ σ_min(J)", "log10_sigma_min", "magma"),
+                  ("log₁₀ cond(J)", "log10_condition", "cividis")]
+        singular = arrays[f"{key} singular"].reshape(shape)
+        for col, (title, panel, cmap) in enumerate(panels):
             ax = axes[row, col]
-            image = ax.imshow(values.reshape(shape), origin="lower", extent=extent, cmap=cmap)
-            singular = (m["stats"]["numerical_rank"] < 2).reshape(shape)
+            low, high = (float(v) for v in arrays[f"{key} {panel} range"])
+            values = plotting.dequantise(arrays[f"{key} {panel}"], low, high)
+            image = ax.imshow(values.reshape(shape), origin="lower", extent=extent, cmap=cmap, vmin=low, vmax=high)
             if singular.any():
                 ax.contourf(np.linspace(*extent[:2], config.grid), np.linspace(*extent[2:], config.grid), singular,
                             levels=[0.5, 1.5], colors=["red"], alpha=0.35)
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
             ax.set_title(title + (" (red: g singular)" if singular.any() else ""), fontsize=7)
         ax = axes[row, 3]
-        _ellipses(ax, m, config, extent)
+        _ellipses(ax, arrays[f"{key} glyph_semi_axes"], arrays[f"{key} glyph_angle"], config, extent)
         ax.set_title("metric ellipses, data, boundary", fontsize=7)
-        ax.scatter(x[:, 0], x[:, 1], c=y, s=1, lw=0, **class_colours(int(y.max()) + 1))
-        draw_decision(ax, m["decision"], extent, config.grid, int(y.max()) + 1, fill=False)
+        ax.scatter(x[:, 0], x[:, 1], c=y, s=1, lw=0, **class_colours(classes))
+        draw_decision(ax, arrays[f"{key} decision"].astype(np.float32), extent, config.grid, classes, fill=False)
         ax = axes[row, 4]
-        if "patterns" in m:
-            shuffled = np.random.default_rng(0).permutation(m["patterns"].max() + 1)[m["patterns"]]
+        if f"{key} patterns" in arrays:
+            patterns = arrays[f"{key} patterns"]
+            shuffled = np.random.default_rng(0).permutation(patterns.max() + 1)[patterns]
             ax.imshow(shuffled.reshape(shape), origin="lower", extent=extent, cmap="tab20", interpolation="nearest")
             ax.set_title(f"linear regions: {r['linear_regions_on_grid']}", fontsize=7)
         else:
@@ -144,28 +180,18 @@ def run(config: Config, context) -> dict:
     for ax in axes[:, :5].flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    name = display_name(config.dataset)
-    if not drawn_on.is_input_plane:
-        fig.suptitle(f"{name}: maps on the plane through the data mean spanned by "
-                     f"{' and '.join(drawn_on.axis_labels)}; g is the metric induced on that plane", fontsize=9)
+    if "plane" in numbers:
+        pcs = " and ".join(f"PC{i + 1} ({100 * v:.0f}% of variance)"
+                           for i, v in enumerate(numbers["plane"]["explained_variance"]))
+        fig.suptitle(f"{display_name(config.dataset)}: maps on the plane through the data mean spanned by {pcs}; "
+                     "g is the metric induced on that plane", fontsize=9)
     fig.tight_layout()
-    context.save_figure(fig)
-    d, classes = trained.x_train.shape[1], trained.classes
-    numbers = {"networks": results, "grid": config.grid, "bounds": bounds,
-               "architecture": f"{d} -> width x {config.depth} -> {classes}, trained on {name}; keys are activation/width"}
-    if not drawn_on.is_input_plane:
-        numbers["plane"] = {"axes": "first two principal components of the training inputs, through their mean",
-                            "explained_variance": list(drawn_on.explained_variance)}
-    return numbers
+    return {"": fig}
 
 
-def _ellipses(ax, m: dict, config: Config, extent) -> None:
+def _ellipses(ax, semi_axes: np.ndarray, angle: np.ndarray, config: Config, extent) -> None:
     """Glyphs on a coarse sub-grid: the image shape of a small circle, normalised per panel."""
-    step = max(1, config.grid // config.glyph_grid)
-    index = np.arange(config.grid)[step // 2 :: step]
-    flat = (index[:, None] * config.grid + index[None, :]).ravel()  # row-major (y, x)
-    points = data.grid(extent, config.grid)[flat]
-    semi_axes, angle = (np.asarray(a) for a in metric.metric_ellipse(jnp.asarray(m["g"][flat])))
+    points = data.grid(extent, config.grid)[_glyph_index(config)]
     spacing = (extent[1] - extent[0]) / config.glyph_grid
     scale = 0.9 * spacing / max(float(np.median(semi_axes[:, 0])) * 2, 1e-12)
     widths = np.clip(2 * semi_axes[:, 0] * scale, 0, 1.5 * spacing)

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # figures are files; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -86,3 +87,43 @@ def save_figure(fig, stem: str | os.PathLike, *, formats=("png", "pdf")) -> list
         paths.append(atomic_write(stem.with_suffix(f".{fmt}"), buffer.getvalue()))
     plt.close(fig)
     return paths
+
+
+# Arrays kept beside the JSON for drawing only (an experiment's NAME.npz) are stored at the precision
+# a figure resolves, so the files stay small: a colour map has 256 entries, and a level-0 contour
+# reads only the grid cells it crosses.
+
+def quantise(values) -> dict:
+    """{"codes": uint8, "low", "high"}: finite values as 255 levels over [low, high] (code 255: not
+    finite). `dequantise` gives back level centres; imshow of those with vmin=low, vmax=high picks
+    the colour-map entry of the original value, up to one entry of 256."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 1.0)
+    span = high - low if high > low else 1.0
+    codes = np.where(finite, np.clip(np.floor((np.where(finite, values, low) - low) / span * 255), 0, 254), 255)
+    return {"codes": codes.astype(np.uint8), "low": low, "high": high}
+
+
+def dequantise(codes, low: float, high: float) -> np.ndarray:
+    """float32 level centres of `quantise`'s codes (NaN where the value was not finite)."""
+    codes = np.asarray(codes)
+    span = high - low if high > low else 1.0
+    values = low + (codes.astype(np.float64) + 0.5) / 255 * span
+    return np.where(codes == 255, np.nan, np.minimum(values, high)).astype(np.float32)
+
+
+def contour_support(values, shape: tuple[int, int]) -> np.ndarray:
+    """`values` (on a grid of `shape`) with every point outside the grid cells the level-0 contour
+    crosses replaced by ±1 (its sign): the level-0 contour is unchanged, and the array compresses
+    to almost nothing."""
+    grid = np.asarray(values, dtype=np.float32).reshape(shape)
+    positive = grid > 0
+    crossed = np.zeros((shape[0] - 1, shape[1] - 1), dtype=bool)  # cells with corners on both sides
+    corners = (positive[:-1, :-1], positive[1:, :-1], positive[:-1, 1:], positive[1:, 1:])
+    crossed = np.logical_or.reduce(corners) & ~np.logical_and.reduce(corners)
+    keep = np.zeros(shape, dtype=bool)
+    for di in (0, 1):
+        for dj in (0, 1):
+            keep[di : di + shape[0] - 1, dj : dj + shape[1] - 1] |= crossed
+    return np.where(keep, grid, np.where(positive, 1.0, -1.0)).astype(np.float32).reshape(np.shape(values))

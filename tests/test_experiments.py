@@ -53,6 +53,24 @@ def test_every_experiment_writes_its_outputs(quick_records):
     assert (out / "grid_warp.html").stat().st_size < 5 * 2**20
 
 
+def test_every_figure_redraws_from_its_files_alone(quick_records):
+    """Each experiment separates computing from drawing: `python -m experiments plot NAME` redraws
+    from NAME.json (and NAME.npz) byte for byte what the run drew, and the manifest stays valid."""
+    from experiments._runner import load, replot, verify
+
+    _, out = quick_records
+    for name in EXPERIMENTS:
+        assert hasattr(load(name), "plot"), f"{name} still draws inside run()"
+        drawn = {p.name: p.read_bytes() for p in out.glob(f"{name}*") if p.suffix in (".png", ".gif", ".html")}
+        redrawn = replot(name, out)
+        assert {p.name for p in redrawn} >= set(drawn), name
+        for filename, content in drawn.items():
+            assert (out / filename).read_bytes() == content, f"{filename} differs when redrawn"
+    assert verify(out) == []
+    result = _cli("plot", "no_such_experiment")
+    assert result.returncode == 2 and "unknown experiment(s)" in result.stderr
+
+
 def test_activations_numbers(quick_records):
     numbers = quick_records[0]["activations"]["numbers"]
     assert all(m["facts_agree"] for m in numbers["activations"].values())
