@@ -1,9 +1,12 @@
 """One experiment per figure family; run them with `python -m experiments [NAME ...] [--quick]`.
 
 Each experiment module defines a frozen dataclass `Config` (the full run), `QUICK` (a
-small variant for CI), and `run(config, context) -> dict` returning every number its
-figure shows. The runner (`experiments._runner`) adds config, seed, versions, device and
-wall time, and writes figures/NAME.{png,pdf,json} atomically.
+small variant for CI), `run(config, context) -> dict` returning every number its figure
+shows (arrays the figure needs go to `context.save_arrays`, kept as NAME.npz), and
+`plot(numbers, arrays, config) -> {suffix: figure, page or animation}` drawing from those
+alone. The runner (`experiments._runner`) adds config, seed, versions, device and wall
+time, calls `plot` with the numbers as the JSON holds them, and writes
+figures/NAME.{png,pdf,json,npz} as a set; `python -m experiments plot NAME` redraws.
 """
 
 # name -> module, in the order `all` runs them

@@ -1,7 +1,7 @@
 """Singular-value spectra of deep random networks against mean-field and free-probability theory.
 
 Command:  python -m experiments dynamical_isometry [--quick]
-Writes:   figures/dynamical_isometry.{png,pdf,json}
+Writes:   figures/dynamical_isometry.{png,pdf,json,npz}
 Runtime:  ~4 min on 2 CPU cores (quick: ~20 s).
 
 For an L-layer network h_l = φ(W_l h_{l−1} + b_l) of width N with W ~ N(0, σ_w²/N)

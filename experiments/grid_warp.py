@@ -1,7 +1,7 @@
 """A grid and the unit disk pushed through φ(Wx), W a 2-D rotation: who folds the plane.
 
 Command:  python -m experiments grid_warp [--quick]
-Writes:   figures/grid_warp.{png,pdf,json} and figures/grid_warp.html (rotation slider)
+Writes:   figures/grid_warp.{png,pdf,json,npz} and figures/grid_warp.html (rotation slider)
 Runtime:  ~60 s on 2 CPU cores (quick: ~15 s).
 
 Rows are activations, columns rotation angles θ. The first column shows, in input

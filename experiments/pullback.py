@@ -1,7 +1,7 @@
 """The pullback metric of networks trained on the two-arm spiral, mapped over the input plane.
 
 Command:  python -m experiments pullback [--quick]
-Writes:   figures/pullback.{png,pdf,json}
+Writes:   figures/pullback.{png,pdf,json,npz}
 Runtime:  ~1 min on 2 CPU cores (quick: ~20 s); reuses the spiral networks of `tradeoff`.
 
 For each activation, an MLP 2 → 32 ×4 → 2 trained on the spiral (`experiments._classifiers`;

@@ -1,7 +1,7 @@
 """The spiral learned by tanh and by no activation, frame by frame, as a GIF and a slider page.
 
 Command:  python -m experiments training_animation [--quick]
-Writes:   figures/training_animation.{png,pdf,json,gif,html}
+Writes:   figures/training_animation.{png,pdf,json,npz,gif,html}
 Runtime:  ~1 min on 2 CPU cores (quick: ~15 s).
 
 Two MLPs 2 → 32 ×4 → 2 (tanh, and none = identity) are trained full-batch with Adam on the

@@ -1,7 +1,7 @@
 """One Yat unit against XOR, and where the Yat kernel stops being positive semi-definite.
 
 Command:  python -m experiments yat_xor [--quick]
-Writes:   figures/yat_xor.{png,pdf,json}
+Writes:   figures/yat_xor.{png,pdf,json,npz}
 Runtime:  ~30 s on 2 CPU cores (quick: ~10 s).
 
 (a, b) A single Yat unit y = α (w·x + b)² / (‖w − x‖² + ε) followed by a 1 → 2 linear

@@ -38,7 +38,8 @@ import dataclasses
 import functools
 import inspect
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from geometry.functional import StaticKey
-from geometry.shapes import as_float_array
+from geometry.shapes import AnyArray, Shaped, as_float_array, shape_checked
 
 MODES = ("auto", "forward", "reverse")
 POINT_AXIS = "points"  # the name of the 1-D device mesh axis the points are split over
@@ -359,7 +360,8 @@ def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None,
     return result
 
 
-def jacobian_field(f, points, *, mode: str = "auto", params=None, chunk_size: int | None = None,
+@shape_checked
+def jacobian_field(f, points: Shaped[AnyArray, "N *input"], *, mode: str = "auto", params=None, chunk_size: int | None = None,
                    reduce: Callable | None = None, devices: Sequence[jax.Device] | None = None,
                    batched: bool = False, as_matrix: bool = False, check_finite: bool = True):
     """The Jacobian of f at every point: (N, *out_shape, *in_shape), what `jax.jacobian` gives per point.

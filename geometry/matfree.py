@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from geometry import jacobians
+from geometry.shapes import AnyArray, Shaped, shape_checked
 
 WHICH = ("largest", "smallest")
 
@@ -205,7 +206,8 @@ def _prepare(f, points, params):
     return pure, params, points, m, n
 
 
-def singular_values(f, points, k: int, *, which: str = "largest", params=None, steps: int | None = None,
+@shape_checked
+def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: str = "largest", params=None, steps: int | None = None,
                     tol: float = 1e-5, strict: bool = False, seed: int = 0, chunk_size: int | None = None,
                     devices=None) -> dict:
     """The k largest (or smallest) singular values of each point's Jacobian without forming it.
@@ -280,7 +282,8 @@ def _per_probe(per_point, f, points, params, probes, steps, default_steps, seed,
     return np.asarray(values, np.float64), steps
 
 
-def log_volume(f, points, *, params=None, probes: int = 32, steps: int | None = None, seed: int = 0,
+@shape_checked
+def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: int = 32, steps: int | None = None, seed: int = 0,
                chunk_size: int | None = None, devices=None) -> dict:
     """Σ log σ_i over the min(m, n) singular values of each point's Jacobian, by SLQ.
 
@@ -296,7 +299,8 @@ def log_volume(f, points, *, params=None, probes: int = 32, steps: int | None = 
             "probes": int(probes), "steps": steps}
 
 
-def frobenius_norm_squared(f, points, *, params=None, probes: int = 32, seed: int = 0,
+@shape_checked
+def frobenius_norm_squared(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: int = 32, seed: int = 0,
                            chunk_size: int | None = None, devices=None) -> dict:
     """‖J‖_F² = tr JᵀJ at each point by Hutchinson's estimator E_z ‖J z‖² (z Rademacher):
     {"values": (N,), "standard_error": (N,), "probes"}."""
@@ -306,7 +310,8 @@ def frobenius_norm_squared(f, points, *, params=None, probes: int = 32, seed: in
             "probes": int(probes)}
 
 
-def spectral_density(f, x, *, params=None, probes: int = 16, steps: int | None = None, grid=None,
+@shape_checked
+def spectral_density(f, x: Shaped[AnyArray, "*input"], *, params=None, probes: int = 16, steps: int | None = None, grid=None,
                      bandwidth: float | None = None, seed: int = 0) -> dict:
     """The density of the squared singular values λ = σ² of J at ONE point x (the eigenvalues of
     the smaller Gram matrix, normalised to total mass 1), by SLQ: each probe gives a discrete

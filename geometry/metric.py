@@ -17,7 +17,7 @@ import jax.scipy.linalg  # eigh_tridiagonal, solve_triangular
 import numpy as np
 
 from geometry import layers
-from geometry.shapes import AnyArray, Float, as_float_array, shape_checked
+from geometry.shapes import AnyArray, Float, Shaped, as_float_array, shape_checked
 
 
 def _finite(name: str, value, minimum_rows: int = 1) -> jax.Array:
@@ -210,7 +210,8 @@ def _point_sets(X, Y, minimum: int):
     return X.reshape(len(X), -1), Y.reshape(len(Y), -1)
 
 
-def knn_agreement(X, Y, k: int = 10) -> float:
+@shape_checked
+def knn_agreement(X: Shaped[AnyArray, "N ..."], Y: Shaped[AnyArray, "N ..."], k: int = 10) -> float:
     """Mean over points of |N_k^X(i) ∩ N_k^Y(i)| / k: how much of each point's k-nearest-
     neighbour set in X survives in Y (1 = neighbourhoods preserved; k/(N−1) = chance).
     Ties in Y (e.g. points a ReLU layer collapsed together) are broken by index."""
@@ -250,7 +251,8 @@ def spearman(a, b) -> float:
     return float(np.sum(ra * rb) / denominator) if denominator > 0 else 0.0
 
 
-def distance_rank_correlation(X, Y) -> float:
+@shape_checked
+def distance_rank_correlation(X: Shaped[AnyArray, "N ..."], Y: Shaped[AnyArray, "N ..."]) -> float:
     """Spearman ρ between all pairwise distances in X and the same pairs' distances in Y."""
     X, Y = _point_sets(X, Y, minimum=3)
     upper = np.triu_indices(len(X), k=1)

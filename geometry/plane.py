@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geometry import data
+from geometry.shapes import AnyArray, Shaped, shape_checked
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -81,7 +82,8 @@ def input_plane() -> Plane:
     return Plane(np.zeros(2, np.float32), np.eye(2, dtype=np.float32))
 
 
-def pca_plane(x: np.ndarray) -> Plane:
+@shape_checked
+def pca_plane(x: Shaped[AnyArray, "N *features"]) -> Plane:
     """The plane through the mean of x (N, ...) spanned by its first two principal components."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if len(x) < 3 or x.shape[1] < 2:
@@ -100,7 +102,8 @@ def pca_plane(x: np.ndarray) -> Plane:
     return Plane(mean.astype(np.float32), basis.astype(np.float32), explained)
 
 
-def data_plane(x: np.ndarray) -> Plane:
+@shape_checked
+def data_plane(x: Shaped[AnyArray, "N *features"]) -> Plane:
     """The plane maps of a model on x are drawn in: the input plane itself for 2-D data, otherwise
     `pca_plane(x)`."""
     x = np.asarray(x)

@@ -35,7 +35,8 @@ import fnmatch
 import functools
 import math
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,7 @@ from flax import nnx
 
 from geometry import jacobians
 from geometry.functional import StaticKey
+from geometry.shapes import AnyArray, Shaped, shape_checked
 
 _MISSING = object()
 _PATCH_LOCK = threading.RLock()
@@ -353,17 +355,20 @@ def _values(model, points, layers, which: str, chunk_size, devices, batched):
     return _ordered(jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices), keys)
 
 
-def outputs(model, points, layers=None, *, chunk_size: int | None = None, devices=None, batched: bool = False):
+@shape_checked
+def outputs(model, points: Shaped[AnyArray, "N *input"], layers=None, *, chunk_size: int | None = None, devices=None, batched: bool = False):
     """{path: (N, *output_shape)}: what each selected layer returns at every point."""
     return _values(model, points, layers, "outputs", chunk_size, devices, batched)
 
 
-def inputs(model, points, layers=None, *, chunk_size: int | None = None, devices=None, batched: bool = False):
+@shape_checked
+def inputs(model, points: Shaped[AnyArray, "N *input"], layers=None, *, chunk_size: int | None = None, devices=None, batched: bool = False):
     """{path: (N, *input_shape)}: the first positional argument each selected layer receives."""
     return _values(model, points, layers, "inputs", chunk_size, devices, batched)
 
 
-def input_jacobian_field(model, points, layers=None, *, mode: str = "auto", chunk_size: int | None = None,
+@shape_checked
+def input_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=None, *, mode: str = "auto", chunk_size: int | None = None,
                          reduce: Callable | None = None, devices=None, batched: bool = False,
                          as_matrix: bool = False, check_finite: bool = True) -> dict[str, Any]:
     """{path: (N, *output_shape, *input_shape)}: ∂(output of the layer)/∂x at every point.
@@ -407,7 +412,8 @@ class _LocalJacobians(StaticKey):
         return result
 
 
-def local_jacobian_field(model, points, layers=None, *, mode: str = "auto", chunk_size: int | None = None,
+@shape_checked
+def local_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=None, *, mode: str = "auto", chunk_size: int | None = None,
                          reduce: Callable | None = None, devices=None, batched: bool = False,
                          as_matrix: bool = False, check_finite: bool = True) -> dict[str, Any]:
     """{path: (N, *output_shape, *layer_input_shape)}: each layer's own Jacobian

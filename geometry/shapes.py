@@ -39,6 +39,9 @@ def _summary(message: str) -> str:
     """jaxtyping's report in one line: which argument, what it got, what shape it should have."""
     name = re.search(r"parameter '(\w+)'", message)
     actual = re.search(r"Actual value: (.*)", message)
+    plain = re.search(r"Expected type: <class '([\w.]+)'>", message)  # a non-array annotation (int, str, ...)
+    if name and actual and plain:
+        return f"argument {name.group(1)} is {actual.group(1).strip()}; expected {plain.group(1)}"
     expected = re.search(r"(Float|Int|Shaped)\[[^,]+, '([^']*)'\]", message)
     if "return" in message.split("Actual value")[0] and name is None:
         return "returned a value of the wrong type or shape (a bug: please report it)\n" + message

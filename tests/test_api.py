@@ -39,10 +39,15 @@ def test_jacobian_field_signature_is_the_designed_one():
 SHAPE_CHECKED = {
     "spectra": ["singular_values", "numerical_rank", "effective_rank", "stable_rank", "condition_number", "log_volume",
                 "summary"],
-    "metric": ["pullback_metric", "dense_layer_singular_values", "metric_ellipse", "pairwise_distances"],
+    "metric": ["pullback_metric", "dense_layer_singular_values", "metric_ellipse", "pairwise_distances", "knn_agreement",
+               "distance_rank_correlation"],
     "similarity": ["cka", "cka_permutation_test"],
     "collapse": ["collapse_metrics"],
     "kernels": ["gram", "min_eigenvalue", "is_psd", "rkhs_norm"],
+    "jacobians": ["jacobian_field"],
+    "probe": ["outputs", "inputs", "input_jacobian_field", "local_jacobian_field"],
+    "matfree": ["singular_values", "log_volume", "frobenius_norm_squared", "spectral_density"],
+    "plane": ["pca_plane", "data_plane"],
 }
 
 

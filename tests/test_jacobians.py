@@ -123,8 +123,10 @@ def test_bad_points_raise_named_errors(nans_allowed):
         jacobians.jacobian_field(model, np.ones((0, 2)))
     with pytest.raises(ValueError, match=r"one point of shape \(\)"):
         jacobians.jacobian_field(model, np.ones(2))
+    with pytest.raises(ValueError, match=r"argument points is .*expected an array .* of shape \(N \*input\)"):
+        jacobians.jacobian_field(model, np.float32(1.0))  # a scalar: no point axis (the annotation says so)
     with pytest.raises(ValueError, match="leading point axis"):
-        jacobians.jacobian_field(model, np.float32(1.0))
+        jacobians.check_points(np.float32(1.0))
     with pytest.raises(ValueError, match="chunk_size"):
         jacobians.jacobian_field(model, np.ones((3, 2)), chunk_size=0)
     with pytest.raises(ValueError, match="unknown mode 'sideways'"):
