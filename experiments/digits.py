@@ -41,6 +41,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
+from experiments.similarity import representations
 from geometry import collapse, data, distributed, io, layers, models, plotting, probe, similarity, spectra, training
 
 NC_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc3", "nc4")
@@ -171,9 +172,7 @@ def layer_geometry(model, hidden: list[str], pre: list[str], x_test: np.ndarray,
         identity = {"holds_fraction": float(holds.mean()), "points": int(holds.shape[1]),
                     "layers": int(holds.shape[0]), "max_abs_gap": int(np.max(np.abs(np.stack(ranks) - bound))),
                     "median_active_units": [float(np.median(a)) for a in active]}
-    representations = [x_test, *[np.asarray(h) for h in probe.outputs(model, x_test, hidden).values()],
-                       np.asarray(jax.vmap(model)(jnp.asarray(x_test)))]
-    cka = [[similarity.cka(a, b) for b in representations] for a in representations]
+    cka = similarity.cka_matrix(representations(model, x_test, hidden))  # x, each hidden layer, logits
     return {"layers": result, "relu_rank_identity": identity, "linear_cka": cka}
 
 

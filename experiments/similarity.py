@@ -48,8 +48,9 @@ QUICK = Config(steps=300, points=150, permutations=50)
 TESTED = ("linear", "linear_debiased")  # the variants that get permutation p-values
 
 
-def representations(model, x: np.ndarray) -> list[np.ndarray]:
-    hidden = probe.outputs(model, x, "layers/*").values()
+def representations(model, x: np.ndarray, layers="layers/*") -> list[np.ndarray]:
+    """[x, each selected layer's output, the model's output] at the points x."""
+    hidden = probe.outputs(model, x, layers).values()
     return [x, *[np.asarray(h) for h in hidden], np.asarray(jax.vmap(model)(jnp.asarray(x)))]
 
 
@@ -73,7 +74,7 @@ def run(config: Config, context) -> dict:
                   "mean_pairwise_cosine": [mean_pairwise_cosine(h) for h in reps[1:-1]]}
         for kernel, debiased in VARIANTS:
             key = f"{kernel}{'_debiased' if debiased else ''}"
-            matrix = np.array([[similarity.cka(a, b, kernel, debiased) for b in reps] for a in reps])
+            matrix = similarity.cka_matrix(reps, kernel, debiased)
             matrices[(activation, key)] = matrix
             record[f"cka_{key}"] = matrix
             if key in TESTED:

@@ -157,6 +157,15 @@ def cka(X: Shaped[AnyArray, "N ..."], Y: Shaped[AnyArray, "N ..."], kernel: str 
     return float(hsic(K, L, debiased) / denominator)
 
 
+def cka_matrix(representations, kernel: str = "linear", debiased: bool = False, **options) -> np.ndarray:
+    """(L, L) CKA between every pair of L representations of the same N examples (for instance
+    the input, each layer's output and the logits, as `probe.outputs` gives them); each entry is
+    `cka(representations[i], representations[j], ...)`."""
+    if len(representations) == 0:
+        raise ValueError("cka_matrix needs at least one representation")
+    return np.array([[cka(a, b, kernel, debiased, **options) for b in representations] for a in representations])
+
+
 @shape_checked
 def cka_permutation_test(X: Shaped[AnyArray, "N ..."], Y: Shaped[AnyArray, "N ..."], kernel: str = "linear",
                          debiased: bool = False, *, permutations: int = 1000, seed: int = 0, sigma_scale: float = 1.0,

@@ -136,3 +136,17 @@ def test_bad_input():
         similarity.cka(np.full((5, 2), np.nan), np.ones((5, 2)))
     with pytest.raises(ValueError, match="unknown kernel"):
         similarity.cka(np.ones((5, 2)), np.ones((5, 2)), kernel="cosine")
+
+
+def test_cka_matrix_is_cka_between_every_pair():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 5))
+    reps = [x, np.tanh(x @ rng.normal(size=(5, 8))), rng.normal(size=(40, 3))]
+    for kernel, debiased in (("linear", False), ("rbf", True)):
+        matrix = similarity.cka_matrix(reps, kernel, debiased)
+        expected = np.array([[similarity.cka(a, b, kernel, debiased) for b in reps] for a in reps])
+        np.testing.assert_array_equal(matrix, expected)
+        np.testing.assert_allclose(matrix, matrix.T, rtol=0, atol=1e-12)  # CKA is symmetric
+        np.testing.assert_allclose(np.diag(matrix), 1.0, rtol=1e-12)  # a representation with itself
+    with pytest.raises(ValueError, match="at least one"):
+        similarity.cka_matrix([])
