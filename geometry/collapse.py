@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from geometry import collapse_studies, layers
+from geometry.collapse_studies import _pairs  # one definition for both conventions
 from geometry.shapes import AnyArray, Shaped, shape_checked
 
 PINV_RTOL = 1e-10
@@ -65,11 +66,6 @@ def _check(H, y, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray
     if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
         raise ValueError(f"labels outside [0, {num_classes}): min {int(y.min())}, max {int(y.max())}")
     return H, y.astype(np.int64)
-
-
-def _pairs(matrix: np.ndarray) -> np.ndarray:
-    """Entries above the diagonal of a (C, C) matrix: one per unordered pair."""
-    return matrix[np.triu_indices(matrix.shape[0], k=1)]
 
 
 def _cv(values: np.ndarray) -> float:

@@ -59,6 +59,7 @@ def check_convention(convention: str) -> None:
 
 
 def _pairs(matrix: np.ndarray) -> np.ndarray:
+    """Entries above the diagonal of a (C, C) matrix: one per unordered pair."""
     return matrix[np.triu_indices(matrix.shape[0], k=1)]
 
 
