@@ -173,7 +173,7 @@ def layer_geometry(model, hidden: list[str], pre: list[str], x_test: np.ndarray,
                     "layers": int(holds.shape[0]), "max_abs_gap": int(np.max(np.abs(np.stack(ranks) - bound))),
                     "median_active_units": [float(np.median(a)) for a in active]}
     cka = similarity.cka_matrix(representations(model, x_test, hidden))  # x, each hidden layer, logits
-    return {"layers": result, "relu_rank_identity": identity, "linear_cka": cka}
+    return {"layers": result, "relu_rank_identity": identity, "linear_cka": cka.tolist()}
 
 
 def trends(series: dict[int, dict]) -> dict:
