@@ -68,22 +68,36 @@ class ClassifierSpec:
 def check_dataset(dataset: str) -> str:
     """`dataset` when it names a 2-D dataset, "digits" or an existing file, else a ValueError saying
     what is accepted (a file's content is checked when it is loaded, by `data.load_dataset`)."""
-    if dataset in data.DATASETS or dataset == "digits" or Path(dataset).is_file():
+    if _built_in(dataset) or Path(dataset).is_file():
         return dataset
     raise ValueError(f"dataset {dataset!r} is neither a built-in dataset ({', '.join(data.DATASETS)}, digits) "
                      "nor an existing file; give a CSV (header row, integer label in the last column) or an NPZ "
                      "(arrays x and y)")
 
 
+def _built_in(dataset: str) -> bool:
+    return dataset in data.DATASETS or dataset == "digits"
+
+
+def class_count(*labels: np.ndarray) -> int:
+    """C for labels 0..C-1 spread over the given label arrays (a split's train and test labels)."""
+    return int(max(y.max() for y in labels)) + 1
+
+
 def display_name(dataset: str) -> str:
     """The dataset's name in JSON keys and plots: its own name, or a file's stem."""
-    return dataset if dataset in data.DATASETS or dataset == "digits" else Path(dataset).stem
+    return dataset if _built_in(dataset) else Path(dataset).stem
+
+
+def by_name(datasets) -> dict[str, str]:
+    """{display name: dataset} in the given order: what the experiments key their results by."""
+    return {display_name(d): d for d in datasets}
 
 
 def dataset_label(dataset: str) -> str:
     """A name for file and checkpoint keys: the dataset's own name, or FILESTEM-<first 10 hex digits of
     the file's SHA-256>, so an edited file never reuses the checkpoints of its earlier content."""
-    if dataset in data.DATASETS or dataset == "digits":
+    if _built_in(dataset):
         return dataset
     path = Path(check_dataset(dataset))
     return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:10]}"
@@ -115,14 +129,14 @@ class Trained:
 
     @property
     def classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
+        return class_count(self.y_train, self.y_test)
 
 
 def trained_classifier(spec: ClassifierSpec, checkpoints: Path | None, log=None) -> Trained:
     """The trained classifier of `spec`: restored from CHECKPOINTS/classifiers/<key> when finished
     there, resumed when interrupted, trained otherwise (no checkpoints when `checkpoints` is None)."""
     x_train, y_train, x_test, y_test = load_split(spec)
-    model = spec.build(x_train.shape[1], int(max(y_train.max(), y_test.max())) + 1)
+    model = spec.build(x_train.shape[1], class_count(y_train, y_test))
     config = training.TrainConfig(steps=spec.steps, learning_rate=spec.learning_rate, checkpoint_every=1000,
                                   log_every=max(1, spec.steps // 4), seed=spec.seed)
     directory = None if checkpoints is None else Path(checkpoints) / "classifiers" / spec.key

@@ -13,7 +13,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
@@ -64,8 +63,7 @@ class Context:
 
     Outputs are staged in OUT/.staging-NAME/ and moved into OUT together when the run has
     finished (`publish`), so a run that fails or is killed leaves the previous set intact.
-    Under several processes only process 0 (`writer`) publishes; the others stage in a private
-    temporary folder that is removed at the end.
+    Under several processes only process 0 draws and publishes.
     """
 
     name: str
@@ -73,33 +71,16 @@ class Context:
     seed: int
     quick: bool
     written: list[Path] = dataclasses.field(default_factory=list)  # staged files
-    arrays: dict = dataclasses.field(default_factory=dict)  # what save_arrays staged, for the plot
-    writer: bool = True
-    private_staging: Path | None = None  # the staging folder of a process that does not write
+    arrays: dict = dataclasses.field(default_factory=dict)  # for the plot, and NAME.npz
 
     @property
     def staging(self) -> Path:
-        if not self.writer:
-            if self.private_staging is None:
-                self.private_staging = Path(tempfile.mkdtemp(prefix=f"layer-geometry-{self.name}-"))
-            return self.private_staging
         return self.out_dir / f".staging-{self.name}"
 
-    def save_figure(self, fig, suffix: str = "") -> None:
-        self.written += plotting.save_figure(fig, self.staging / f"{self.name}{suffix}")
-
-    def write_file(self, filename: str, data: bytes | str) -> None:
-        self.written.append(atomic_write(self.staging / filename, data))
-
     def save_arrays(self, **arrays) -> None:
-        """Arrays the plot needs beside the JSON: staged as NAME.npz (compressed), and handed to
-        the experiment's `plot` with the numbers."""
+        """Arrays the plot needs beside the JSON: handed to the experiment's `plot` with the numbers,
+        and written once, compressed, as NAME.npz when the run has finished."""
         self.arrays.update({key: np.asarray(value) for key, value in arrays.items()})
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.arrays)
-        path = atomic_write(self.staging / f"{self.name}.npz", buffer.getvalue())
-        if path not in self.written:
-            self.written.append(path)
 
     def progress(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         """Yield items, printing `name: description i/N` (in place on a terminal)."""
@@ -236,24 +217,25 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
     under several processes; `watchdog` is then told what to remove if a peer is lost)."""
     module = load(name)
     config = configure(module, quick=quick, scale=scale, overrides=overrides, name=name)
-    context = Context(name=name, out_dir=Path(out_dir), seed=seed, quick=quick, writer=distributed.is_writer())
+    context = Context(name=name, out_dir=Path(out_dir), seed=seed, quick=quick)
+    writer = distributed.is_writer()
     read_manifest(context.out_dir)  # a corrupt manifest is reported before any work
-    if watchdog is not None:
+    if watchdog is not None and writer:
         watchdog.cleanup = lambda: shutil.rmtree(context.staging, ignore_errors=True)
-    for leftover in clean_leftovers(context.out_dir, name) if context.writer else ():
+    for leftover in clean_leftovers(context.out_dir, name) if writer else ():
         print(f"[{name}] removed {leftover}, left by an interrupted run", flush=True)
     plotting.use_style()
     print(f"[{name}] {'quick' if quick else scale or 'full'} run, seed {seed}", flush=True)
     commit = git_commit()  # the code as it was when the run started, not after edits made during it
     start = time.perf_counter()
     numbers = module.run(config, context)
-    if hasattr(module, "plot"):  # drawn from what the JSON holds (keys sorted), so `replot` draws the same
-        for suffix, drawn in module.plot(from_jsonable(json.loads(json.dumps(to_jsonable(numbers), sort_keys=True))),
-                                         dict(context.arrays), config).items():
-            if isinstance(drawn, (str, bytes)):  # a page or an animation: the file NAME+suffix as it is
-                context.write_file(f"{name}{suffix}", drawn)
-            else:
-                context.save_figure(drawn, suffix)
+    if writer:  # drawn from what the JSON holds (keys sorted), so `replot` draws the same
+        context.written += draw(module, from_jsonable(json.loads(json.dumps(to_jsonable(numbers), sort_keys=True))),
+                                context.arrays, config, context.staging, name)
+        if context.arrays:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **context.arrays)
+            context.written.append(atomic_write(context.staging / f"{name}.npz", buffer.getvalue()))
     wall_time = time.perf_counter() - start
     record = {
         "experiment": name,
@@ -267,8 +249,7 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
         "wall_time_s": round(wall_time, 2),
         "numbers": numbers,
     }
-    if not context.writer:
-        shutil.rmtree(context.staging, ignore_errors=True)
+    if not writer:
         print(f"[{name}] process {jax.process_index()} of {jax.process_count()}: computed its share in "
               f"{wall_time:.1f} s; process 0 writes the outputs", flush=True)
         return record
@@ -278,12 +259,22 @@ def run_experiment(name: str, *, quick: bool = False, seed: int = 0, out_dir: st
     return record
 
 
+def draw(module, numbers: dict, arrays: dict, config, directory: Path, name: str) -> list[Path]:
+    """What module.plot(numbers, arrays, config) returns, written into `directory`: a figure as
+    NAME+suffix.{png,pdf}, a page or an animation (text or bytes) as the file NAME+suffix."""
+    written = []
+    for suffix, drawn in module.plot(numbers, dict(arrays), config).items():
+        if isinstance(drawn, (str, bytes)):
+            written.append(atomic_write(directory / f"{name}{suffix}", drawn))
+        else:
+            written += plotting.save_figure(drawn, directory / f"{name}{suffix}")
+    return written
+
+
 def replot(name: str, out_dir: str | Path = "figures") -> list[Path]:
     """Redraw NAME's figures from OUT/NAME.json (and NAME.npz) alone, with the committed plotting
     code, and record their new SHA-256 in the manifest: restyling without recomputing."""
     module = load(name)
-    if not hasattr(module, "plot"):
-        raise ValueError(f"{name} draws its figure inside run() (not yet separated): rerun it instead")
     out_dir = Path(out_dir)
     path = out_dir / f"{name}.json"
     if not path.exists():
@@ -294,12 +285,7 @@ def replot(name: str, out_dir: str | Path = "figures") -> list[Path]:
     config = _overrides.from_record(module.Config, record["config"])
     manifest = read_manifest(out_dir)
     plotting.use_style()
-    written = []
-    for suffix, drawn in module.plot(from_jsonable(record["numbers"]), arrays, config).items():
-        if isinstance(drawn, (str, bytes)):
-            written.append(atomic_write(out_dir / f"{name}{suffix}", drawn))
-        else:
-            written += plotting.save_figure(drawn, out_dir / f"{name}{suffix}")
+    written = draw(module, from_jsonable(record["numbers"]), arrays, config, out_dir, name)
     entry = manifest.setdefault(name, {"experiment": name, "sha256": {}})
     entry["sha256"].update({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written})
     write_json(out_dir / MANIFEST, dict(sorted(manifest.items())))

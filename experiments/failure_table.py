@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import ClassifierSpec, display_name, trained_classifier
+from experiments._classifiers import ClassifierSpec, by_name, trained_classifier
 from experiments import linear_collapse
 from experiments.similarity import mean_pairwise_cosine
 from geometry import jacobians, probe, spectra
@@ -81,7 +81,7 @@ def measure(trained) -> dict:
 
 def run(config: Config, context) -> dict:
     runs = []
-    paths = {display_name(d): d for d in config.datasets}  # a file is keyed by its stem
+    paths = by_name(config.datasets)  # a file is keyed by its stem
     cases = [(d, a) for d in paths for a in config.activations]
     for dataset, activation in context.progress(cases, "runs"):
         spec = ClassifierSpec(dataset=paths[dataset], activation=activation, width=config.width, depth=config.depth,

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import ClassifierSpec, display_name, load_split, trained_classifier
+from experiments._classifiers import ClassifierSpec, by_name, class_count, display_name, load_split, trained_classifier
 from geometry import data, jacobians, kernels, plane, plotting, spectra
 from geometry.kernel_models import parameter_count
 
@@ -105,7 +105,7 @@ def data_shape(datasets) -> tuple[int, int]:
     shapes = {}
     for dataset in datasets:
         x_train, y_train, _, y_test = load_split(ClassifierSpec(dataset=dataset, activation="relu"))
-        shapes[display_name(dataset)] = (x_train.shape[1], int(max(y_train.max(), y_test.max())) + 1)
+        shapes[display_name(dataset)] = (x_train.shape[1], class_count(y_train, y_test))
     if len(set(shapes.values())) != 1:
         raise ValueError(f"kernel_layers matches parameter counts for one data shape, but the datasets have (inputs, "
                          f"classes) {shapes}; run the differently shaped ones separately")
@@ -117,7 +117,7 @@ def run(config: Config, context) -> dict:
     target = parameter_count(MLP_REFERENCE.build(in_features, classes))
     units = {k: matched_units(k, config.kernel_hidden, config.kernel_blocks, target, in_features, classes)
              for k in config.kernels}
-    paths = {display_name(d): d for d in config.datasets}  # a file is keyed by its stem
+    paths = by_name(config.datasets)  # a file is keyed by its stem
     specs = {}
     for dataset, path in paths.items():
         for kernel in config.kernels:
@@ -173,7 +173,7 @@ def kernel_machine_facts(trained) -> dict:
 
 def plot(numbers: dict, arrays: dict, config: Config) -> dict:
     results, sweep, sweep_dataset = numbers["results"], numbers["yat_depth_sweep"], numbers["yat_depth_sweep_dataset"]
-    datasets = [display_name(d) for d in config.datasets]
+    datasets = list(by_name(config.datasets))
     models_order = list(config.kernels) + list(config.activations)
     metrics = [("test_accuracy", "test accuracy", "linear"),
                ("rank_deficient_fraction", "rank-deficient fraction of grid", "symlog"),

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import (ClassifierSpec, class_colours, decision_to_keep, decision_values, display_name,
+from experiments._classifiers import (ClassifierSpec, by_name, class_colours, decision_to_keep, decision_values,
                                       draw_decision, trained_classifier)
 from geometry import jacobians, plane, plotting, spectra
 
@@ -95,7 +95,7 @@ def affine_collapse(model, x: np.ndarray) -> dict:
 
 def run(config: Config, context) -> dict:
     results, boundaries = {}, {}
-    paths = {display_name(d): d for d in config.datasets}  # a file is keyed by its stem
+    paths = by_name(config.datasets)  # a file is keyed by its stem
     cases = [(d, a) for d in paths for a in config.activations]
     for dataset, activation in context.progress(cases, "dataset × activation"):
         spec = ClassifierSpec(dataset=paths[dataset], activation=activation, width=config.width, depth=config.depth,
@@ -153,7 +153,7 @@ def plot(numbers: dict, arrays: dict, config: Config) -> dict:
     """Decision regions (linear_collapse.npz: the maps as `decision_to_keep` stores them) over the data,
     with the numbers from the JSON."""
     results, linear_best = numbers["results"], numbers["best_linear_accuracy"]
-    datasets = [display_name(d) for d in config.datasets]
+    datasets = list(by_name(config.datasets))
     rows, cols = len(datasets), len(config.activations)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
     for i, dataset in enumerate(datasets):

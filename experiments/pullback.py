@@ -181,8 +181,7 @@ def plot(numbers: dict, arrays: dict, config: Config) -> dict:
         ax.set_xticks([])
         ax.set_yticks([])
     if "plane" in numbers:
-        pcs = " and ".join(f"PC{i + 1} ({100 * v:.0f}% of variance)"
-                           for i, v in enumerate(numbers["plane"]["explained_variance"]))
+        pcs = " and ".join(plane.principal_axis_labels(numbers["plane"]["explained_variance"]))
         fig.suptitle(f"{display_name(config.dataset)}: maps on the plane through the data mean spanned by {pcs}; "
                      "g is the metric induced on that plane", fontsize=9)
     fig.tight_layout()

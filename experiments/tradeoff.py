@@ -23,7 +23,7 @@ import dataclasses
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import ClassifierSpec, display_name, trained_classifier
+from experiments._classifiers import ClassifierSpec, by_name, trained_classifier
 from geometry import jacobians, metric, plotting, spectra
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "leaky_relu_0.1", "leaky_relu_0.3", "sigmoid", "tanh", "gelu", "silu",
@@ -62,7 +62,7 @@ def geometry_on(trained, points: np.ndarray) -> dict:
 
 def run(config: Config, context) -> dict:
     rows = []
-    paths = {display_name(d): d for d in config.datasets}  # a file is keyed by its stem
+    paths = by_name(config.datasets)  # a file is keyed by its stem
     cases = [(d, w, a) for d in paths for w in config.widths for a in config.activations]
     for dataset, width, activation in context.progress(cases, "dataset × width × activation"):
         trained = trained_classifier(spec(config, paths[dataset], activation, width, context.seed),

@@ -43,9 +43,7 @@ class Plane:
 
     @property
     def axis_labels(self) -> tuple[str, str]:
-        if self.is_input_plane:
-            return "x₁", "x₂"
-        return tuple(f"PC{i + 1} ({100 * v:.0f}% of variance)" for i, v in enumerate(self.explained_variance))
+        return ("x₁", "x₂") if self.is_input_plane else principal_axis_labels(self.explained_variance)
 
     def coordinates(self, x: np.ndarray) -> np.ndarray:
         """(N, 2) plane coordinates of the orthogonal projections of x (N, d) onto the plane."""
@@ -76,6 +74,11 @@ class Plane:
             return f
         origin, basis = jnp.asarray(self.origin), jnp.asarray(self.basis)
         return lambda coordinates: f(origin + coordinates @ basis)
+
+
+def principal_axis_labels(explained_variance) -> tuple[str, ...]:
+    """("PC1 (12% of variance)", ...): the labels of a principal plane's axes."""
+    return tuple(f"PC{i + 1} ({100 * v:.0f}% of variance)" for i, v in enumerate(explained_variance))
 
 
 def input_plane() -> Plane:

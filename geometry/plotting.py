@@ -119,9 +119,8 @@ def contour_support(values, shape: tuple[int, int]) -> np.ndarray:
     to almost nothing."""
     grid = np.asarray(values, dtype=np.float32).reshape(shape)
     positive = grid > 0
-    crossed = np.zeros((shape[0] - 1, shape[1] - 1), dtype=bool)  # cells with corners on both sides
     corners = (positive[:-1, :-1], positive[1:, :-1], positive[:-1, 1:], positive[1:, 1:])
-    crossed = np.logical_or.reduce(corners) & ~np.logical_and.reduce(corners)
+    crossed = np.logical_or.reduce(corners) & ~np.logical_and.reduce(corners)  # cells with corners on both sides
     keep = np.zeros(shape, dtype=bool)
     for di in (0, 1):
         for dj in (0, 1):

@@ -35,6 +35,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from geometry import distributed
 from geometry.functional import Static
 
 OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}
@@ -167,7 +168,7 @@ def _manager(directory: Path, config: TrainConfig) -> ocp.CheckpointManager:
     # under several processes each manager serves its own process alone (no barriers with the
     # others, which train the same model independently); only process 0 creates and writes
     this_process = jax.process_index()
-    if this_process == 0:
+    if distributed.is_writer():
         directory.mkdir(parents=True, exist_ok=True)  # Orbax creates no folder for a subset of processes
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=config.checkpoint_every, max_to_keep=2, enable_async_checkpointing=False,
@@ -222,7 +223,7 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
     step_fn = functools.partial(train_step, graphdef, loss_fn=loss_fn, optimizer=optimizer)
     fingerprint = _fingerprint(config, params, x, y, loss_fn)
     start, history, manager, resumed = 0, [], None, None
-    writer = jax.process_index() == 0  # under jax.distributed the others only read checkpoints
+    writer = distributed.is_writer()  # under jax.distributed the others only read checkpoints
     if checkpoint_dir is not None and (writer or Path(checkpoint_dir).is_dir()):
         manager = _manager(Path(checkpoint_dir), config)
         latest = manager.latest_step()
