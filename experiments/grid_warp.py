@@ -23,6 +23,7 @@ Two fractions of the disk's area are measured with `jacobian_field` on a fine gr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -54,9 +55,11 @@ def rotation(theta: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]], dtype=np.float32)
 
 
-def layer(name: str, weight: np.ndarray):
+@functools.cache
+def layer(name: str):
+    """x ↦ φ(W x) as f(W, x): W is an argument, so a new angle reuses the compiled field."""
     phi = activations.get(name)
-    return lambda x: phi(jnp.asarray(weight) @ x)
+    return lambda weight, x: phi(weight @ x)
 
 
 def disk_points(grid: int) -> np.ndarray:
@@ -97,7 +100,7 @@ SHADES = np.array([0.1, 0.5, 0.88], dtype=np.float32)  # grey of a folded, an or
 
 
 def measure(name: str, theta: float, points: np.ndarray) -> dict:
-    J = jacobians.jacobian_field(layer(name, rotation(theta)), points)  # (N, 2, 2)
+    J = jacobians.jacobian_field(layer(name), points, params=rotation(theta))  # (N, 2, 2)
     folded = spectra.numerical_rank(J) < 2
     reversed_ = (jnp.linalg.det(J) < 0) & ~folded
     return {
@@ -107,14 +110,26 @@ def measure(name: str, theta: float, points: np.ndarray) -> dict:
     }
 
 
+def grid_lines(count: int, samples: int = 200) -> np.ndarray:
+    """(2·count, samples, 2): `count` horizontal then `count` vertical lines over [−1.5, 1.5]²."""
+    line = np.linspace(-1.5, 1.5, samples, dtype=np.float32)
+    offsets = np.linspace(-1.5, 1.5, count, dtype=np.float32)
+    horizontal = [np.stack([line, np.full_like(line, c)], 1) for c in offsets]
+    vertical = [np.stack([np.full_like(line, c), line], 1) for c in offsets]
+    return np.stack(horizontal + vertical)
+
+
+def image(name: str, theta: float, points: np.ndarray) -> np.ndarray:
+    """φ(W_θ x) at every point (..., 2)."""
+    flat = np.asarray(points, np.float32).reshape(-1, 2)
+    out = jax.vmap(layer(name), (None, 0))(jnp.asarray(rotation(theta)), flat)
+    return np.asarray(out).reshape(np.shape(points))
+
+
 def _draw_image(ax, name: str, theta: float, config: Config, disk: np.ndarray, hue: np.ndarray) -> None:
-    f = jax.vmap(layer(name, rotation(theta)))
-    line = np.linspace(-1.5, 1.5, 200, dtype=np.float32)
-    for c in np.linspace(-1.5, 1.5, config.grid_lines, dtype=np.float32):
-        for pts in (np.stack([line, np.full_like(line, c)], 1), np.stack([np.full_like(line, c), line], 1)):
-            out = np.asarray(f(pts))
-            ax.plot(out[:, 0], out[:, 1], color="0.6", lw=0.4)
-    out = np.asarray(f(disk))
+    for out in image(name, theta, grid_lines(config.grid_lines)):
+        ax.plot(out[:, 0], out[:, 1], color="0.6", lw=0.4)
+    out = image(name, theta, disk)
     ax.scatter(out[:, 0], out[:, 1], c=hue, cmap="hsv", s=0.3, lw=0, rasterized=True)
     ax.set_aspect("equal")
     ax.set_xlim(-1.6, 1.6)

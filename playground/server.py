@@ -1,0 +1,272 @@
+"""The playground's HTTP server: the page, a JSON API and a server-sent-event stream of frames.
+
+The standard library's `ThreadingHTTPServer` is enough for one local user (one thread per
+connection; the event stream is plain chunks of text), so the playground needs no server
+dependency. It listens on 127.0.0.1 only.
+
+    GET  /                     the page            GET  /api/events     frames (text/event-stream)
+    GET  /api/options          controls, limits    GET  /api/frame      the latest frame
+    GET  /api/data             the data points     GET  /api/warp?activation=relu&angle=30
+    POST /api/config           {field: value}      POST /api/control    {"action": "start"|"pause"|"step"|"reset"}
+    POST /api/upload?name=F    the CSV's bytes     GET  /api/export/model, /api/export/numbers (downloads)
+
+Every refusal is a 4xx with {"error": message}; a failure inside a request is a 500 with
+the message, and the server keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from matplotlib import colormaps
+
+from playground import config as configuration
+from playground import datasets, export, warp
+from playground.session import ACTIONS, Session
+
+STATIC = Path(__file__).parent / "static"
+PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+         "/style.css": ("style.css", "text/css; charset=utf-8")}
+MAX_BODY = datasets.MAX_UPLOAD_BYTES + 2**16
+KEEP_ALIVE_SECONDS = 10.0
+
+
+class RequestError(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def options() -> dict:
+    """What the page builds its controls from: one source of truth for names and ranges."""
+    lut = lambda name: np.round(colormaps[name](np.linspace(0, 1, 255))[:, :3] * 255).astype(int).tolist()  # noqa: E731
+    return {
+        "datasets": list(configuration.DATASETS), "layer_kinds": list(configuration.LAYER_KINDS),
+        "warp_activations": list(warp.ACTIVATIONS), "max_depth": configuration.MAX_DEPTH,
+        "max_width": configuration.MAX_WIDTH, "resolutions": list(configuration.RESOLUTIONS),
+        "default": configuration.as_json(configuration.Config()),
+        "colormaps": {"viridis": lut("viridis"), "magma": lut("magma"), "tab20": lut("tab20")},
+        "max_upload_bytes": datasets.MAX_UPLOAD_BYTES,
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "layer-geometry-playground"
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # an unparsable request still gets a status line, not bare HTML
+
+    def send_error(self, code, message=None, explain=None):
+        """The base class's own refusals (a garbage request line, over-long headers) as our JSON errors."""
+        self.close_connection = True
+        text = f"{int(code)} {message or HTTPStatus(code).phrase}" + (f": {explain}" if explain else "")
+        body = json.dumps({"error": text}).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    @property
+    def session(self) -> Session:
+        return self.server.session
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    # ---- responses ----
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, record, status: HTTPStatus = HTTPStatus.OK, headers: dict | None = None) -> None:
+        body = record.encode() if isinstance(record, str) else json.dumps(record).encode()
+        self._send(status, body, "application/json", headers)
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json({"error": message}, status, {"Connection": "close"})
+        self.close_connection = True
+
+    def _body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header with the body") from None
+        if length < 0 or length > MAX_BODY:
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"body of {length} bytes; the limit is {MAX_BODY} bytes")
+        return self.rfile.read(length)
+
+    def _json_body(self) -> dict:
+        try:
+            record = json.loads(self._body() or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON ({error})") from None
+        if not isinstance(record, dict):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+        return record
+
+    # ---- dispatch ----
+    def _handle(self, routes: dict) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query, keep_blank_values=True)
+        route = routes.get(url.path)
+        try:
+            if route is None:
+                known = url.path in GET_ROUTES or url.path in POST_ROUTES or url.path in PAGES
+                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND,
+                                   f"{self.command} {url.path} is not served"
+                                   + (f"; use {'POST' if self.command == 'GET' else 'GET'}" if known else ""))
+            route(self, url.path, {k: v[-1] for k, v in query.items()})
+        except RequestError as error:
+            self._error(error.status, str(error))
+        except (configuration.ConfigError, ValueError) as error:
+            self._error(HTTPStatus.BAD_REQUEST, str(error))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as error:  # noqa: BLE001 - the server keeps serving; the page shows the message
+            traceback.print_exc()
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(error).__name__}: {error}")
+
+    def do_GET(self):  # noqa: N802 - http.server's names
+        self._handle(GET_ROUTES | {path: Handler._page for path in PAGES})
+
+    def do_HEAD(self):  # noqa: N802
+        self.do_GET()
+
+    def do_POST(self):  # noqa: N802
+        self._handle(POST_ROUTES)
+
+    def _refuse(self):
+        self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not served; use GET or POST")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
+
+    # ---- routes ----
+    def _page(self, path, query):
+        name, content_type = PAGES[path]
+        self._send(HTTPStatus.OK, (STATIC / name).read_bytes(), content_type)
+
+    def _no_icon(self, path, query):
+        self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+
+    def _options(self, path, query):
+        self._json(self.server.options)
+
+    def _frame(self, path, query):
+        _, frame = self.session.next_frame(0, timeout=30)
+        if frame is None:
+            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet; try again in a moment")
+        self._json(frame)
+
+    def _data(self, path, query):
+        self._json(self.session.points())
+
+    def _events(self, path, query):
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        last = 0
+        while not self.session.closed:
+            sequence, frame = self.session.next_frame(last, KEEP_ALIVE_SECONDS)
+            chunk = f"id: {sequence}\ndata: {frame}\n\n" if frame else ": waiting\n\n"  # a comment keeps it open
+            self.wfile.write(chunk.encode())
+            self.wfile.flush()
+            last = sequence
+
+    def _warp(self, path, query):
+        self._json(warp.view(query.get("activation", "relu"), query.get("angle", "0")))
+
+    def _export(self, path, query):
+        if path.endswith("/numbers"):
+            body = json.dumps(self.session.numbers(), indent=1, default=_plain).encode()
+            self._send(HTTPStatus.OK, body, "application/json",
+                       {"Content-Disposition": 'attachment; filename="playground-numbers.json"'})
+            return
+        config, classes, state, points = self.session.snapshot()
+        body = export.to_zip(config, classes, state, points)
+        self._send(HTTPStatus.OK, body, "application/zip",
+                   {"Content-Disposition": 'attachment; filename="playground-model.zip"'})
+
+    def _configure(self, path, query):
+        fields = self._json_body()
+        config = configuration.parse(fields)
+        if config.dataset == "csv" and self.session.upload is None:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "dataset 'csv' needs a file: upload a CSV first")
+        self.session.configure(config)
+        self._json({"config": configuration.as_json(config), "query": configuration.to_query(config)})
+
+    def _control(self, path, query):
+        action = self._json_body().get("action")
+        if action not in ACTIONS:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
+        self.session.control(action)
+        self._json({"action": action})
+
+    def _upload(self, path, query):
+        name = query.get("name", "upload.csv")
+        if not re.fullmatch(r"[\w .()+-]{1,100}", name):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the file name must be 1-100 letters, digits or . _ - ( ) +")
+        x, y = datasets.parse_csv(self._body(), name)
+        base = self.session.numbers()["config"]
+        config = configuration.parse({**base, "dataset": "csv"})
+        self.session.configure(config, upload=(x, y), upload_name=name)
+        self._json({"rows": len(x), "features": int(x.shape[1]), "classes": int(y.max()) + 1,
+                    "config": configuration.as_json(config), "query": configuration.to_query(config)})
+
+
+GET_ROUTES = {"/api/options": Handler._options, "/api/frame": Handler._frame, "/api/data": Handler._data,
+              "/api/events": Handler._events, "/api/warp": Handler._warp, "/api/export/model": Handler._export,
+              "/api/export/numbers": Handler._export, "/favicon.ico": Handler._no_icon}
+POST_ROUTES = {"/api/config": Handler._configure, "/api/control": Handler._control, "/api/upload": Handler._upload}
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int = 0, config: configuration.Config = configuration.Config(), verbose: bool = False):
+        super().__init__(("127.0.0.1", port), Handler)
+        self.session = Session(config)
+        self.options = options()
+        self.verbose = verbose
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def start(self) -> threading.Thread:
+        """Serve from a background thread (tests, notebooks); `stop()` ends it."""
+        thread = threading.Thread(target=self.serve_forever, name="playground-server", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.session.close()
+        self.shutdown()
+        self.server_close()

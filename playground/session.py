@@ -1,0 +1,246 @@
+"""The running experiment: one network training in a background thread, publishing frames.
+
+A `Session` owns the data, the model, the optimizer state and the history. Its worker
+thread alternates `config.steps_per_update` full-batch Adam steps
+(`geometry.training.train_step`, the library's own step) with one frame (`views`), and
+publishes the frame as a JSON string with a sequence number; any number of page
+connections wait on `next_frame`. Commands (start, pause, step, reset, a new config, an
+upload) come from the server's threads and take effect between two updates, so a
+request never sees a half-updated model. A diverging run (non-finite loss) pauses with a
+message instead of streaming NaN maps; a failure inside an update does the same and the
+server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from geometry import training
+from geometry.functional import Static
+from playground import datasets, network, views
+from playground.config import Config, as_json, to_query
+
+ACTIONS = ("start", "pause", "step", "reset")
+MAX_HISTORY = 400  # curve points streamed with every frame
+NUMBERS_EVERY = 0.4  # seconds between two per-layer tables while training runs
+
+
+def _encode(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def _scaled(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Codes 0..254 for values on [lo, hi] (clipped)."""
+    span = hi - lo if hi > lo else 1.0
+    return np.clip(np.round((values - lo) / span * 254), 0, 254).astype(np.uint8)
+
+
+def encode_maps(maps: dict, classes: int) -> dict:
+    """The grid maps as base64 uint8 images plus the value range each code spans."""
+    log_volume = np.asarray(maps["log_volume"], np.float64)
+    finite = np.isfinite(log_volume)
+    lo, hi = (np.percentile(log_volume[finite], [1, 99]).tolist() if finite.any() else (0.0, 1.0))
+    volume_codes = np.where(finite, _scaled(np.where(finite, log_volume, lo), lo, hi), views.SINGULAR)
+    sigma_min = np.asarray(maps["sigma_min"], np.float64)
+    sigma_hi = float(np.percentile(sigma_min, 99)) or 1.0
+    confidence = np.asarray(maps["confidence"], np.float64)
+    encoded = {
+        "class": {"data": _encode(maps["class"])},
+        "confidence": {"data": _encode(_scaled(confidence, 1.0 / classes, 1.0)), "lo": 1.0 / classes, "hi": 1.0},
+        "log_volume": {"data": _encode(volume_codes), "lo": lo, "hi": hi,
+                       "singular_fraction": float(1 - finite.mean())},
+        "sigma_min": {"data": _encode(_scaled(sigma_min, 0.0, sigma_hi)), "lo": 0.0, "hi": sigma_hi},
+        "rank": {"data": _encode(maps["rank"]), "lo": 0, "hi": int(np.max(maps["rank"]))},
+        "regions": None,
+    }
+    if "region_hash" in maps:
+        ids, count = views.region_ids(np.asarray(maps["region_hash"]))
+        encoded["regions"] = {"data": _encode(ids % 251), "count": count}
+    return encoded
+
+
+class Run:
+    """One network on one dataset from step 0: replaced whole by a reset or a new config. Only the
+    worker thread changes it; readers take its plain values (immutable pytrees, lists, dicts)."""
+
+    def __init__(self, config: Config, upload, data_version: int):
+        dataset = datasets.load(config.dataset, noise=config.noise, seed=config.seed, upload=upload)
+        self.model = network.build(config, 2, dataset.classes)
+        self.views = views.Views(self.model, config, dataset)
+        self.config, self.data, self.data_version = config, dataset, data_version
+        graphdef, self.params, self.rest = nnx.split(self.model, nnx.Param, ...)
+        self.graphdef = Static(graphdef)
+        self.optimizer = training.make_optimizer(training.TrainConfig(learning_rate=config.learning_rate))
+        self.opt_state = self.optimizer.init(self.params)
+        self.step, self.history, self.message = 0, [], ""
+        self.layer_rows, self.layer_time = None, 0.0
+        self.linear = views.linear_collapse(self.model, config)
+
+    def train(self) -> None:
+        x, y = self.data.x_train, self.data.y_train
+        params, opt_state, loss = self.params, self.opt_state, None
+        for _ in range(self.config.steps_per_update):
+            params, opt_state, loss = training.train_step(self.graphdef, params, self.rest, opt_state, (x, y),
+                                                          loss_fn=training.cross_entropy_loss,
+                                                          optimizer=self.optimizer)
+        loss = float(loss)
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"training diverged at step {self.step + self.config.steps_per_update} (loss {loss}): lower the "
+                f"learning rate (now {self.config.learning_rate:g}) and reset")
+        self.params, self.opt_state = params, opt_state
+        self.step += self.config.steps_per_update
+        nnx.update(self.model, params)
+        train_accuracy, test_accuracy = self.views.accuracies(nnx.state(self.model))
+        history = self.history + [{"step": self.step, "loss": loss, "train_accuracy": train_accuracy,
+                                   "test_accuracy": test_accuracy}]
+        if len(history) > MAX_HISTORY:  # every other record of the older half: long runs stay cheap
+            half = len(history) // 2
+            history = history[:half:2] + history[half:]
+        self.history = history
+        self.linear = views.linear_collapse(self.model, self.config)
+
+    def frame(self, running: bool) -> dict:
+        state = nnx.state(self.model)
+        raw = jax.device_get(self.views.maps(state, self.views.grid))
+        now = time.perf_counter()
+        # per-layer numbers (CKA's Gram matrices dominate) at most every NUMBERS_EVERY s while
+        # training runs, so the maps keep streaming at full rate; every frame of a paused net
+        if self.layer_rows is None or not running or now - self.layer_time > NUMBERS_EVERY:
+            self.layer_rows, self.layer_time = self.views.layer_numbers(state), now
+        return {"maps": encode_maps(raw, self.data.classes), "layers": self.layer_rows}
+
+
+class Session:
+    def __init__(self, config: Config = Config()):
+        self.lock = threading.RLock()  # guards the fields below, never held while computing
+        self.changed = threading.Condition(self.lock)
+        self.upload: tuple[np.ndarray, np.ndarray] | None = None
+        self.upload_name: str | None = None
+        self.frame, self.sequence, self.last_views = None, 0, {}
+        self.running, self.pending_steps, self.closed = False, 1, False
+        self.update_seconds: list[float] = []
+        self.run = Run(config, None, 1)
+        self.worker = threading.Thread(target=self._work, name="playground-trainer", daemon=True)
+        self.worker.start()
+
+    # ---- state changes (server threads) ----
+    def configure(self, config: Config, upload=None, upload_name: str | None = None) -> None:
+        """A new net or data, built from scratch and trained; a failure keeps the current run."""
+        run = Run(config, upload if upload is not None else self.upload, self.sequence + 1)
+        with self.lock:
+            if upload is not None:
+                self.upload, self.upload_name = upload, upload_name
+            self.run, self.last_views = run, {}
+            self.running, self.pending_steps = True, 1
+            self._publish()  # the new config at once; its maps follow with the first update
+
+    def control(self, action: str) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
+        fresh = Run(self.run.config, self.upload, self.sequence + 1) if action == "reset" else None
+        with self.lock:
+            if action == "start":
+                self.running = True
+            elif action == "pause":
+                self.running = False
+            elif action == "step":
+                self.running, self.pending_steps = False, self.pending_steps + 1
+            else:
+                self.run, self.last_views = fresh, {}
+                self.running, self.pending_steps = False, 1  # one frame of the untrained net
+                self._publish()
+            self.changed.notify_all()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker after its current update (JAX must not be torn down under a running thread)."""
+        with self.lock:
+            self.closed = True
+            self.changed.notify_all()
+        if threading.current_thread() is not self.worker:
+            self.worker.join(timeout)
+
+    # ---- the worker ----
+    def _work(self) -> None:
+        while True:
+            with self.lock:
+                self.changed.wait_for(lambda: self.closed or self.running or self.pending_steps > 0)
+                if self.closed:
+                    return
+                run, running = self.run, self.running
+                fresh = self.pending_steps > 0 and run.step == 0 and run.layer_rows is None
+                self.pending_steps = max(0, self.pending_steps - 1)
+            started, record = time.perf_counter(), {}
+            try:
+                if not fresh:  # a new run shows its untrained state first
+                    run.train()
+                record = run.frame(running)
+            except Exception as error:  # noqa: BLE001 - shown in the page; the server keeps serving
+                run.message = str(error) if isinstance(error, FloatingPointError) else \
+                    f"update failed: {type(error).__name__}: {error}"
+            with self.lock:
+                if run is not self.run:  # reset or reconfigured meanwhile: this update is stale
+                    continue
+                if run.message:
+                    self.running = False
+                self.update_seconds = (self.update_seconds + [time.perf_counter() - started])[-50:]
+                self.last_views = record or self.last_views
+                self._publish()
+
+    def _publish(self) -> None:
+        self.sequence += 1
+        record = {**self.numbers(), **self.last_views, "sequence": self.sequence}
+        self.frame = json.dumps(record, allow_nan=False, default=_finite_or_null)
+        self.changed.notify_all()
+
+    # ---- reading (server threads) ----
+    def numbers(self) -> dict:
+        """Everything but the maps: config, status, history, per-layer numbers, W_total."""
+        with self.lock:
+            run, seconds = self.run, self.update_seconds[-20:]
+            d = run.data
+            return {
+                "config": as_json(run.config), "query": to_query(run.config), "step": run.step,
+                "status": "running" if self.running else "paused", "message": run.message,
+                "history": run.history, "data_version": run.data_version, "layers": run.layer_rows,
+                "dataset": {"name": d.name, "upload": self.upload_name if d.name == "csv" else None,
+                            "classes": d.classes, "train_points": len(d.x_train), "test_points": len(d.x_test),
+                            "bounds": list(d.bounds), "axis_labels": list(d.axis_labels)},
+                "resolution": run.config.resolution, "linear_collapse": run.linear,
+                "updates_per_second": len(seconds) / sum(seconds) if seconds else None,
+            }
+
+    def points(self) -> dict:
+        with self.lock:
+            run = self.run
+        d = run.data
+        return {"data_version": run.data_version, "x_train": d.x_train.tolist(), "y_train": d.y_train.tolist(),
+                "x_test": d.x_test.tolist(), "y_test": d.y_test.tolist()}
+
+    def next_frame(self, after: int, timeout: float) -> tuple[int, str | None]:
+        """The first frame newer than `after` (waiting up to `timeout` s): (sequence, JSON) or (after, None)."""
+        with self.lock:
+            self.changed.wait_for(lambda: (self.sequence > after and self.frame is not None) or self.closed,
+                                  timeout=timeout)
+            return (self.sequence, self.frame) if self.sequence > after and self.frame else (after, None)
+
+    def snapshot(self):
+        """(config, classes, parameters and other state on the host, a few data points) for an export."""
+        with self.lock:
+            run = self.run
+        return run.config, run.data.classes, jax.device_get((run.params, run.rest)), run.data.x_train[:16]
+
+
+def _finite_or_null(value):
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

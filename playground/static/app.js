@@ -1,0 +1,360 @@
+// The playground page: controls -> POST /api/config, frames <- /api/events, drawn on canvases.
+// All numbers come from the server (the library computes them); this file only draws.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const playground = (window.playground = { frame: null, frames: 0, data: null, options: null, errors: [] });
+
+// ---------- talking to the server ----------
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+  if (message) playground.errors.push(message);
+}
+
+async function api(path, body, raw) {
+  const init = body === undefined ? {} : {
+    method: "POST", body: raw ? body : JSON.stringify(body),
+    headers: { "Content-Type": raw ? "text/csv" : "application/json" },
+  };
+  const response = await fetch(path, init);
+  const record = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
+  if (!response.ok) throw new Error(record.error || `${response.status} ${response.statusText}`);
+  return record;
+}
+
+// ---------- controls ----------
+const FIELDS = ["dataset", "noise", "width", "learning_rate", "seed", "probe_layer", "resolution"];
+
+function fillSelect(select, values, labels) {
+  select.replaceChildren(...values.map((v, i) => new Option(labels ? labels[i] : v, v)));
+}
+
+function layerKindSelects(kinds) {
+  const box = $("layer-kinds");
+  box.replaceChildren(...kinds.map((kind, l) => {
+    const label = document.createElement("label");
+    label.textContent = `layer ${l + 1} `;
+    const select = document.createElement("select");
+    select.className = "layer-kind";
+    select.id = `layer-kind-${l + 1}`;
+    fillSelect(select, playground.options.layer_kinds);
+    select.value = kind;
+    select.addEventListener("change", () => configure());
+    label.append(select);
+    return label;
+  }));
+  const probe = $("probe_layer");
+  const names = kinds.map((k, l) => `layer ${l + 1} (${k})`).concat(["output (logits)"]);
+  fillSelect(probe, names.map((_, i) => String(i + 1)), names);
+}
+
+function showConfig(config) {
+  for (const name of FIELDS) $(name).value = String(config[name]);
+  $("depth").value = config.layers.length;
+  $("residual").checked = config.residual;
+  $("layernorm").checked = config.layernorm;
+  layerKindSelects(config.layers);
+  $("probe_layer").value = String(config.probe_layer);
+}
+
+function readControls() {
+  const kinds = [...document.querySelectorAll(".layer-kind")].map((s) => s.value);
+  const depth = Number($("depth").value);
+  const layers = Array.from({ length: Math.max(depth, 0) }, (_, l) => kinds[l] || kinds[kinds.length - 1] || "relu");
+  const fields = { layers: depth >= 1 && depth <= playground.options.max_depth ? layers : $("depth").value,
+                   residual: $("residual").checked, layernorm: $("layernorm").checked };
+  for (const name of FIELDS) fields[name] = $(name).value;
+  if (depth !== kinds.length) fields.probe_layer = String(Math.min(Number(fields.probe_layer), depth + 1) || 1);
+  return fields;
+}
+
+async function configure(fields) {
+  try {
+    const result = await api("api/config", fields || readControls());
+    showError("");
+    history.replaceState(null, "", "?" + result.query);
+    showConfig(result.config);
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+async function control(action) {
+  try { await api("api/control", { action }); showError(""); } catch (error) { showError(error.message); }
+}
+
+async function upload(file) {
+  if (!file) return;
+  try {
+    const result = await api(`api/upload?name=${encodeURIComponent(file.name)}`, await file.arrayBuffer(), true);
+    showError("");
+    history.replaceState(null, "", "?" + result.query);
+    showConfig(result.config);
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    $("csv").value = "";
+  }
+}
+
+// ---------- drawing the maps ----------
+function bytes(b64) {
+  const text = atob(b64);
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
+// paint `resolution`² pixels (row 0 is the bottom of the plane) with colour(i) -> [r, g, b], scaled up
+function paint(canvas, resolution, colour) {
+  const image = new ImageData(resolution, resolution);
+  for (let row = 0; row < resolution; row++) {
+    for (let col = 0; col < resolution; col++) {
+      const rgb = colour(row * resolution + col);
+      const at = ((resolution - 1 - row) * resolution + col) * 4;
+      image.data[at] = rgb[0]; image.data[at + 1] = rgb[1]; image.data[at + 2] = rgb[2]; image.data[at + 3] = 255;
+    }
+  }
+  const small = document.createElement("canvas");
+  small.width = small.height = resolution;
+  small.getContext("2d").putImageData(image, 0, 0);
+  const context = canvas.getContext("2d");
+  context.imageSmoothingEnabled = false;
+  context.drawImage(small, 0, 0, canvas.width, canvas.height);
+}
+
+const classColour = (c) => playground.options.colormaps.tab20[Math.round((((2 * c) % 20) + Math.floor(c / 10)) * 254 / 19)];
+const mix = (rgb, t) => rgb.map((v) => Math.round(255 - (255 - v) * t));
+
+function drawPoints(canvas, frame) {
+  const data = playground.data;
+  if (!data || data.data_version !== frame.data_version) return;
+  const [xmin, xmax, ymin, ymax] = frame.dataset.bounds;
+  const context = canvas.getContext("2d");
+  const draw = (points, labels, filled) => points.forEach((p, i) => {
+    const x = ((p[0] - xmin) / (xmax - xmin)) * canvas.width;
+    const y = (1 - (p[1] - ymin) / (ymax - ymin)) * canvas.height;
+    context.beginPath();
+    context.arc(x, y, 2.6, 0, 2 * Math.PI);
+    const rgb = classColour(labels[i]);
+    context.fillStyle = filled ? `rgb(${rgb})` : "#fff";
+    context.strokeStyle = filled ? "#fff" : `rgb(${rgb})`;
+    context.lineWidth = filled ? 0.8 : 1.6;
+    context.fill(); context.stroke();
+  });
+  draw(data.x_train, data.y_train, true);
+  draw(data.x_test, data.y_test, false);
+}
+
+const fmt = (v, digits = 3) => (v === null || v === undefined ? "–" : Number(v).toPrecision(digits));
+
+function drawMaps(frame) {
+  const maps = frame.maps;
+  const r = frame.resolution;
+  const cls = bytes(maps.class.data), confidence = bytes(maps.confidence.data);
+  paint($("map-decision"), r, (i) => mix(classColour(cls[i]), 0.25 + 0.6 * confidence[i] / 254));
+  drawPoints($("map-decision"), frame);
+  $("legend-decision").textContent = `${frame.dataset.classes} classes; filled: training, hollow: test; ` +
+    `paler = less confident. Axes: ${frame.dataset.axis_labels.join(", ")}`;
+
+  const viridis = playground.options.colormaps.viridis, magma = playground.options.colormaps.magma;
+  const volume = bytes(maps.log_volume.data);
+  paint($("map-log_volume"), r, (i) => (volume[i] === 255 ? [40, 40, 40] : viridis[volume[i]]));
+  $("legend-log_volume").textContent = `${fmt(maps.log_volume.lo)} … ${fmt(maps.log_volume.hi)} (1st–99th percentile); ` +
+    `dark grey: singular (−∞), ${(100 * maps.log_volume.singular_fraction).toFixed(1)}% of the map`;
+  const sigma = bytes(maps.sigma_min.data);
+  paint($("map-sigma_min"), r, (i) => magma[sigma[i]]);
+  $("legend-sigma_min").textContent = `0 (black) … ${fmt(maps.sigma_min.hi)} (99th percentile)`;
+  const rank = bytes(maps.rank.data);
+  const rankColours = [[33, 33, 33], [255, 167, 38], [102, 187, 106]];
+  paint($("map-rank"), r, (i) => rankColours[Math.min(rank[i], 2)]);
+  $("legend-rank").textContent = "numerical rank of ∂h/∂x: 0 black, 1 orange, 2 green";
+  const layer = frame.config.probe_layer, depth = frame.config.layers.length;
+  const name = layer > depth ? "the logits" : `layer ${layer}`;
+  $("title-log_volume").textContent = `½ log det g of ${name}`;
+  $("title-sigma_min").textContent = `σ_min of ∂h/∂x, ${name}`;
+  $("title-rank").textContent = `rank of ∂h/∂x, ${name}`;
+
+  const canvas = $("map-regions");
+  if (!maps.regions) {
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    $("legend-regions").textContent = "no relu or leaky relu units: nothing piecewise linear to partition";
+  } else {
+    const ids = bytes(maps.regions.data);
+    const cache = {};
+    const rgbOf = (id) => cache[id] || (cache[id] = hslToRgb((id * 137.508) % 360, 0.6, 0.45 + 0.1 * (id % 4)));
+    paint(canvas, r, (i) => rgbOf(ids[i]));
+    $("legend-regions").textContent = `${maps.regions.count} regions meet the ${r}×${r} grid (a lower bound)`;
+  }
+}
+
+function hslToRgb(h, s, l) {
+  const k = (n) => (n + h / 30) % 12, a = s * Math.min(l, 1 - l);
+  const f = (n) => l - a * Math.max(-1, Math.min(k(n) - 3, 9 - k(n), 1));
+  return [f(0), f(8), f(4)].map((v) => Math.round(v * 255));
+}
+
+function drawCurves(frame) {
+  const canvas = $("curves"), context = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 30;
+  context.clearRect(0, 0, w, h);
+  context.strokeStyle = "#999"; context.strokeRect(pad, 10, w - pad - 10, h - pad - 10);
+  const history = frame.history;
+  if (history.length < 1) return;
+  const steps = history.map((e) => e.step), last = Math.max(...steps, 1);
+  const x = (s) => pad + (s / last) * (w - pad - 10);
+  const losses = history.map((e) => Math.log10(Math.max(e.loss, 1e-12)));
+  const lo = Math.min(...losses), hi = Math.max(...losses, lo + 1e-6);
+  const line = (values, y, colour) => {
+    context.beginPath(); context.strokeStyle = colour; context.lineWidth = 1.5;
+    values.forEach((v, i) => (i ? context.lineTo(x(steps[i]), y(v)) : context.moveTo(x(steps[i]), y(v))));
+    context.stroke();
+  };
+  const top = 10, bottom = h - pad;
+  line(losses, (v) => bottom - ((v - lo) / (hi - lo)) * (bottom - top), "#000");
+  const accuracy = (v) => bottom - v * (bottom - top);
+  line(history.map((e) => e.train_accuracy), accuracy, "#1f77b4");
+  line(history.map((e) => e.test_accuracy), accuracy, "#ff7f0e");
+  context.fillStyle = "#333"; context.font = "11px sans-serif";
+  context.fillText(`step ${last}`, w - 70, h - 10);
+  context.fillText(`loss 1e${hi.toFixed(1)}`, pad + 2, 22);
+  context.fillText(`1e${lo.toFixed(1)}`, pad + 2, bottom - 4);
+}
+
+function drawTable(frame) {
+  const body = $("layers-table").tBodies[0];
+  body.replaceChildren(...(frame.layers || []).map((row) => {
+    const tr = document.createElement("tr");
+    const cells = [row.layer, row.kind, row.rank, fmt(row.effective_rank), fmt(row.jacobian_rank),
+                   row.dead_units ?? "–", row.saturated === null ? "–" : `${(100 * row.saturated).toFixed(1)}%`,
+                   fmt(row.cka_input), fmt(row.cka_previous)];
+    tr.replaceChildren(...cells.map((c) => Object.assign(document.createElement("td"), { textContent: String(c) })));
+    return tr;
+  }));
+  const linear = frame.linear_collapse;
+  $("linear-collapse").textContent = linear.rank === null ? `W_total: ${linear.note}.` :
+    `Without activations: W_total = W_out W_L ⋯ W_1 is ${linear.shape.join("×")} with rank ${linear.rank} ` +
+    `(singular values ${linear.singular_values.map((s) => fmt(s)).join(", ")}): ${linear.note}.`;
+}
+
+function drawStatus(frame) {
+  const h = frame.history[frame.history.length - 1];
+  const rate = frame.updates_per_second ? `${frame.updates_per_second.toFixed(1)} updates/s` : "";
+  $("status").textContent = `${frame.status} · step ${frame.step}` +
+    (h ? ` · loss ${fmt(h.loss)} · train ${(100 * h.train_accuracy).toFixed(1)}% · test ${(100 * h.test_accuracy).toFixed(1)}%` : "") +
+    ` · ${rate}`;
+  for (const action of ["start", "pause"]) $(action).classList.toggle("active", (action === "start") === (frame.status === "running"));
+  if (frame.message) showError(frame.message);
+}
+
+async function render(frame) {
+  playground.frame = frame;
+  playground.frames += 1;
+  if (!playground.data || playground.data.data_version !== frame.data_version) {
+    playground.data = await api("api/data");
+  }
+  drawStatus(frame);
+  if (frame.maps) drawMaps(frame);
+  drawCurves(frame);
+  drawTable(frame);
+}
+
+// ---------- the PNG export: every panel with its title, on one canvas ----------
+function exportView() {
+  const figures = [...document.querySelectorAll("#panels figure")];
+  const size = 300, title = 22, columns = 3;
+  const out = document.createElement("canvas");
+  out.width = columns * size; out.height = Math.ceil(figures.length / columns) * (size + title);
+  const context = out.getContext("2d");
+  context.fillStyle = "#fff"; context.fillRect(0, 0, out.width, out.height);
+  context.fillStyle = "#222"; context.font = "13px sans-serif";
+  figures.forEach((figure, i) => {
+    const x = (i % columns) * size, y = Math.floor(i / columns) * (size + title);
+    context.fillText(figure.querySelector("figcaption").textContent, x + 4, y + 15);
+    context.drawImage(figure.querySelector("canvas"), x, y + title, size, size);
+  });
+  const link = Object.assign(document.createElement("a"), { href: out.toDataURL("image/png"), download: "playground-view.png" });
+  document.body.append(link); link.click(); link.remove();
+}
+
+// ---------- the grid-and-disk widget ----------
+const warp = { activation: "relu", busy: false, again: false };
+
+async function updateWarp() {
+  if (warp.busy) { warp.again = true; return; }
+  warp.busy = true;
+  const angle = $("warp-angle").value;
+  $("warp-angle-value").textContent = `${angle}°`;
+  try {
+    const view = await api(`api/warp?activation=${warp.activation}&angle=${angle}`);
+    drawWarp(view);
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    warp.busy = false;
+    if (warp.again) { warp.again = false; updateWarp(); }
+  }
+}
+
+function drawWarp(view) {
+  const canvas = $("warp-canvas"), context = canvas.getContext("2d"), w = canvas.width;
+  const to = (p) => [((p[0] + 1.6) / 3.2) * w, (1 - (p[1] + 1.6) / 3.2) * w];
+  context.fillStyle = "#fff"; context.fillRect(0, 0, w, w);
+  context.strokeStyle = "#bbb"; context.lineWidth = 0.7;
+  for (const line of view.lines) {
+    context.beginPath();
+    line.forEach((p, i) => (i ? context.lineTo(...to(p)) : context.moveTo(...to(p))));
+    context.stroke();
+  }
+  view.disk.forEach((p, i) => {
+    context.fillStyle = `hsl(${view.hue[i] * 360},80%,50%)`;
+    const [x, y] = to(p);
+    context.fillRect(x - 1.2, y - 1.2, 2.4, 2.4);
+  });
+  $("warp-numbers").textContent = `folded (rank J < 2): ${view.folded.toFixed(3)} of the disk (theory ${view.theory_folded.toFixed(3)}); ` +
+    `orientation reversed: ${view.orientation_reversed.toFixed(3)} (theory ${view.theory_orientation_reversed.toFixed(3)})`;
+  playground.warp = view;
+}
+
+// ---------- start ----------
+async function main() {
+  playground.options = await api("api/options");
+  fillSelect($("dataset"), playground.options.datasets);
+  fillSelect($("resolution"), playground.options.resolutions.map(String));
+  $("depth").max = playground.options.max_depth;
+  $("width").max = playground.options.max_width;
+  for (const name of FIELDS) $(name).addEventListener("change", () => configure());
+  for (const name of ["depth", "residual", "layernorm"]) $(name).addEventListener("change", () => configure());
+  for (const action of ["start", "pause", "step", "reset"]) $(action).addEventListener("click", () => control(action));
+  $("csv").addEventListener("change", (event) => upload(event.target.files[0]));
+  $("export-view").addEventListener("click", exportView);
+
+  $("warp-activations").replaceChildren(...playground.options.warp_activations.map((name) => {
+    const button = Object.assign(document.createElement("button"), { textContent: name, id: `warp-${name}` });
+    button.addEventListener("click", () => {
+      warp.activation = name;
+      document.querySelectorAll("#warp-activations button").forEach((b) => b.classList.toggle("active", b === button));
+      updateWarp();
+    });
+    return button;
+  }));
+  $("warp-relu").classList.add("active");
+  $("warp-angle").addEventListener("input", updateWarp);
+  updateWarp();
+
+  const query = new URLSearchParams(location.search);
+  if ([...query.keys()].length) {
+    await configure(Object.fromEntries(query.entries()));
+  } else {
+    const frame = await api("api/frame");
+    showConfig(frame.config);
+    history.replaceState(null, "", "?" + frame.query);
+  }
+  const events = new EventSource("api/events");
+  events.onmessage = (event) => render(JSON.parse(event.data)).catch((error) => showError(error.message));
+  events.onerror = () => { $("status").textContent = "connection lost; retrying…"; };
+}
+
+main().catch((error) => showError(error.message));

@@ -1,0 +1,331 @@
+"""The playground without a browser: its numbers against hand-written references, its refusals,
+its export, and a server that keeps serving through bad requests."""
+
+import dataclasses
+import http.client
+import json
+import socket
+import time
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments import grid_warp
+from geometry import activations, spectra
+from geometry.training import CheckpointError
+from playground import config as configuration
+from playground import datasets, export, network, views, warp
+from playground.server import Server
+from playground.session import Run, encode_maps
+
+SMALL = configuration.Config(dataset="moons", layers=("relu", "tanh", "leaky_relu"), width=8, resolution=64,
+                             probe_layer=2, steps_per_update=20)
+
+
+# ---------- config ----------
+def test_config_round_trips_through_the_url():
+    config = configuration.parse({"dataset": "xor", "layers": "gelu,yat,none", "width": "17", "residual": "1",
+                                  "learning_rate": "0.003", "probe_layer": 4})
+    assert config.layers == ("gelu", "yat", "none") and config.width == 17 and config.residual
+    assert configuration.from_query(configuration.to_query(config)) == config
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"layers": ["relu", "swish2"]}, "unknown activation 'swish2'; valid: none, relu"),
+    ({"width": 0}, "width must be in [1, 256], got 0"),
+    ({"width": 10**6}, "width must be in [1, 256], got 1000000"),
+    ({"width": 2.5}, "width must be a whole number"),
+    ({"learning_rate": "nan"}, "learning_rate must be in"),
+    ({"layers": ["relu"] * 9}, "depth must be between 1 and 8 layers, got 9"),
+    ({"dataset": "mnist"}, "unknown dataset 'mnist'; valid: linear"),
+    ({"depth": 3}, "unknown field 'depth'; valid: dataset"),
+    ({"residual": "maybe"}, "residual must be true or false"),
+    ({"resolution": 100}, "resolution must be one of 64, 96, 128, 192, 256"),
+])
+def test_config_refusals_name_the_field_and_the_range(fields, message):
+    with pytest.raises(configuration.ConfigError, match=None) as caught:
+        configuration.parse(fields)
+    assert message in str(caught.value)
+
+
+def test_probe_layer_follows_a_shallower_net():
+    assert configuration.parse({"layers": ["relu"], "probe_layer": 5}).probe_layer == 2
+
+
+# ---------- data ----------
+def _csv(rows, header="a,b,c,label"):
+    return (header + "\n" + "\n".join(",".join(str(v) for v in row) for row in rows) + "\n").encode()
+
+
+def test_csv_of_any_dimension_lands_on_its_principal_plane():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 3)) * [3.0, 1.0, 0.1]
+    y = np.repeat([0, 1, 2], 30)
+    parsed = datasets.parse_csv(_csv(np.column_stack([x, y]).tolist()), "three.csv")
+    dataset = datasets.load("csv", noise=0.0, seed=0, upload=parsed)
+    assert dataset.classes == 3 and len(dataset.x_train) + len(dataset.x_test) == 90
+    assert dataset.x_train.shape[1] == 2 and dataset.axis_labels[0].startswith("PC1")
+    everything = np.concatenate([dataset.x_train, dataset.x_test])
+    np.testing.assert_allclose(everything[:, 0].std(), 1.0, rtol=1e-5)  # the stated scaling
+    np.testing.assert_allclose(everything.mean(axis=0), 0.0, atol=1e-5)  # the plane passes through the mean
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"a,b,label\n1,2,0\n3,4\n", "bad.csv: line 3"),
+    (b"", "bad.csv: the file is empty"),
+    (b"\xff\xfe\x00a", "bad.csv: not a UTF-8 text file"),
+    (b"a,label\n" + b"".join(b"%d,%d\n" % (i, i % 2) for i in range(20)), "needs at least two"),
+    (b"a,b,label\n" + b"".join(b"%d,%d,%d\n" % (i, -i, i) for i in range(25)), "25 classes"),
+    (b"a,b,label\n1,2,0\n2,1,1\n", "give at least 10 examples"),
+    (b"a,b,label\n1,x,0\n", "bad.csv: line 2"),
+])
+def test_broken_csv_files_are_refused_by_line(text, message):
+    with pytest.raises(ValueError) as caught:
+        datasets.parse_csv(text, "bad.csv")
+    assert message in str(caught.value)
+
+
+# ---------- the numbers of a frame, against references ----------
+@pytest.fixture(scope="module")
+def trained_run():
+    run = Run(SMALL, None, 1)
+    for _ in range(3):
+        run.train()
+    return run
+
+
+def _reference_layers(model, x):
+    """Hidden outputs and pre-activations of the playground net, written out by hand."""
+    outputs, pre = [], []
+    h = x
+    for layer in model.layers:
+        bias = np.asarray(layer.dense.bias[...])
+        z = h @ np.asarray(layer.dense.weight[...]).T + bias.reshape((1,) * (h.ndim - 1) + bias.shape)
+        pre.append(z)
+        h = layer.activation.activation.fn(z)
+        outputs.append(h)
+    return outputs, pre
+
+
+def test_maps_match_a_hand_written_jacobian(trained_run):
+    run = trained_run
+    state = nnx.state(run.model)
+    maps = jax.device_get(run.views.maps(state, run.views.grid))
+    points = run.views.grid[::97]  # 43 grid points across the map
+
+    def layer_two(x):
+        return _reference_layers(run.model, x)[0][1]
+
+    J = jax.vmap(jax.jacrev(layer_two))(jnp.asarray(points))  # (P, 8, 2), the other mode on purpose
+    reference = spectra.summary(J)
+    np.testing.assert_array_equal(maps["rank"][::97], reference["numerical_rank"])
+    np.testing.assert_allclose(maps["sigma_min"][::97], reference["sigma_min"], rtol=2e-5, atol=1e-6)
+    finite = np.isfinite(reference["log_volume"])
+    np.testing.assert_allclose(maps["log_volume"][::97][finite], reference["log_volume"][finite], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.isfinite(maps["log_volume"][::97]), finite)
+    logits = jax.vmap(run.model)(jnp.asarray(run.views.grid))
+    np.testing.assert_array_equal(maps["class"], np.argmax(logits, axis=-1))
+
+
+def test_linear_regions_count_the_distinct_sign_patterns(trained_run):
+    run = trained_run
+    maps = jax.device_get(run.views.maps(nnx.state(run.model), run.views.grid))
+    ids, count = views.region_ids(np.asarray(maps["region_hash"]))
+    _, pre = _reference_layers(run.model, jnp.asarray(run.views.grid))
+    patterns = np.concatenate([np.asarray(pre[0]) > 0, np.asarray(pre[2]) > 0], axis=1)  # relu, leaky relu layers
+    unique, inverse = np.unique(patterns, axis=0, return_inverse=True)
+    assert count == len(unique) > 10
+    # the same partition: a region id determines the pattern and vice versa
+    pairs = set(zip(ids.tolist(), inverse.reshape(-1).tolist()))
+    assert len(pairs) == count
+
+
+def test_layer_numbers_match_float64_references(trained_run):
+    run = trained_run
+    rows = run.views.layer_numbers(nnx.state(run.model))
+    sample = run.views.sample.astype(np.float64)
+    outputs, pre = _reference_layers(run.model, jnp.asarray(run.views.sample))
+    previous = sample
+    for row, H, z, kind in zip(rows, outputs, pre, SMALL.layers):
+        H, z = np.asarray(H, np.float64), np.asarray(z)
+        centred = H - H.mean(0)
+        sigma = np.linalg.svd(centred, compute_uv=False)
+        assert row["rank"] == int(np.sum(sigma > max(centred.shape) * np.finfo(np.float32).eps * sigma[0]))
+        p = sigma / sigma.sum()
+        np.testing.assert_allclose(row["effective_rank"], np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))), rtol=1e-4)
+        derivative = np.asarray(activations.get(network.activation_name(kind)).derivative(jnp.asarray(z)))
+        assert row["dead_units"] == int(np.sum(np.all(derivative == 0, axis=0)))
+        np.testing.assert_allclose(row["saturated"], np.mean(np.abs(derivative) < views.SATURATION), atol=1e-6)
+
+        def linear_cka(a, b):
+            a, b = a - a.mean(0), b - b.mean(0)
+            return np.linalg.norm(a.T @ b) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+
+        np.testing.assert_allclose(row["cka_input"], linear_cka(sample, H), rtol=1e-5)
+        np.testing.assert_allclose(row["cka_previous"], linear_cka(previous, H), rtol=1e-5)
+        assert row["jacobian_rank"] == 2.0 or kind == "relu"  # tanh, leaky relu: full rank everywhere
+        previous = H
+
+
+def test_w_total_is_the_net_without_activations():
+    config = dataclasses.replace(SMALL, layers=("none", "none", "none"), residual=True)
+    model = network.build(config, 2, 3)
+    total = network.linear_total(model)  # (3, 2)
+    x = np.random.default_rng(1).normal(size=(5, 2)).astype(np.float32)
+    affine = np.asarray(jax.vmap(model)(x)) - np.asarray(model(np.zeros(2, np.float32)))
+    np.testing.assert_allclose(affine, x @ total.T, rtol=1e-5, atol=1e-5)
+    assert views.linear_collapse(model, config)["rank"] == 2
+    kernel = network.build(dataclasses.replace(config, layers=("yat", "none")), 2, 2)
+    assert views.linear_collapse(kernel, config)["rank"] is None
+
+
+def test_encoded_maps_keep_singular_points_apart():
+    maps = {"class": np.array([0, 1, 1, 0]), "confidence": np.array([0.5, 1.0, 0.75, 0.6]),
+            "log_volume": np.array([-np.inf, 0.0, 1.0, 2.0]), "sigma_min": np.array([0.0, 1.0, 2.0, 3.0]),
+            "rank": np.array([1, 2, 2, 2])}
+    encoded = encode_maps(maps, 2)
+    import base64
+    codes = np.frombuffer(base64.b64decode(encoded["log_volume"]["data"]), np.uint8)
+    assert codes[0] == views.SINGULAR and codes[1:].max() <= 254
+    assert encoded["log_volume"]["singular_fraction"] == 0.25
+
+
+def test_training_learns_and_a_diverging_run_says_so(trained_run, monkeypatch):
+    history = trained_run.history
+    assert history[-1]["loss"] < history[0]["loss"] and history[-1]["train_accuracy"] > 0.8
+    run = Run(SMALL, None, 1)
+    params_before = jax.device_get(run.params)
+    from geometry import training
+    monkeypatch.setattr(training, "train_step", lambda g, p, r, o, b, **k: (p, o, jnp.float32(np.nan)))
+    with pytest.raises(FloatingPointError, match="training diverged at step 20 .*lower the learning rate"):
+        run.train()
+    assert run.step == 0  # nothing of the diverged update is kept
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(run.params), params_before)
+
+
+# ---------- export ----------
+def test_export_round_trip_and_corruption(trained_run, tmp_path):
+    run = trained_run
+    body = export.to_zip(run.config, run.data.classes, jax.device_get((run.params, run.rest)), run.data.x_train[:8])
+    path = tmp_path / "model.zip"
+    path.write_bytes(body)
+    model, config, meta = export.load(path)
+    assert config == run.config and meta["classes"] == 2
+    x = run.data.x_test
+    np.testing.assert_allclose(jax.vmap(model)(x), jax.vmap(run.model)(x), rtol=1e-6, atol=1e-6)
+
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="not a playground export"):
+        export.load(tmp_path / "junk.zip")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp_path / "tampered.zip", "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                meta = json.loads(data)
+                meta["check_logits"][0][0] += 1.0
+                data = json.dumps(meta).encode()
+            target.writestr(item, data)
+    with pytest.raises(CheckpointError, match="does not reproduce its recorded logits"):
+        export.load(tmp_path / "tampered.zip")
+
+
+# ---------- the grid-and-disk widget ----------
+def test_warp_reports_grid_warps_own_measure():
+    view = warp.view("relu", 30)
+    measured = grid_warp.measure("relu", np.radians(30.0), grid_warp.disk_points(warp.MEASURE_GRID))
+    assert view["folded"] == measured["folded"]
+    assert abs(view["folded"] - 0.75) < 0.01 and view["theory_folded"] == 0.75
+    np.testing.assert_allclose(view["disk"], np.round(grid_warp.image("relu", np.radians(30.0),
+                                                                      grid_warp.disk_points(warp.DRAW_GRID)), 4))
+    with pytest.raises(configuration.ConfigError, match="unknown activation 'yat'"):
+        warp.view("yat", 0)
+    with pytest.raises(configuration.ConfigError, match="angle must be"):
+        warp.view("relu", "nan")
+
+
+# ---------- the server ----------
+@pytest.fixture(scope="module")
+def server():
+    server = Server(0, SMALL)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _request(server, method, path, body=None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, data
+
+
+def _json_of(data):
+    return json.loads(data)
+
+
+@pytest.mark.parametrize("method, path, body, status, message", [
+    ("POST", "/api/config", b'{"layers": ["relu", "swish2"]}', 400, "unknown activation 'swish2'"),
+    ("POST", "/api/config", b'{"width": 0}', 400, "width must be in [1, 256]"),
+    ("POST", "/api/config", b'{"width": 1000000}', 400, "width must be in [1, 256]"),
+    ("POST", "/api/config", b"{not json", 400, "the body is not JSON"),
+    ("POST", "/api/config", b"[1, 2]", 400, "must be a JSON object"),
+    ("POST", "/api/control", b'{"action": "explode"}', 400, "unknown action 'explode'"),
+    ("POST", "/api/upload?name=bad.csv", b"a,b,label\n1,2,0\n3,4\n", 400, "bad.csv: line 3"),
+    ("POST", "/api/upload?name=../../etc", b"a,b\n", 400, "the file name must be"),
+    ("GET", "/api/warp?activation=relu&angle=abc", None, 400, "angle must be a number"),
+    ("GET", "/api/nothing", None, 404, "GET /api/nothing is not served"),
+    ("GET", "/api/config", None, 405, "use POST"),
+    ("PUT", "/api/config", b"{}", 405, "is not served"),
+])
+def test_bad_requests_get_a_4xx_with_a_message(server, method, path, body, status, message):
+    got, data = _request(server, method, path, body, {"Content-Type": "application/json"})
+    assert got == status
+    assert message in _json_of(data)["error"]
+
+
+def test_the_server_survives_garbage_and_keeps_its_run(server):
+    before = _json_of(_request(server, "GET", "/api/frame")[1])["config"]
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as raw:
+        raw.sendall(b"\x00\x01garbage that is not HTTP\r\n\r\n")
+        reply = b""
+        while chunk := raw.recv(1000):  # the server closes the connection after its answer
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400") and b'{"error": "400 Bad request' in reply
+    _request(server, "POST", "/api/config", b'{"width": 0}')
+    status, data = _request(server, "GET", "/api/frame")
+    assert status == 200 and _json_of(data)["config"] == before  # the refused config changed nothing
+
+
+def test_events_stream_frames_and_a_new_config_retrains(server):
+    status, data = _request(server, "POST", "/api/config", json.dumps({**configuration.as_json(SMALL),
+                                                                        "layers": ["tanh", "tanh"]}).encode())
+    assert status == 200 and "layers=tanh%2Ctanh" in _json_of(data)["query"]
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
+    connection.request("GET", "/api/events")
+    response = connection.getresponse()
+    assert response.getheader("Content-Type") == "text/event-stream"
+    steps, deadline = [], time.time() + 60
+    while len(steps) < 3 and time.time() < deadline:
+        line = response.fp.readline().decode()
+        if line.startswith("data: "):
+            frame = json.loads(line[6:])
+            assert frame["config"]["layers"] == ["tanh", "tanh"]
+            steps.append(frame["step"])
+    connection.close()
+    assert len(steps) == 3 and steps[-1] > steps[0]  # training runs after a new config
+
+
+def test_export_endpoints(server, tmp_path):
+    status, data = _request(server, "GET", "/api/export/model")
+    assert status == 200
+    (tmp_path / "m.zip").write_bytes(data)
+    model, config, _ = export.load(tmp_path / "m.zip")
+    status, numbers = _request(server, "GET", "/api/export/numbers")
+    assert status == 200 and _json_of(numbers)["linear_collapse"]["shape"][1] == 2
+    assert isinstance(model, network.Net) and config.width == SMALL.width
