@@ -46,17 +46,28 @@ class Config:
         return len(self.layers)
 
 
+def _shown(value) -> str:
+    """A value as the user typed it: 0 for "0" from a form or a URL, quoted only when empty or not numeric."""
+    if isinstance(value, str):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return repr(value)
+    return repr(value)
+
+
 def _number(name: str, value, kind, lo, hi):
     if isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+        raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {_shown(value)}")
     try:
         number = kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}") from None
+        raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {_shown(value)}") from None
     if kind is int and float(value) != number:
-        raise ConfigError(f"{name} must be a whole number in [{lo}, {hi}], got {value!r}")
+        raise ConfigError(f"{name} must be a whole number in [{lo}, {hi}], got {_shown(value)}")
     if not (math.isfinite(number) and lo <= number <= hi):
-        raise ConfigError(f"{name} must be in [{lo:g}, {hi:g}], got {value!r}")
+        raise ConfigError(f"{name} must be in [{lo:g}, {hi:g}], got {_shown(value)}")
     return number
 
 

@@ -250,8 +250,6 @@ function drawStatus(frame) {
 }
 
 async function render(frame) {
-  playground.frame = frame;
-  playground.frames += 1;
   if (!playground.data || playground.data.data_version !== frame.data_version) {
     playground.data = await api("api/data");
   }
@@ -259,6 +257,8 @@ async function render(frame) {
   if (frame.maps) drawMaps(frame);
   drawCurves(frame);
   drawTable(frame);
+  playground.frame = frame;  // the frame now on screen (tests wait on it)
+  playground.frames += 1;
 }
 
 // ---------- the PNG export: every panel with its title, on one canvas ----------
@@ -302,6 +302,10 @@ function drawWarp(view) {
   const canvas = $("warp-canvas"), context = canvas.getContext("2d"), w = canvas.width;
   const to = (p) => [((p[0] + 1.6) / 3.2) * w, (1 - (p[1] + 1.6) / 3.2) * w];
   context.fillStyle = "#fff"; context.fillRect(0, 0, w, w);
+  context.strokeStyle = "#e0e0e0"; context.lineWidth = 1;  // the output axes and the box [−1.6, 1.6]²
+  context.strokeRect(0.5, 0.5, w - 1, w - 1);
+  context.beginPath(); context.moveTo(...to([-1.6, 0])); context.lineTo(...to([1.6, 0]));
+  context.moveTo(...to([0, -1.6])); context.lineTo(...to([0, 1.6])); context.stroke();
   context.strokeStyle = "#bbb"; context.lineWidth = 0.7;
   for (const line of view.lines) {
     context.beginPath();
@@ -315,6 +319,7 @@ function drawWarp(view) {
   });
   $("warp-numbers").textContent = `folded (rank J < 2): ${view.folded.toFixed(3)} of the disk (theory ${view.theory_folded.toFixed(3)}); ` +
     `orientation reversed: ${view.orientation_reversed.toFixed(3)} (theory ${view.theory_orientation_reversed.toFixed(3)})`;
+  $("warp-numbers").title = "measured on a 151² grid inside the disk; theory: experiments/grid_warp.py";
   playground.warp = view;
 }
 

@@ -1,0 +1,202 @@
+"""The playground page in a real browser: headless Chromium (Debian's `chromium` package) driven by
+playwright with `executable_path` set to the system browser (playwright's own download is not used).
+
+Skipped, with the reason, where no browser or no playwright exists. With PLAYGROUND_SCREENSHOTS=DIR
+the tests also save the screenshots the README shows.
+"""
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from playground import export
+from playground.config import Config
+from playground.server import Server
+
+CHROMIUM = os.environ.get("PLAYGROUND_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no Chromium: install Debian's package (apt-get install -y chromium) or set PLAYGROUND_CHROMIUM "
+                "to a Chrome/Chromium executable", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
+
+# the machine has no network: without these Chromium keeps trying to reach Google's services
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]
+TIMEOUT_MS = 90_000
+SCREENSHOTS = os.environ.get("PLAYGROUND_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Server(0, Config(resolution=96))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1250}, accept_downloads=True)
+    page = context.new_page()
+    page.problems = []
+    page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
+    page.on("pageerror", lambda error: page.problems.append(str(error)))
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def _open(page, server, query: str = ""):
+    page.goto(server.url + query)
+    _wait_for(page, "f.maps && f.layers && f.layers.length > 0")
+
+
+def _wait_for(page, condition: str):
+    """Wait until `condition` holds of the latest frame `f` the page has drawn."""
+    page.wait_for_function(f"(() => {{ const f = window.playground.frame; return !!f && ({condition}); }})()",
+                           timeout=TIMEOUT_MS)
+    return page.evaluate("window.playground.frame")
+
+
+def _control(page, action: str):
+    page.click(f"#{action}")
+
+
+def _canvas(page, canvas_id: str) -> str:
+    return page.evaluate(f"document.getElementById('{canvas_id}').toDataURL()")
+
+
+def _screenshot(page, name: str):
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / name), full_page=True)
+
+
+def test_page_loads_without_errors(page, server):
+    _open(page, server)
+    frame = page.evaluate("window.playground.frame")
+    assert page.locator("#layers-table tbody tr").count() == len(frame["config"]["layers"])
+    assert page.locator("#error").is_hidden()
+    assert "dataset=" in page.url and "layers=" in page.url  # the state is in the address
+    assert page.problems == []
+
+
+def test_training_changes_the_maps(page, server):
+    _open(page, server, "?dataset=spiral&layers=relu,relu,relu,relu&width=32&resolution=96&seed=0")
+    _control(page, "reset")
+    untrained = _wait_for(page, "f.step === 0 && f.status === 'paused' && f.maps")
+    before = {name: _canvas(page, f"map-{name}") for name in ("decision", "log_volume", "regions")}
+    _control(page, "start")
+    trained = _wait_for(page, "f.step >= 300 && f.maps")
+    _control(page, "pause")
+    _wait_for(page, "f.status === 'paused'")
+    for name in ("class", "log_volume", "regions"):
+        assert trained["maps"][name]["data"] != untrained["maps"][name]["data"], name
+    for name, image in before.items():
+        assert _canvas(page, f"map-{name}") != image, name  # what is drawn changed too
+    assert trained["history"][-1]["train_accuracy"] > 0.9  # the spiral is learnt
+    assert page.locator("#curves").is_visible()
+    _screenshot(page, "playground-spiral.png")
+    assert page.problems == []
+
+
+def test_changing_a_control_retrains_and_bad_values_are_refused_in_the_page(page, server):
+    _open(page, server, "?dataset=moons&layers=relu,relu&width=16&resolution=64")
+    page.select_option("#layer-kind-2", "tanh")
+    frame = _wait_for(page, "f.config.layers[1] === 'tanh' && f.step > 0 && f.maps")
+    assert frame["config"]["layers"] == ["relu", "tanh"] and "layers=relu%2Ctanh" in page.url
+    assert frame["layers"][1]["kind"] == "tanh" and frame["layers"][1]["dead_units"] == 0
+    page.fill("#width", "0")
+    page.dispatch_event("#width", "change")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "width must be in [1, 256], got 0" in page.inner_text("#error")
+    page.fill("#width", "1000000")
+    page.dispatch_event("#width", "change")
+    page.wait_for_function("document.getElementById('error').textContent.includes('got 1000000')")
+    sequence = page.evaluate("window.playground.frame.sequence")
+    later = _wait_for(page, f"f.sequence > {sequence + 2}")  # the server kept running the previous net
+    assert later["config"]["width"] == 16 and later["config"]["layers"] == ["relu", "tanh"]
+
+
+def test_an_uploaded_csv_is_used(page, server, tmp_path):
+    rng = np.random.default_rng(0)
+    centres = np.array([[3, 0, 0, 1], [0, 3, 0, -1], [0, 0, 3, 0]], dtype=float)
+    x = np.concatenate([c + rng.normal(size=(60, 4)) for c in centres])
+    y = np.repeat([0, 1, 2], 60)
+    path = tmp_path / "blobs.csv"
+    path.write_text("a,b,c,d,label\n" + "\n".join(",".join(f"{v:.5f}" for v in row) + f",{label}"
+                                                     for row, label in zip(x, y)) + "\n")
+    _open(page, server)
+    page.set_input_files("#csv", str(path))
+    frame = _wait_for(page, "f.dataset.name === 'csv' && f.dataset.upload === 'blobs.csv' && f.maps && f.step > 0")
+    assert frame["dataset"]["classes"] == 3 and frame["dataset"]["train_points"] + frame["dataset"]["test_points"] == 180
+    assert frame["dataset"]["axis_labels"][0].startswith("PC1")
+    classes = np.frombuffer(base64.b64decode(frame["maps"]["class"]["data"]), np.uint8)
+    assert set(np.unique(classes)) <= {0, 1, 2}
+    data = page.evaluate("window.playground.data")
+    assert len(data["x_train"]) == frame["dataset"]["train_points"] and sorted(set(data["y_train"])) == [0, 1, 2]
+    _screenshot(page, "playground-csv.png")
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text("a,b,label\n1,2,0\n3,4\n")
+    page.set_input_files("#csv", str(broken))
+    page.wait_for_function("document.getElementById('error').textContent.includes('line 3')")
+    assert "broken.csv" in page.inner_text("#error")
+    sequence = page.evaluate("window.playground.frame.sequence")
+    later = _wait_for(page, f"f.sequence > {sequence + 2}")
+    assert later["dataset"]["upload"] == "blobs.csv"  # the broken file replaced nothing
+
+
+def test_export_downloads_a_checkpoint_that_loads_back(page, server, tmp_path):
+    _open(page, server, "?dataset=circles&layers=gelu,yat&width=12&resolution=64")
+    frame = _wait_for(page, "f.config.layers[1] === 'yat' && f.step >= 20")
+    _control(page, "pause")
+    frame = _wait_for(page, "f.status === 'paused'")
+    with page.expect_download() as download:
+        page.click("#export-model")
+    saved = tmp_path / "model.zip"
+    download.value.save_as(saved)
+    model, config, meta = export.load(saved)  # raises unless it reproduces its recorded logits
+    assert config.layers == ("gelu", "yat") and config.width == 12 and meta["classes"] == 2
+    points = np.asarray(page.evaluate("window.playground.data.x_test"), np.float32)
+    running = server.session.run  # paused: the net the page exported
+    assert running.step == frame["step"]
+    np.testing.assert_allclose(jax.vmap(model)(points), jax.vmap(running.model)(points), rtol=1e-6, atol=1e-6)
+
+    with page.expect_download() as download:
+        page.click("#export-view")
+    png = Path(download.value.path()).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    with page.expect_download() as download:
+        page.click("#export-numbers")
+    numbers = json.loads(Path(download.value.path()).read_text())
+    assert numbers["config"] == frame["config"] and numbers["step"] == frame["step"]
+    assert page.problems == []
+
+
+def test_the_grid_and_disk_widget(page, server):
+    _open(page, server)
+    page.wait_for_function("window.playground.warp && window.playground.warp.activation === 'relu'")
+    assert abs(page.evaluate("window.playground.warp.folded") - 0.75) < 0.01
+    page.click("#warp-tanh")
+    page.wait_for_function("window.playground.warp.activation === 'tanh'")
+    assert page.evaluate("window.playground.warp.folded") == 0.0
+    page.evaluate("const s = document.getElementById('warp-angle'); s.value = '90';"
+                  "s.dispatchEvent(new Event('input'))")
+    page.wait_for_function("window.playground.warp.angle === 90")
+    assert "folded (rank J < 2): 0.000" in page.inner_text("#warp-numbers")
+    assert page.problems == []
