@@ -1,6 +1,7 @@
 """The running experiment: one network training in a background thread, publishing frames.
 
-A `Session` owns the data, the model, the optimizer state and the history. Its worker
+A `Run` is one net on one dataset from step 0 (model, optimizer state, history); a
+`Session` holds the current run, replaced whole by a reset or a new config. Its worker
 thread alternates `config.steps_per_update` full-batch Adam steps
 (`geometry.training.train_step`, the library's own step) with one frame (`views`), and
 publishes the frame as a JSON string with a sequence number; any number of page

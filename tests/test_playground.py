@@ -4,7 +4,10 @@ its export, and a server that keeps serving through bad requests."""
 import dataclasses
 import http.client
 import json
+import signal
 import socket
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -72,6 +75,12 @@ def test_csv_of_any_dimension_lands_on_its_principal_plane():
     everything = np.concatenate([dataset.x_train, dataset.x_test])
     np.testing.assert_allclose(everything[:, 0].std(), 1.0, rtol=1e-5)  # the stated scaling
     np.testing.assert_allclose(everything.mean(axis=0), 0.0, atol=1e-5)  # the plane passes through the mean
+
+
+def test_digits_are_drawn_on_their_principal_plane():
+    dataset = datasets.load("digits", noise=0.0, seed=0)
+    assert dataset.classes == 10 and len(dataset.x_train) + len(dataset.x_test) == 1797
+    assert dataset.axis_labels[0].startswith("PC1") and dataset.x_train.shape[1] == 2
 
 
 @pytest.mark.parametrize("text, message", [
@@ -329,3 +338,26 @@ def test_export_endpoints(server, tmp_path):
     status, numbers = _request(server, "GET", "/api/export/numbers")
     assert status == 200 and _json_of(numbers)["linear_collapse"]["shape"][1] == 2
     assert isinstance(model, network.Net) and config.width == SMALL.width
+
+
+def test_command_line_serves_and_stops_on_ctrl_c():
+    process = subprocess.Popen([sys.executable, "-m", "playground", "--no-browser", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("playground: serving http://127.0.0.1:"), line
+        port = int(line.split(":")[3].split("/")[0])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert response.status == 200 and b"layer-geometry playground" in response.read()
+        connection.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert "playground: stopped" in process.stdout.read()
+    finally:
+        process.kill()
+        process.stdout.close()
+    refused = subprocess.run([sys.executable, "-m", "playground", "--no-browser", "--port", "70000"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--port must be in [0, 65535]" in refused.stderr
