@@ -188,6 +188,14 @@ def test_export_downloads_a_checkpoint_that_loads_back(page, server, tmp_path):
     assert page.problems == []
 
 
+def test_a_link_with_an_unknown_activation_says_so_and_shows_the_running_net(page, server):
+    page.goto(server.url + "?layers=relu,swish9&width=8")
+    page.wait_for_function("document.getElementById('error').textContent.includes(\"unknown activation 'swish9'\")")
+    frame = _wait_for(page, "f.maps")
+    assert page.input_value("#width") == str(frame["config"]["width"])  # the controls show what runs
+    assert page.locator(".layer-kind").count() == len(frame["config"]["layers"])
+
+
 def test_the_grid_and_disk_widget(page, server):
     _open(page, server)
     page.wait_for_function("window.playground.warp && window.playground.warp.activation === 'relu'")

@@ -76,8 +76,10 @@ async function configure(fields) {
     showError("");
     history.replaceState(null, "", "?" + result.query);
     showConfig(result.config);
+    return true;
   } catch (error) {
     showError(error.message);
+    return false;
   }
 }
 
@@ -350,12 +352,11 @@ async function main() {
   updateWarp();
 
   const query = new URLSearchParams(location.search);
-  if ([...query.keys()].length) {
-    await configure(Object.fromEntries(query.entries()));
-  } else {
+  // a link's settings, or (none given, or refused: the message stays up) the net the server runs
+  if (![...query.keys()].length || !(await configure(Object.fromEntries(query.entries())))) {
     const frame = await api("api/frame");
     showConfig(frame.config);
-    history.replaceState(null, "", "?" + frame.query);
+    if (![...query.keys()].length) history.replaceState(null, "", "?" + frame.query);
   }
   const events = new EventSource("api/events");
   events.onmessage = (event) => render(JSON.parse(event.data)).catch((error) => showError(error.message));
