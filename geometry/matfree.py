@@ -85,78 +85,33 @@ def _orthogonalise(w, basis):
     return w
 
 
-def _gk_start(matvec: Callable, start: jax.Array, m: int, capacity: int):
-    """GK arrays for up to `capacity` steps from `start` (n,): (U, V, alphas, betas) with the first
-    α and u filled."""
-    dtype = start.dtype
-    v, _ = _normalise(start)
-    u, alpha0 = _normalise(matvec(v))
-    V = jnp.zeros((capacity + 1, start.size), dtype).at[0].set(v)
-    U = jnp.zeros((capacity, m), dtype).at[0].set(u)
-    alphas = jnp.zeros(capacity, dtype).at[0].set(alpha0)
-    betas = jnp.zeros(capacity, dtype)
-    return jax.tree_util.tree_map(lambda a: _varying_like(a, start), (U, V, alphas, betas))  # see _varying_like
-
-
-def _gk_step(matvec: Callable, rmatvec: Callable, j, carry):
-    """Step j: β_j and v_{j+1}, then (unless the arrays are full) α_{j+1} and u_{j+1}."""
-    U, V, alphas, betas = carry
-    capacity = alphas.shape[0]
-    w = _orthogonalise(rmatvec(U[j]) - alphas[j] * V[j], V)
-    v_next, beta = _normalise(w)
-    V = V.at[j + 1].set(v_next)
-    betas = betas.at[j].set(beta)
-    z = _orthogonalise(matvec(v_next) - beta * U[j], U)
-    u_next, alpha = _normalise(z)
-    last = j + 1 >= capacity  # the final step only needs β_s
-    U = jnp.where(last, U, U.at[jnp.minimum(j + 1, capacity - 1)].set(u_next))
-    alphas = jnp.where(last, alphas, alphas.at[jnp.minimum(j + 1, capacity - 1)].set(alpha))
-    return U, V, alphas, betas
-
-
 def bidiagonalise(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int, steps: int):
     """(alphas (s,), betas (s,)) of Golub–Kahan with full reorthogonalisation from `start` (n,):
     B has diagonal alphas and superdiagonal betas[:-1]; betas[-1] is the residual factor β_s."""
-    carry = _gk_start(matvec, start, m, steps)
-    _, _, alphas, betas = jax.lax.fori_loop(0, steps, lambda j, c: _gk_step(matvec, rmatvec, j, c), carry)
-    return alphas, betas
-
-
-def _leading_ritz(alphas, betas, t):
-    """Ritz values (descending, padded with zeros) and residual bounds of the leading t × t block of B
-    after t steps (t traced): the block is B padded with zeros, so its values are B_t's and the last
-    row of its left singular vectors is row t − 1."""
-    capacity = alphas.shape[0]
-    inside = jnp.arange(capacity) < t
-    B = jnp.diag(jnp.where(inside, alphas, 0.0)) + jnp.diag(jnp.where(inside[1:], betas[:-1], 0.0), 1)
-    P, sigma, _ = jnp.linalg.svd(B)
-    last = jnp.maximum(t - 1, 0)
-    return sigma, jnp.abs(betas[last] * P[last, :])
-
-
-def bidiagonalise_until(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int, capacity: int, k: int,
-                        tol: float, check_every: int = 8):
-    """GK as `bidiagonalise`, stopped at the first multiple of `check_every` steps (≥ k) where the k
-    largest Ritz values have residual bounds ≤ tol · σ_max, or at `capacity`: (Ritz values (capacity,),
-    bounds (capacity,), steps taken). Under vmap every point of a batch runs until the last one stops."""
-    def not_done(state):
-        t, _, sigma, bounds = state
-        converged = jnp.all(bounds[:k] <= tol * sigma[0]) & (t >= k)
-        return (t < capacity) & ~converged
-
-    def advance(state):
-        t, carry, _, _ = state
-        block = jnp.minimum(check_every, capacity - t)
-        carry = jax.lax.fori_loop(t, t + block, lambda j, c: _gk_step(matvec, rmatvec, j, c), carry)
-        sigma, bounds = _leading_ritz(carry[2], carry[3], t + block)
-        return t + block, carry, sigma, bounds
-
-    carry = _gk_start(matvec, start, m, capacity)
     dtype = start.dtype
-    empty = _varying_like(jnp.zeros(capacity, dtype), start)
-    state = (_varying_like(jnp.zeros((), jnp.int32), start), carry, empty, _varying_like(jnp.full(capacity, jnp.inf, dtype), start))
-    t, _, sigma, bounds = jax.lax.while_loop(not_done, advance, state)
-    return sigma, bounds, t
+    v, _ = _normalise(start)
+    u, alpha0 = _normalise(matvec(v))
+    V = jnp.zeros((steps + 1, start.size), dtype).at[0].set(v)
+    U = jnp.zeros((steps, m), dtype).at[0].set(u)
+    alphas = jnp.zeros(steps, dtype).at[0].set(alpha0)
+    betas = jnp.zeros(steps, dtype)
+
+    def step(j, carry):
+        U, V, alphas, betas = carry
+        w = _orthogonalise(rmatvec(U[j]) - alphas[j] * V[j], V)
+        v_next, beta = _normalise(w)
+        V = V.at[j + 1].set(v_next)
+        betas = betas.at[j].set(beta)
+        z = _orthogonalise(matvec(v_next) - beta * U[j], U)
+        u_next, alpha = _normalise(z)
+        last = j + 1 >= steps  # the final step only needs β_s
+        U = jnp.where(last, U, U.at[jnp.minimum(j + 1, steps - 1)].set(u_next))
+        alphas = jnp.where(last, alphas, alphas.at[jnp.minimum(j + 1, steps - 1)].set(alpha))
+        return U, V, alphas, betas
+
+    carry = jax.tree_util.tree_map(lambda a: _varying_like(a, start), (U, V, alphas, betas))  # see _varying_like
+    U, V, alphas, betas = jax.lax.fori_loop(0, steps, step, carry)
+    return alphas, betas
 
 
 def _bidiagonal(alphas, betas):
@@ -179,28 +134,22 @@ def _nodes_and_weights(matvec, rmatvec, m: int, z, steps: int):
 
 @dataclasses.dataclass(frozen=True)
 class _TopSingular:
-    """x ↦ (Ritz values (k,), bounds (k,), steps taken) of J(x) from `steps` GK iterations, or, with
-    `tol` set, from as many as the k largest need to converge (at most `steps`)."""
+    """x ↦ (Ritz values (k,), bounds (k,)) of J(x) from `steps` GK iterations."""
 
     pure: Callable
     k: int
     steps: int
     which: str
     transpose: bool  # run on Jᵀ (when m < n: its GK space is the smaller one)
-    tol: float | None = None  # stop early once converged ("largest" only)
 
     def __call__(self, params, x, start):
         matvec, rmatvec, m, n = _oriented(self.pure, params, x, self.transpose)
-        if self.tol is not None:
-            sigma, bounds, taken = bidiagonalise_until(matvec, rmatvec, start[:n], m, self.steps, self.k, self.tol)
-            return sigma[: self.k], bounds[: self.k], taken
         alphas, betas = bidiagonalise(matvec, rmatvec, start[:n], m, self.steps)
         P, sigma, _ = jnp.linalg.svd(_bidiagonal(alphas, betas))
         bounds = jnp.abs(betas[-1] * P[-1, :])
-        taken = _varying_like(jnp.full((), self.steps, jnp.int32), x)
         if self.which == "largest":
-            return sigma[: self.k], bounds[: self.k], taken
-        return sigma[::-1][: self.k], bounds[::-1][: self.k], taken
+            return sigma[: self.k], bounds[: self.k]
+        return sigma[::-1][: self.k], bounds[::-1][: self.k]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,16 +214,11 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
 
     Returns {"values": (N, k) descending for "largest", ascending for "smallest", "bounds":
     (N, k) residual bounds (module docstring), "converged": (N, k) bool (bound ≤ tol·σ_max),
-    "steps": the most GK steps any point took, "steps_per_point": (N,) the steps after which each
-    point's values were taken}.
-
-    Steps: for "largest" with `steps=None`, GK stops as soon as the k largest values have
-    converged, checked every 8 steps, at most min(r, 4k + 40) (what the top 16 of a 1024-wide
-    tanh network's Jacobian, a continuous bulk with no spectral gap, could need; they converge at
-    64, benchmarks/matfree.py); points computed together run until the last of them stops. For
-    "smallest" the default is r = min(m, n), a complete bidiagonalisation (exact). A given
-    `steps` runs exactly that many. `strict=True` raises ValueError when any value has not
-    converged instead of flagging it.
+    "steps": s}. Default s: min(r, 4k + 40) for "largest" — what the top 16 of a 1024-wide
+    tanh network's Jacobian (a continuous bulk, no spectral gap) needed to converge to 1e-5 in
+    float32 (benchmarks/matfree.py); well-separated values converge sooner, and the bounds say
+    so — and r = min(m, n) for "smallest" (a complete bidiagonalisation: exact). `strict=True` raises ValueError when any value has
+    not converged instead of flagging it.
     """
     if which not in WHICH:
         raise ValueError(f"unknown which={which!r}; valid: {', '.join(WHICH)}")
@@ -282,25 +226,22 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
     r = min(m, n)
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= r:
         raise ValueError(f"k must be an integer in [1, min(m, n) = {r}], got {k}")
-    adaptive = steps is None and which == "largest"
     steps = (min(r, 4 * int(k) + 40) if which == "largest" else r) if steps is None else int(steps)
     if not k <= steps <= r:
         raise ValueError(f"steps must be in [k, min(m, n)] = [{k}, {r}], got {steps}")
     start = jax.random.normal(jax.random.key(seed), (max(m, n),), points.dtype)
-    per_point = _TopSingular(pure, int(k), steps, which, transpose=m < n, tol=float(tol) if adaptive else None)
-    values, bounds, taken = jacobians.map_points(_WithStart(per_point, start), params, points,
-                                                 chunk_size=chunk_size, devices=devices)
+    per_point = _TopSingular(pure, int(k), steps, which, transpose=m < n)
+    values, bounds = jacobians.map_points(_WithStart(per_point, start), params, points, chunk_size=chunk_size,
+                                          devices=devices)
     jacobians.check_finite_result(values, "the singular values")
     values, bounds = np.asarray(values), np.asarray(bounds)
     top = values.max(axis=1, keepdims=True) if which == "smallest" else values[:, :1]
     converged = bounds <= tol * np.maximum(top, np.finfo(values.dtype).tiny)
     if strict and not converged.all():
         bad = np.flatnonzero(~converged.all(axis=1))
-        raise ValueError(f"{bad.size} points did not converge to tol={tol} in {int(np.max(taken))} steps (first: {bad[:5].tolist()}; "
+        raise ValueError(f"{bad.size} points did not converge to tol={tol} in {steps} steps (first: {bad[:5].tolist()}; "
                          f"worst bound / σ_max {float(np.max(bounds / np.maximum(top, 1e-300))):.3g}); raise steps")
-    taken = np.asarray(taken)
-    return {"values": values, "bounds": bounds, "converged": converged, "steps": int(taken.max()),
-            "steps_per_point": taken}
+    return {"values": values, "bounds": bounds, "converged": converged, "steps": steps}
 
 
 @dataclasses.dataclass(frozen=True)
