@@ -20,7 +20,9 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from geometry import training
@@ -29,6 +31,9 @@ from playground import datasets, network, views
 from playground.config import Config, as_json, to_query
 
 ACTIONS = ("start", "pause", "step", "reset")
+# Adam with its learning rate in the optimizer state, not in the (static) optimizer: a new rate
+# reuses the compiled step
+OPTIMIZER = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
 MAX_HISTORY = 400  # curve points streamed with every frame
 NUMBERS_EVERY = 0.4  # seconds between two per-layer tables while training runs
 
@@ -78,8 +83,9 @@ class Run:
         self.config, self.data, self.data_version = config, dataset, data_version
         graphdef, self.params, self.rest = nnx.split(self.model, nnx.Param, ...)
         self.graphdef = Static(graphdef)
-        self.optimizer = training.make_optimizer(training.TrainConfig(learning_rate=config.learning_rate))
-        self.opt_state = self.optimizer.init(self.params)
+        self.optimizer = OPTIMIZER
+        self.opt_state = OPTIMIZER.init(self.params)
+        self.opt_state.hyperparams["learning_rate"] = jnp.asarray(config.learning_rate, jnp.float32)
         self.step, self.history, self.message = 0, [], ""
         self.layer_rows, self.layer_time = None, 0.0
         self.linear = views.linear_collapse(self.model, config)

@@ -20,11 +20,16 @@ library's own functions, in two compiled passes per frame:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from geometry import activations, data, jacobians, probe, similarity, spectra
+from geometry.functional import StaticKey
 from playground import network
 from playground.config import Config
 from playground.datasets import Data
@@ -34,82 +39,107 @@ SATURATION = 0.05
 SINGULAR = 255  # map code of a point where J is singular (log volume −∞)
 
 
-class Views:
-    """The compiled frame functions of one network structure on one dataset."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan(StaticKey):
+    """What is static about one frame computation. Nets of the same structure have equal plans
+    (their probe functions compare by graph definition), so a reset, a new seed or new data of
+    the same classes reuse the compiled functions below."""
 
-    def __init__(self, model: network.Net, config: Config, dataset: Data):
-        example = jnp.zeros((2,), jnp.float32)
-        self.config, self.data = config, dataset
-        self.output_keys = tuple(f"layers/{l}" for l in range(config.depth))
-        self.outputs_fn, _, _ = probe.capture_fn(model, list(self.output_keys), example=example)
-        pointwise = [l for l, kind in enumerate(config.layers) if not network.is_kernel(kind)]
-        self.pointwise = tuple(pointwise)
-        self.piecewise = tuple(l for l in pointwise if config.layers[l] in network.PIECEWISE_LINEAR)
-        self.inputs_fn = None
-        if pointwise:
-            self.inputs_fn, _, _ = probe.capture_fn(model, [f"layers/{l}/activation" for l in pointwise],
-                                                    example=example, what="inputs")
-        self.derivatives = {l: activations.get(network.activation_name(config.layers[l])).derivative
-                            for l in pointwise}
-        self.grid = data.grid(dataset.bounds, config.resolution)  # (R², 2)
-        rng = np.random.default_rng(config.seed)
-        keep = np.sort(rng.permutation(len(dataset.x_train))[:SAMPLE])
-        self.sample = dataset.x_train[keep]  # (M, 2)
-        units = max(1, len(self.piecewise) * config.width)
-        self.hash_weights = rng.integers(1, 2**32, size=(2, units), dtype=np.uint64).astype(np.uint32)
-        self.maps = jax.jit(self._maps)
-        self.numbers = jax.jit(self._numbers)
-        self.evaluate = jax.jit(self._evaluate)
+    outputs_fn: Any  # probe.capture_fn: (logits, {"layers/l": h_l})
+    inputs_fn: Any  # probe.capture_fn of the pre-activations ("layers/l/activation" inputs), or None
+    kinds: tuple[str, ...]
+    probe_layer: int  # 1..depth, or depth + 1 for the logits
+    probed_width: int
+    pointwise: tuple[int, ...]
+    piecewise: tuple[int, ...]
 
-    def _probed(self, state, x):
+    def probed(self, state, x):
         logits, outputs = self.outputs_fn(state, x)
-        l = self.config.probe_layer
-        return logits if l > self.config.depth else outputs[f"layers/{l - 1}"]
+        return logits if self.probe_layer > len(self.kinds) else outputs[f"layers/{self.probe_layer - 1}"]
 
-    def _pre_activations(self, state, points) -> dict[int, jax.Array]:
+    def pre_activations(self, state, points) -> dict[int, jax.Array]:
         if self.inputs_fn is None:
             return {}
         _, inputs = jax.vmap(self.inputs_fn, (None, 0))(state, points)
         return {l: inputs[f"layers/{l}/activation"] for l in self.pointwise}  # each (N, width)
 
-    def _maps(self, state, grid):
-        logits = jax.vmap(lambda x: self.outputs_fn(state, x)[0])(grid)  # (G, classes)
-        probabilities = jax.nn.softmax(logits, axis=-1)
-        width = self.config.width if self.config.probe_layer <= self.config.depth else self.data.classes
-        per_point = jacobians.PerPointJacobian(self._probed, jacobians.resolve_mode("auto", 2, width))
-        J = jax.vmap(per_point, (None, 0))(state, grid)  # (G, k, 2)
-        summary = spectra.summary(J)
-        result = {"class": jnp.argmax(logits, axis=-1), "confidence": probabilities.max(axis=-1),
-                  "rank": summary["numerical_rank"], "sigma_min": summary["sigma_min"],
-                  "log_volume": summary["log_volume"]}
-        if self.piecewise:
-            pre = self._pre_activations(state, grid)
-            signs = jnp.concatenate([pre[l] > 0 for l in self.piecewise], axis=-1).astype(jnp.uint32)  # (G, U)
-            result["region_hash"] = signs @ jnp.asarray(self.hash_weights).T  # (G, 2), wraps mod 2³²
-        return result
+    def derivative(self, l: int):
+        return activations.get(network.activation_name(self.kinds[l])).derivative
 
-    def _numbers(self, state, sample):
-        _, outputs = jax.vmap(self.outputs_fn, (None, 0))(state, sample)
-        layer_jacobian = jacobians.PerPointJacobian(lambda s, x: self.outputs_fn(s, x)[1], "forward")
-        fields = jax.vmap(layer_jacobian, (None, 0))(state, sample)  # {key: (M, width, 2)}
-        pre = self._pre_activations(state, sample)
-        centred = {k: H - H.mean(axis=0, keepdims=True) for k, H in outputs.items()}  # (M, width) each
-        result = {"outputs": outputs,
-                  "jacobian_rank": {k: spectra.summary(J)["numerical_rank"].mean() for k, J in fields.items()},
-                  "rank": {k: spectra.numerical_rank(H) for k, H in centred.items()},
-                  "effective_rank": {k: spectra.effective_rank(H) for k, H in centred.items()}}
-        derivative = {l: self.derivatives[l](pre[l]) for l in self.pointwise}
-        result["dead"] = {l: jnp.sum(jnp.all(d == 0, axis=0)) for l, d in derivative.items()}
-        result["saturated"] = {l: jnp.mean(jnp.abs(d) < SATURATION) for l, d in derivative.items()}
-        return result
 
-    def _evaluate(self, state, x, y):
-        logits = jax.vmap(lambda point: self.outputs_fn(state, point)[0])(x)
-        return jnp.mean(jnp.argmax(logits, axis=-1) == y)
+@functools.partial(jax.jit, static_argnames="plan")
+def _maps(plan: Plan, state, grid, hash_weights):
+    logits = jax.vmap(lambda x: plan.outputs_fn(state, x)[0])(grid)  # (G, classes)
+    probabilities = jax.nn.softmax(logits, axis=-1)
+    per_point = jacobians.PerPointJacobian(plan.probed, jacobians.resolve_mode("auto", 2, plan.probed_width))
+    J = jax.vmap(per_point, (None, 0))(state, grid)  # (G, k, 2)
+    summary = spectra.summary(J)
+    result = {"class": jnp.argmax(logits, axis=-1), "confidence": probabilities.max(axis=-1),
+              "rank": summary["numerical_rank"], "sigma_min": summary["sigma_min"],
+              "log_volume": summary["log_volume"]}
+    if plan.piecewise:
+        pre = plan.pre_activations(state, grid)
+        signs = jnp.concatenate([pre[l] > 0 for l in plan.piecewise], axis=-1).astype(jnp.uint32)  # (G, U)
+        result["region_hash"] = signs @ hash_weights.T  # (G, 2), wraps mod 2³²
+    return result
+
+
+@functools.partial(jax.jit, static_argnames="plan")
+def _numbers(plan: Plan, state, sample):
+    _, outputs = jax.vmap(plan.outputs_fn, (None, 0))(state, sample)
+    layer_jacobian = jacobians.PerPointJacobian(lambda s, x: plan.outputs_fn(s, x)[1], "forward")
+    fields = jax.vmap(layer_jacobian, (None, 0))(state, sample)  # {key: (M, width, 2)}
+    pre = plan.pre_activations(state, sample)
+    centred = {k: H - H.mean(axis=0, keepdims=True) for k, H in outputs.items()}  # (M, width) each
+    result = {"outputs": outputs,
+              "jacobian_rank": {k: spectra.summary(J)["numerical_rank"].mean() for k, J in fields.items()},
+              "rank": {k: spectra.numerical_rank(H) for k, H in centred.items()},
+              "effective_rank": {k: spectra.effective_rank(H) for k, H in centred.items()}}
+    derivative = {l: plan.derivative(l)(pre[l]) for l in plan.pointwise}
+    result["dead"] = {l: jnp.sum(jnp.all(d == 0, axis=0)) for l, d in derivative.items()}
+    result["saturated"] = {l: jnp.mean(jnp.abs(d) < SATURATION) for l, d in derivative.items()}
+    return result
+
+
+@functools.partial(jax.jit, static_argnames="plan")
+def _accuracy(plan: Plan, state, x, y):
+    logits = jax.vmap(lambda point: plan.outputs_fn(state, point)[0])(x)
+    return jnp.mean(jnp.argmax(logits, axis=-1) == y)
+
+
+class Views:
+    """The frame functions of one net on one dataset (the grid, the sample, the hash weights)."""
+
+    def __init__(self, model: network.Net, config: Config, dataset: Data):
+        example = jnp.zeros((2,), jnp.float32)
+        self.config, self.data = config, dataset
+        self.output_keys = tuple(f"layers/{l}" for l in range(config.depth))
+        outputs_fn, _, _ = probe.capture_fn(model, list(self.output_keys), example=example)
+        pointwise = tuple(l for l, kind in enumerate(config.layers) if not network.is_kernel(kind))
+        inputs_fn = None
+        if pointwise:
+            inputs_fn, _, _ = probe.capture_fn(model, [f"layers/{l}/activation" for l in pointwise],
+                                               example=example, what="inputs")
+        piecewise = tuple(l for l in pointwise if config.layers[l] in network.PIECEWISE_LINEAR)
+        probed_width = config.width if config.probe_layer <= config.depth else dataset.classes
+        self.plan = Plan(outputs_fn, inputs_fn, config.layers, config.probe_layer, probed_width, pointwise, piecewise)
+        self.grid = data.grid(dataset.bounds, config.resolution)  # (R², 2)
+        rng = np.random.default_rng(config.seed)
+        keep = np.sort(rng.permutation(len(dataset.x_train))[:SAMPLE])
+        self.sample = dataset.x_train[keep]  # (M, 2)
+        units = max(1, len(piecewise) * config.width)
+        self.hash_weights = rng.integers(1, 2**32, size=(2, units), dtype=np.uint64).astype(np.uint32)
+
+    def maps(self, state, grid):
+        return _maps(self.plan, state, grid, self.hash_weights)
+
+    def numbers(self, state, sample):
+        return _numbers(self.plan, state, sample)
 
     def accuracies(self, state) -> tuple[float, float]:
         d = self.data
-        return float(self.evaluate(state, d.x_train, d.y_train)), float(self.evaluate(state, d.x_test, d.y_test))
+        return (float(_accuracy(self.plan, state, d.x_train, d.y_train)),
+                float(_accuracy(self.plan, state, d.x_test, d.y_test)))
 
     def layer_numbers(self, state) -> list[dict]:
         raw = jax.device_get(self.numbers(state, self.sample))
