@@ -109,6 +109,15 @@ def matfree_section(result: dict) -> list[str]:
     lines += [f"| {name} | {row['seconds']:.2f} | {row['peak_rss_mb']:.0f} |" for name, row in top["routes"].items()]
     free = top["routes"]["matfree"]
     lines += ["", f"Golub–Kahan steps used: {free.get('steps')} (all values converged: {free.get('converged')}).", ""]
+    if "steps_sweep" in top:
+        lines += ["Fixed step counts (same points): how few steps reach 1e-4 and which the residual bound certifies "
+                  f"(converged: bound ≤ {top['tol']:g} σ_max).", "",
+                  "| steps | seconds | speedup | max relative difference | max bound / σ_max | converged |",
+                  "|---:|---:|---:|---:|---:|---|"]
+        for steps, row in sorted(top["steps_sweep"].items(), key=lambda item: int(item[0])):
+            lines.append(f"| {steps} | {row['seconds']:.2f} | {row['speedup']:.1f}× | {row['max_relative_difference']:.1e} | "
+                         f"{row['max_bound_over_sigma_max']:.1e} | {row['converged']} |")
+        lines.append("")
     for kind, v in volume.items():
         lines.append(f"SLQ log volume at {v['inputs']}-D input, {kind} tanh MLP (depth {v['depth']}, condition number "
                      f"{v['dense_condition_number']:.3g}, {v['probes']} probes, {v['steps']} steps): max relative error "
