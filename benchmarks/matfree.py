@@ -78,15 +78,15 @@ def route(name: str, n: int, width: int, depth: int, points: int, k: int) -> dic
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     extra = {} if name == "dense" else {"steps": steps["used"], "converged": steps["converged"],
-                                        "sweep": steps_sweep(f, x, k, steps["used"])}
+                                        "sweep": steps_sweep(f, x, k, steps["used"], min(n, width))}
     return {"route": name, "seconds": seconds, "peak_rss_mb": peak, "values": np.asarray(values).tolist(), **extra}
 
 
-def steps_sweep(f, x, k: int, used: int) -> dict:
+def steps_sweep(f, x, k: int, used: int, rank: int) -> dict:
     """Fixed step counts around the one used: time, values and the certified bound of each, so the
     report can say how few steps would have been accurate enough and which of them the bound certifies."""
     rows = {}
-    for steps in sorted({k + 32, k + 40, k + 48, k + 56, used}):
+    for steps in sorted({min(s, rank) for s in (k + 32, k + 40, k + 48, k + 56, used)}):
         matfree.singular_values(f, x, k, steps=steps, tol=TOL)  # compile
         start = time.perf_counter()
         result = matfree.singular_values(f, x, k, steps=steps, tol=TOL)
