@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from geometry import free_probability, matfree, theory
+from geometry import free_probability, layers, matfree, theory
 
 ACTIVATIONS = {"linear": (lambda h: h, 1.0, 0.0), "relu": (jax.nn.relu, 2.0, 0.0), "tanh": (jnp.tanh, None, 0.05)}
 THEORY_NAMES = {"linear": "identity", "relu": "relu", "tanh": "tanh"}
@@ -62,16 +62,10 @@ def sigma_w2_of(activation: str) -> tuple[float, float]:
 
 
 def weight_stack(kind: str, width: int, depth: int, seed: int) -> jax.Array:
-    """(depth, N, N) unit-scale weights: N(0, 1/N) entries, or Haar orthogonal (QR with sign fix)."""
+    """(depth, N, N) unit-scale weights from the library's initialisers: N(0, 1/N) entries
+    ("gaussian", σ_w² = 1) or Haar orthogonal."""
     keys = jax.random.split(jax.random.key(seed), depth)
-    if kind == "gaussian":
-        return jnp.stack([jax.random.normal(k, (width, width)) / np.sqrt(width) for k in keys])
-
-    def haar(key):
-        q, r = jnp.linalg.qr(jax.random.normal(key, (width, width)))
-        return q * jnp.sign(jnp.diag(r))[None, :]
-
-    return jnp.stack([haar(k) for k in keys])
+    return jnp.stack([layers.init_weight(key, width, width, kind, None, jnp.float32) for key in keys])
 
 
 def network(activation: str):
@@ -94,7 +88,10 @@ def measure(activation: str, kind: str, width: int, depth: int, stack, config: C
     key_b, key_x = jax.random.split(jax.random.key(seed + 1))
     biases = np.sqrt(sigma_b2) * jax.random.normal(key_b, (depth, width))
     # the first pre-activation W x + b must have variance q*: ‖x‖²/N = (q* − σ_b²)/σ_w²
-    x = np.sqrt(max(q - sigma_b2, 0.0) / sigma_w2) * jax.random.normal(key_x, (width,))
+    # exactly, not only in expectation: a random norm would move q by ~√(2/N) (9% at N = 256), a
+    # finite-N error of the input that the prediction at q* does not describe
+    direction = jax.random.normal(key_x, (width,))
+    x = np.sqrt(max(q - sigma_b2, 0.0) / sigma_w2 * width) * direction / jnp.linalg.norm(direction)
     params = (list(stack[:depth]), list(biases), jnp.float32(np.sqrt(sigma_w2)))
     slq = matfree.spectral_density(network(activation), x, params=params, probes=config.probes, steps=config.steps,
                                    seed=seed)

