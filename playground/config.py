@@ -12,7 +12,6 @@ import dataclasses
 import math
 from urllib.parse import parse_qs, urlencode
 
-from geometry import activations
 from geometry.data import DATASETS as TOY_DATASETS
 
 DATASETS = (*TOY_DATASETS, "digits", "csv")

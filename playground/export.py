@@ -67,7 +67,7 @@ def load(path):
             meta = json.loads(archive.read("config.json"))
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
-            config = parse({k: v for k, v in meta["config"].items()})
+            config = parse(meta["config"])
             archive.extractall(folder)
         except (KeyError, ValueError, ConfigError, zipfile.BadZipFile) as error:
             raise CheckpointError(f"{path}: unreadable config.json ({error}); export the model again") from None

@@ -16,6 +16,7 @@ the message, and the server keeps serving either way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -28,9 +29,10 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from matplotlib import colormaps
 
+from geometry.io import to_jsonable
 from playground import config as configuration
 from playground import datasets, export, warp
-from playground.session import ACTIONS, Session
+from playground.session import Session
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -197,30 +199,25 @@ class Handler(BaseHTTPRequestHandler):
     def _warp(self, path, query):
         self._json(warp.view(query.get("activation", "relu"), query.get("angle", "0")))
 
-    def _export(self, path, query):
-        if path.endswith("/numbers"):
-            body = json.dumps(self.session.numbers(), indent=1, default=_plain).encode()
-            self._send(HTTPStatus.OK, body, "application/json",
-                       {"Content-Disposition": 'attachment; filename="playground-numbers.json"'})
-            return
+    def _export_numbers(self, path, query):
+        body = json.dumps(to_jsonable(self.session.numbers()), indent=1, allow_nan=False).encode()
+        self._send(HTTPStatus.OK, body, "application/json",
+                   {"Content-Disposition": 'attachment; filename="playground-numbers.json"'})
+
+    def _export_model(self, path, query):
         config, classes, state, points = self.session.snapshot()
         body = export.to_zip(config, classes, state, points)
         self._send(HTTPStatus.OK, body, "application/zip",
                    {"Content-Disposition": 'attachment; filename="playground-model.zip"'})
 
     def _configure(self, path, query):
-        fields = self._json_body()
-        config = configuration.parse(fields)
-        if config.dataset == "csv" and self.session.upload is None:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "dataset 'csv' needs a file: upload a CSV first")
-        self.session.configure(config)
+        config = configuration.parse(self._json_body())
+        self.session.configure(config)  # "csv" before any upload: datasets.load's ValueError, a 400
         self._json({"config": configuration.as_json(config), "query": configuration.to_query(config)})
 
     def _control(self, path, query):
         action = self._json_body().get("action")
-        if action not in ACTIONS:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
-        self.session.control(action)
+        self.session.control(action)  # an unknown action: Session.control's ValueError, a 400
         self._json({"action": action})
 
     def _upload(self, path, query):
@@ -228,23 +225,16 @@ class Handler(BaseHTTPRequestHandler):
         if not re.fullmatch(r"[\w .()+-]{1,100}", name):
             raise RequestError(HTTPStatus.BAD_REQUEST, "the file name must be 1-100 letters, digits or . _ - ( ) +")
         x, y = datasets.parse_csv(self._body(), name)
-        base = self.session.numbers()["config"]
-        config = configuration.parse({**base, "dataset": "csv"})
+        config = dataclasses.replace(self.session.run.config, dataset="csv")
         self.session.configure(config, upload=(x, y), upload_name=name)
         self._json({"rows": len(x), "features": int(x.shape[1]), "classes": int(y.max()) + 1,
                     "config": configuration.as_json(config), "query": configuration.to_query(config)})
 
 
 GET_ROUTES = {"/api/options": Handler._options, "/api/frame": Handler._frame, "/api/data": Handler._data,
-              "/api/events": Handler._events, "/api/warp": Handler._warp, "/api/export/model": Handler._export,
-              "/api/export/numbers": Handler._export, "/favicon.ico": Handler._no_icon}
+              "/api/events": Handler._events, "/api/warp": Handler._warp, "/api/export/model": Handler._export_model,
+              "/api/export/numbers": Handler._export_numbers, "/favicon.ico": Handler._no_icon}
 POST_ROUTES = {"/api/config": Handler._configure, "/api/control": Handler._control, "/api/upload": Handler._upload}
-
-
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 class Server(ThreadingHTTPServer):

@@ -27,6 +27,7 @@ from flax import nnx
 
 from geometry import training
 from geometry.functional import Static
+from geometry.io import to_jsonable
 from playground import datasets, network, views
 from playground.config import Config, as_json, to_query
 
@@ -83,7 +84,6 @@ class Run:
         self.config, self.data, self.data_version = config, dataset, data_version
         graphdef, self.params, self.rest = nnx.split(self.model, nnx.Param, ...)
         self.graphdef = Static(graphdef)
-        self.optimizer = OPTIMIZER
         self.opt_state = OPTIMIZER.init(self.params)
         self.opt_state.hyperparams["learning_rate"] = jnp.asarray(config.learning_rate, jnp.float32)
         self.step, self.history, self.message = 0, [], ""
@@ -96,7 +96,7 @@ class Run:
         for _ in range(self.config.steps_per_update):
             params, opt_state, loss = training.train_step(self.graphdef, params, self.rest, opt_state, (x, y),
                                                           loss_fn=training.cross_entropy_loss,
-                                                          optimizer=self.optimizer)
+                                                          optimizer=OPTIMIZER)
         loss = float(loss)
         if not np.isfinite(loss):
             raise FloatingPointError(
@@ -204,7 +204,7 @@ class Session:
     def _publish(self) -> None:
         self.sequence += 1
         record = {**self.numbers(), **self.last_views, "sequence": self.sequence}
-        self.frame = json.dumps(record, allow_nan=False, default=_finite_or_null)
+        self.frame = json.dumps(to_jsonable(record), allow_nan=False)
         self.changed.notify_all()
 
     # ---- reading (server threads) ----
@@ -244,10 +244,3 @@ class Session:
             run = self.run
         return run.config, run.data.classes, jax.device_get((run.params, run.rest)), run.data.x_train[:16]
 
-
-def _finite_or_null(value):
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

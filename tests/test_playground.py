@@ -1,6 +1,7 @@
 """The playground without a browser: its numbers against hand-written references, its refusals,
 its export, and a server that keeps serving through bad requests."""
 
+import base64
 import dataclasses
 import http.client
 import json
@@ -197,7 +198,6 @@ def test_encoded_maps_keep_singular_points_apart():
             "log_volume": np.array([-np.inf, 0.0, 1.0, 2.0]), "sigma_min": np.array([0.0, 1.0, 2.0, 3.0]),
             "rank": np.array([1, 2, 2, 2])}
     encoded = encode_maps(maps, 2)
-    import base64
     codes = np.frombuffer(base64.b64decode(encoded["log_volume"]["data"]), np.uint8)
     assert codes[0] == views.SINGULAR and codes[1:].max() <= 254
     assert encoded["log_volume"]["singular_fraction"] == 0.25

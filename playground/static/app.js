@@ -150,7 +150,8 @@ function drawPoints(canvas, frame) {
   draw(data.x_test, data.y_test, false);
 }
 
-const fmt = (v, digits = 3) => (v === null || v === undefined ? "–" : Number(v).toPrecision(digits));
+// numbers arrive as geometry.io.to_jsonable writes them: non-finite ones as "inf", "-inf", "nan"
+const fmt = (v, digits = 3) => (v === null || v === undefined ? "–" : typeof v === "string" ? v : Number(v).toPrecision(digits));
 
 function drawMaps(frame) {
   const maps = frame.maps;
