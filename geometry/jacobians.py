@@ -38,6 +38,8 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,26 +73,43 @@ def _is_tracer(value) -> bool:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ModuleCall(StaticKey):
-    """A module method as a pure function of (state, x), merged inside the transform."""
+    """A module method as a pure function of (state, x), merged inside the transform.
+
+    `graphdef` is the definition of (module, model_kwargs): keyword arguments travel with the
+    module's state, arrays among them as traced leaves, graph nodes (an `nnx.Rngs`, a cache
+    module) split and merged per call, Python values static.
+    """
 
     graphdef: Any
     method: str
     batched: bool = False
 
     def __call__(self, state, x):
-        with merged(self.graphdef, state) as module:
-            return _call_batched(getattr(module, self.method), x, self.batched)
+        with merged(self.graphdef, state) as (module, kwargs):
+            return _call_batched(functools.partial(getattr(module, self.method), **kwargs), x, self.batched)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FunctionCall(StaticKey):
+    """f(x, **kwargs) or f(params, x, **kwargs) as pure(params, x); with keyword arguments,
+    params is (the user's params, the kwargs' state) and `kwargs_graphdef` their definition."""
+
     fn: Callable
     takes_params: bool = False
     batched: bool = False
+    kwargs_graphdef: Any = None
 
     def __call__(self, params, x):
+        kwargs = {}
+        if self.kwargs_graphdef is not None:
+            params, kwargs_state = params
+            with merged(self.kwargs_graphdef, kwargs_state, tree="kwargs") as kwargs:
+                return self._call(params, x, kwargs)
+        return self._call(params, x, kwargs)
+
+    def _call(self, params, x, kwargs):
         fn = functools.partial(self.fn, params) if self.takes_params else self.fn
-        return _call_batched(fn, x, self.batched)
+        return _call_batched(functools.partial(fn, **kwargs), x, self.batched)
 
 
 def _call_batched(fn, x, batched: bool):
@@ -100,27 +119,64 @@ def _call_batched(fn, x, batched: bool):
     return jax.tree_util.tree_map(lambda leaf: leaf[0], out)
 
 
-def _state_error(module: nnx.Module) -> ModelStateError:
+EVAL_HINT = "Call model.eval() first (or pass model_kwargs={'deterministic': True}; model.train() to resume training)."
+
+
+def _state_error(what: str) -> ModelStateError:
     return ModelStateError(
-        f"{type(module).__name__} changed its state while being evaluated (e.g. BatchNorm updating its "
-        "statistics or Dropout drawing random numbers in training mode); Jacobians of such a call are not "
-        "of one function. Call model.eval() first (and model.train() to resume training).")
+        f"{what} changed its state while being evaluated (e.g. BatchNorm updating its statistics or Dropout "
+        f"drawing random numbers in training mode); Jacobians of such a call are not of one function. {EVAL_HINT}")
+
+
+# state a call may change without changing the function being differentiated: a decode cache
+# (written, then discarded with the merged copy), values the model sows, and parameters — a
+# forward pass never trains them, but Flax's transforms write them back (an `nnx.scan` over
+# stacked blocks re-stacks its weights into new arrays of the same values)
+_MUTABLE = (nnx.Cache, nnx.Intermediate, nnx.Param)
+
+
+def _changed_state(before, after, tree) -> list[str]:
+    """Paths of variables whose value the call replaced and that it may not change: in the
+    model, anything but a cache or a sown value; in the arguments beside it (a (module,
+    kwargs, ...) tuple: every path prefix but 0), random-number state only (Dropout drawing)."""
+    old = {path: variable for path, variable in nnx.to_flat_state(before)}
+    changed = []
+    for path, variable in nnx.to_flat_state(after):
+        previous = old.pop(path, None)
+        value = variable.get_value() if hasattr(variable, "get_value") else variable
+        if previous is not None:
+            previous = previous.get_value() if hasattr(previous, "get_value") else previous
+            if value is previous:
+                continue
+        if isinstance(variable, _MUTABLE):
+            continue
+        in_kwargs = tree == "kwargs" or (tree == "pair" and bool(path) and path[0] != 0)
+        if in_kwargs and not isinstance(variable, nnx.RngState):
+            continue
+        changed.append("/".join(str(p) for p in path))
+    changed.extend("/".join(str(p) for p in path) for path, variable in old.items()
+                   if not isinstance(variable, _MUTABLE))
+    return changed
 
 
 @contextlib.contextmanager
-def merged(graphdef, state):
-    """The module merged from (graphdef, state), for evaluating inside a transform; raises
-    ModelStateError if the block changes the module's state (Flax's error for a Variable
-    written under a transform, or any state array replaced)."""
-    module = nnx.merge(graphdef, state)
+def merged(graphdef, state, *, tree: str = "pair"):
+    """The object merged from (graphdef, state) — a (module, model_kwargs) pair by default —
+    for evaluating inside a transform; raises ModelStateError if the block changes state it
+    may not (Flax's error for a Variable written under a transform, or a state array replaced).
+
+    The merge copies the Variables (`copy=True`): variables created outside the current trace
+    cannot be read by Flax's own transforms inside it (an `nnx.scan` over layers fails with
+    "Cannot extract graph node from different trace level" otherwise)."""
+    obj = nnx.merge(graphdef, state, copy=True)
+    name = {"pair": lambda: type(obj[0]).__name__, "kwargs": lambda: "model_kwargs"}.get(tree, lambda: type(obj).__name__)()
     try:
-        yield module
+        yield obj
     except flax.errors.TraceContextError as error:
-        raise _state_error(module) from error
-    before = jax.tree_util.tree_leaves(state)
-    after = jax.tree_util.tree_leaves(nnx.state(module))
-    if len(before) != len(after) or any(a is not b for a, b in zip(before, after)):
-        raise _state_error(module)
+        raise _state_error(name) from error
+    changed = _changed_state(state, nnx.state(obj), tree)
+    if changed:
+        raise _state_error(f"{name} ({', '.join(changed[:4])})")
 
 
 def _positional(fn) -> tuple[int, bool] | None:
@@ -143,10 +199,24 @@ def module_and_method(f) -> tuple[nnx.Module | None, str]:
     return None, "__call__"
 
 
-def as_pure_function(f, params=None, *, batched: bool = False) -> tuple[Callable, Any]:
-    """(pure, params) with pure(params, x) = f(x), or f(params, x) when `params` is given.
+def _check_kwargs(model_kwargs) -> dict:
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+        raise ValueError(f"model_kwargs must be a dict of keyword arguments by name, got {type(model_kwargs).__name__}")
+    return dict(model_kwargs)
 
-    Modules and their bound methods are split once: params is then the module's state.
+
+def as_pure_function(f, params=None, *, batched: bool = False, model_kwargs=None) -> tuple[Callable, Any]:
+    """(pure, params) with pure(params, x) = f(x, **model_kwargs), or f(params, x, **model_kwargs)
+    when `params` is given.
+
+    Modules and their bound methods are split once together with `model_kwargs`: params is
+    then the state of (module, kwargs). For functions with keyword arguments params is
+    (params, the kwargs' state). Keyword arguments are held fixed (never differentiated) and
+    are the same for every point; arrays among them are traced (new values do not recompile),
+    graph nodes among them are copied per call (a cache they hold is written on the copy, so
+    the caller's objects never change), other Python values are static.
     """
     try:
         import flax.linen as linen
@@ -155,24 +225,28 @@ def as_pure_function(f, params=None, *, batched: bool = False) -> tuple[Callable
                              "params=variables (what model.init returned)")
     except ImportError:  # pragma: no cover - linen ships with flax
         pass
+    kwargs = _check_kwargs(model_kwargs)
     module, method = module_and_method(f)
     if module is not None:
         if params is not None:
             raise ValueError("params= is for functions f(params, x); an nnx.Module carries its own parameters")
-        graphdef, state = nnx.split(module)
+        graphdef, state = nnx.split((module, kwargs))
         return ModuleCall(graphdef, method, batched), state
     if not callable(f):
         raise ValueError(f"f must be an nnx.Module, a bound method or a function, got {type(f).__name__}")
     signature = _positional(f)
     required, var_positional = signature if signature is not None else (None, True)
-    if params is None:
+    takes_params = params is not None
+    if not takes_params:
         if required is not None and required >= 2:
             raise ValueError(f"f takes {required} positional arguments; for f(params, x) pass params=")
-        return FunctionCall(f, False, batched), None
-    if required is not None and required < 2 and not var_positional:
+    elif required is not None and required < 2 and not var_positional:
         raise ValueError(f"params= was given but f takes {required} positional argument(s); "
                          "it must be f(params, x)")
-    return FunctionCall(f, True, batched), params
+    if not kwargs:
+        return FunctionCall(f, takes_params, batched), params
+    kwargs_graphdef, kwargs_state = nnx.split(kwargs)
+    return FunctionCall(f, takes_params, batched, kwargs_graphdef), (params, kwargs_state)
 
 
 def check_points(points, *, differentiable: bool = True) -> jax.Array:
@@ -210,16 +284,34 @@ def output_shapes(pure, params, points: jax.Array, *, batched: bool = False):
     except ModelStateError:
         raise
     except Exception as error:  # any failure of the user's code on one example
-        if "promotion" in str(error):
-            hint = (" The points' dtype and the model's parameters differ: cast the points to the parameters' dtype "
-                    "or build the model in the points' dtype.")
-        elif batched:
-            hint = ""
-        else:
-            hint = (" If the model expects a leading batch axis (x.shape[0], a reshape to (batch, -1)), pass "
-                    "batched=True.")
         raise ValueError(f"f cannot take one point of shape {tuple(points.shape[1:])} (dtype {points.dtype}): "
-                         f"{type(error).__name__}: {error}.{hint}") from error
+                         f"{type(error).__name__}: {error}.{call_hint(error, batched)}") from error
+
+
+_SHAPE_WORDS = ("shape", "rank", "dimension", "too many indices", "broadcast", "axis", "axes", "size")
+
+
+def call_hint(error: Exception, batched: bool) -> str:
+    """What to do about a model failing on one example, by the kind of failure (empty if unknown)."""
+    text = str(error)
+    if isinstance(error, TypeError) and "required" in text and "argument" in text:
+        missing = re.findall(r"'(\w+)'", text.split("argument")[-1])
+        names = ", ".join(f"'{name}': ..." for name in missing) or "...: ..."
+        return (f" The call needs argument(s) {', '.join(missing) or '(see above)'}: pass them with "
+                f"model_kwargs={{{names}}} (held fixed, the same for every point).")
+    if "rngs" in text and ("Dropout" in text or "deterministic" in text):
+        return " " + EVAL_HINT
+    if "promotion" in text:
+        return (" The points' dtype and the model's parameters differ: cast the points to the parameters' dtype "
+                "or build the model in the points' dtype.")
+    if ("integer" in text or "Indexer" in text) and ("token" in text or "index" in text.lower()):
+        return (" The model wants integer inputs (token ids): pass the points as integers and differentiate with "
+                "respect to a layer's output with wrt= (geometry.probe.input_jacobian_field).")
+    if not batched and isinstance(error, (TypeError, ValueError, IndexError)) and any(
+            word in text.lower() for word in _SHAPE_WORDS):
+        return (" If the model expects a leading batch axis (x.shape[0], a reshape to (batch, -1)), pass "
+                "batched=True.")
+    return ""
 
 
 def choose_mode(in_size: int, out_size: int) -> str:
@@ -328,6 +420,31 @@ def map_points(per_point: Callable, params, points: jax.Array, *, chunk_size: in
     return jax.tree_util.tree_map(lambda leaf: leaf[:count], result)
 
 
+class ForwardModeUnavailable(UserWarning):
+    """mode="auto" chose forward mode but a layer has only a custom reverse-mode rule."""
+
+
+def _is_custom_vjp_error(error: Exception) -> bool:
+    text = str(error)
+    return "forward-mode" in text and "custom_vjp" in text
+
+
+def _innermost_module(error: Exception) -> str:
+    """The innermost NNX module whose method was running when `error` was raised, as
+    "layer of type Name", or "a layer of this model" when no frame shows one."""
+    found = None
+    traceback = error.__traceback__
+    while traceback is not None:
+        candidate = traceback.tb_frame.f_locals.get("self")
+        if isinstance(candidate, nnx.Module):
+            found = candidate
+        traceback = traceback.tb_next
+    if found is None:
+        return "a layer of this model"
+    path = getattr(found, "_probe_path", None)
+    return f"layer {path!r} ({type(found).__name__})" if path else f"a layer of type {type(found).__name__}"
+
+
 def check_finite_result(result, what: str = "the Jacobian") -> None:
     """ValueError naming the points where any leaf of `result` (leading point axis) is not finite."""
     if _is_tracer(result):
@@ -354,7 +471,19 @@ def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None,
     example = jax.ShapeDtypeStruct(points.shape[1:], points.dtype)
     per_point = per_point_jacobian(pure, params, example, mode=mode, reduce=reduce, as_matrix=as_matrix,
                                    batched=batched, shapes=shapes)
-    result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
+    try:
+        result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
+    except TypeError as error:
+        if per_point.mode != "forward" or not _is_custom_vjp_error(error):
+            raise
+        layer = _innermost_module(error)
+        if mode == "forward":
+            raise ValueError(f"mode='forward' cannot differentiate {layer}: it defines its derivative with "
+                             "jax.custom_vjp, which has no forward mode. Use mode='reverse' (or 'auto').") from error
+        warnings.warn(f"{layer} defines its derivative with jax.custom_vjp (no forward mode): mode='auto' uses "
+                      "reverse mode for this model", ForwardModeUnavailable, stacklevel=3)
+        per_point = dataclasses.replace(per_point, mode="reverse")
+        result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
     if check_finite:
         check_finite_result(result)
     return result
@@ -363,7 +492,7 @@ def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None,
 @shape_checked
 def jacobian_field(f, points: Shaped[AnyArray, "N *input"], *, mode: str = "auto", params=None, chunk_size: int | None = None,
                    reduce: Callable | None = None, devices: Sequence[jax.Device] | None = None,
-                   batched: bool = False, as_matrix: bool = False, check_finite: bool = True):
+                   batched: bool = False, as_matrix: bool = False, check_finite: bool = True, model_kwargs=None):
     """The Jacobian of f at every point: (N, *out_shape, *in_shape), what `jax.jacobian` gives per point.
 
     Args:
@@ -382,23 +511,26 @@ def jacobian_field(f, points: Shaped[AnyArray, "N *input"], *, mode: str = "auto
       as_matrix: each point's Jacobian reshaped to (prod(out_shape), prod(in_shape)), the form
         the spectra take, before `reduce`.
       check_finite: raise ValueError when the Jacobian is NaN or inf at a finite point.
+      model_kwargs: keyword arguments of every call (`rngs=`, `deterministic=`, a KV cache,
+        segment ids), held fixed and the same for every point (`as_pure_function`).
     """
     points = check_points(points)
-    pure, params = as_pure_function(f, params, batched=batched)
+    pure, params = as_pure_function(f, params, batched=batched, model_kwargs=model_kwargs)
     return field_of(pure, params, points, mode=mode, chunk_size=chunk_size, reduce=reduce, devices=devices,
                     as_matrix=as_matrix, check_finite=check_finite, batched=batched)
 
 
 def pure_jacobian_field(f, example, *, mode: str = "auto", params=None, chunk_size: int | None = None,
                         reduce: Callable | None = None, batched: bool = False,
-                        as_matrix: bool = False) -> tuple[Callable, Any]:
+                        as_matrix: bool = False, model_kwargs=None) -> tuple[Callable, Any]:
     """(field_fn, params): field_fn(params, points) is `jacobian_field` as a pure function.
 
     No host-side checks, no sharding: it is meant to be jitted, vmapped or differentiated
     by the caller (as neural-tangents' `empirical_ntk_fn` is). `example` is one point (or
-    a ShapeDtypeStruct) fixing the input shape, from which the mode is chosen.
+    a ShapeDtypeStruct) fixing the input shape, from which the mode is chosen. With
+    `model_kwargs`, the returned params carry the keyword arguments' arrays too.
     """
-    pure, params = as_pure_function(f, params, batched=batched)
+    pure, params = as_pure_function(f, params, batched=batched, model_kwargs=model_kwargs)
     per_point = per_point_jacobian(pure, params, example, mode=mode, reduce=reduce, as_matrix=as_matrix,
                                    batched=batched)
     chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)

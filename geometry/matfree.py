@@ -194,10 +194,10 @@ class _Hutchinson:
         return jax.vmap(lambda z: jnp.sum(matvec(z[:n]) ** 2))(probes)
 
 
-def _prepare(f, points, params):
-    pure, params = jacobians.as_pure_function(f, params)
+def _prepare(f, points, params, batched=False, model_kwargs=None):
+    pure, params = jacobians.as_pure_function(f, params, batched=batched, model_kwargs=model_kwargs)
     points = jacobians.check_points(points)
-    shapes = jacobians.output_shapes(pure, params, points[:1])
+    shapes = jacobians.output_shapes(pure, params, points[:1], batched=batched)
     if not isinstance(shapes, jax.ShapeDtypeStruct):
         raise ValueError("matfree needs f to return one array per point (not a pytree)")
     m, n = math.prod(shapes.shape), math.prod(points.shape[1:])  # per point
@@ -209,7 +209,7 @@ def _prepare(f, points, params):
 @shape_checked
 def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: str = "largest", params=None, steps: int | None = None,
                     tol: float = 1e-5, strict: bool = False, seed: int = 0, chunk_size: int | None = None,
-                    devices=None) -> dict:
+                    devices=None, batched: bool = False, model_kwargs=None) -> dict:
     """The k largest (or smallest) singular values of each point's Jacobian without forming it.
 
     Returns {"values": (N, k) descending for "largest", ascending for "smallest", "bounds":
@@ -222,7 +222,7 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
     """
     if which not in WHICH:
         raise ValueError(f"unknown which={which!r}; valid: {', '.join(WHICH)}")
-    pure, params, points, m, n = _prepare(f, points, params)
+    pure, params, points, m, n = _prepare(f, points, params, batched, model_kwargs)
     r = min(m, n)
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= r:
         raise ValueError(f"k must be an integer in [1, min(m, n) = {r}], got {k}")
@@ -273,9 +273,10 @@ def _probes(probes: int, steps: int | None, default_steps: int, m: int, n: int, 
     return steps, jax.random.rademacher(jax.random.key(seed), (int(probes), max(m, n)), dtype)
 
 
-def _per_probe(per_point, f, points, params, probes, steps, default_steps, seed, chunk_size, devices):
+def _per_probe(per_point, f, points, params, probes, steps, default_steps, seed, chunk_size, devices, batched=False,
+               model_kwargs=None):
     """(per_point(params, x, probes) at every point as float64 (N, P), steps)."""
-    pure, params, points, m, n = _prepare(f, points, params)
+    pure, params, points, m, n = _prepare(f, points, params, batched, model_kwargs)
     steps, signs = _probes(probes, steps, default_steps, m, n, seed, points.dtype)
     values = jacobians.map_points(_WithStart(per_point(pure, steps, m < n), signs), params, points,
                                   chunk_size=chunk_size, devices=devices)
@@ -284,13 +285,14 @@ def _per_probe(per_point, f, points, params, probes, steps, default_steps, seed,
 
 @shape_checked
 def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: int = 32, steps: int | None = None, seed: int = 0,
-               chunk_size: int | None = None, devices=None) -> dict:
+               chunk_size: int | None = None, devices=None, batched: bool = False, model_kwargs=None) -> dict:
     """Σ log σ_i over the min(m, n) singular values of each point's Jacobian, by SLQ.
 
     Returns {"values": (N,), "standard_error": (N,), "probes", "steps"}. -inf never appears:
     a numerically singular J gives a very negative, finite estimate (use `spectra.log_volume`
     on the dense J when exact singularity matters)."""
-    log_quadratic, steps = _per_probe(_LogQuadratic, f, points, params, probes, steps, 30, seed, chunk_size, devices)
+    log_quadratic, steps = _per_probe(_LogQuadratic, f, points, params, probes, steps, 30, seed, chunk_size, devices,
+                                      batched, model_kwargs)
     per_probe = 0.5 * log_quadratic  # ½ zᵀ log(A) z estimates ½ tr log A = Σ log σ
     if not np.all(np.isfinite(per_probe)):
         raise ValueError("the Jacobian is singular at some points (a zero Ritz value): its log volume is -inf; "
@@ -301,18 +303,18 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
 
 @shape_checked
 def frobenius_norm_squared(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: int = 32, seed: int = 0,
-                           chunk_size: int | None = None, devices=None) -> dict:
+                           chunk_size: int | None = None, devices=None, batched: bool = False, model_kwargs=None) -> dict:
     """‖J‖_F² = tr JᵀJ at each point by Hutchinson's estimator E_z ‖J z‖² (z Rademacher):
     {"values": (N,), "standard_error": (N,), "probes"}."""
     frobenius, _ = _per_probe(lambda pure, steps, transpose: _Hutchinson(pure), f, points, params, probes, 1, 1,
-                              seed, chunk_size, devices)
+                              seed, chunk_size, devices, batched, model_kwargs)
     return {"values": frobenius.mean(axis=1), "standard_error": frobenius.std(axis=1, ddof=1) / math.sqrt(probes),
             "probes": int(probes)}
 
 
 @shape_checked
 def spectral_density(f, x: Shaped[AnyArray, "*input"], *, params=None, probes: int = 16, steps: int | None = None, grid=None,
-                     bandwidth: float | None = None, seed: int = 0) -> dict:
+                     bandwidth: float | None = None, seed: int = 0, batched: bool = False, model_kwargs=None) -> dict:
     """The density of the squared singular values λ = σ² of J at ONE point x (the eigenvalues of
     the smaller Gram matrix, normalised to total mass 1), by SLQ: each probe gives a discrete
     measure Σ_j τ_j² δ(λ − θ_j); their mean is smoothed with a Gaussian of width `bandwidth`
@@ -321,7 +323,7 @@ def spectral_density(f, x: Shaped[AnyArray, "*input"], *, params=None, probes: i
     Returns {"grid", "density" (G,), "standard_error" (G,) over probes, "nodes" (P, s),
     "weights" (P, s), "probes", "steps"}."""
     x = jnp.asarray(x)
-    pure, params, points, m, n = _prepare(f, x[None], params)
+    pure, params, points, m, n = _prepare(f, x[None], params, batched, model_kwargs)
     steps, signs = _probes(probes, steps, 40, m, n, seed, points.dtype)
     # jitted with the parameters as arguments: a model's weights never become compile-time constants
     nodes, weights = jax.jit(_Nodes(pure, steps, transpose=m < n))(params, points[0], signs)

@@ -75,7 +75,10 @@ def test_fields_across_processes_equal_one_process(count, tmp_path):
     with np.load(out) as shared:
         assert sorted(shared.files) == sorted(alone)
         for key in alone:  # the same per-point programs on other devices: equal to float32 rounding
-            np.testing.assert_allclose(shared[key], alone[key], rtol=1e-6, atol=1e-6, err_msg=key)
+            # the SLQ log volume sums logs of Ritz values of size up to ~6 (float32 rounding ~7e-7 each) into
+            # values near 0: its absolute rounding is that of the terms (seen: 1.6e-6), not of the result
+            atol = 5e-6 if key == "matfree_log_volume" else 1e-6
+            np.testing.assert_allclose(shared[key], alone[key], rtol=1e-6, atol=atol, err_msg=key)
 
 
 def _numbers(path):
