@@ -142,9 +142,30 @@ def playground_section(result: dict) -> list[str]:
                         "while training runs, so they do not hold back the maps."]
 
 
+def published_models_section(result: dict) -> list[str]:
+    a, n, r, t = result["all_layers"], result["norm_spectra"], result["recompilation"], result["token_memory"]
+    h, w, c = n["feature_map"]
+    return [
+        f"All-layer input fields of a ReLU MLP 784 → 256 → 256 → 10 at {a['points']} points, forward mode: "
+        f"{a['all_layers_seconds']:.2f} s for every layer against {a['deepest_alone_seconds']:.2f} s for the deepest "
+        f"alone ({a['ratio_vs_deepest']:.2f}×; target ≤ 1.3×, not met) and {a['widest_alone_seconds']:.2f} s for the "
+        f"widest (256-wide) layer alone ({a['ratio_vs_widest']:.2f}×).", "",
+        f"Local spectra of BatchNorm and LayerNorm on a {h}×{w}×{c} feature map (`probe.local_singular_values`, "
+        f"structures {', '.join(f'{k}: {v}' for k, v in n['structures'].items())}): {n['structured_seconds']:.4f} s "
+        f"against {n['dense_seconds']:.1f} s for the dense Jacobians and their SVD ({n['speedup']:.0f}×, target ≥ 100×; "
+        f"max relative difference {n['max_relative_difference']:.1e}).", "",
+        f"`model_kwargs`: {r['compilations_for_5_new_array_values']} compilations for 5 new array values, "
+        f"{r['compilations_for_a_new_python_float']} for a new Python float (static by design).", "",
+        f"Per-token blocks of a {t['tokens']}-token, width-{t['width']} causal mixer (`probe.token_jacobians`, "
+        f"diagonal): {t['diagonal_blocks_bytes_per_point'] / 2**20:.1f} MiB of blocks per point against "
+        f"{t['full_jacobian_bytes_per_point'] / 2**20:.0f} MiB for the full Jacobian; "
+        f"{t['diagonal_blocks_seconds']:.2f} s against {t['full_jacobian_seconds']:.2f} s."]
+
+
 SECTIONS = {"jacobians": ("Jacobian fields", jacobians_section), "modes": ("Autodiff modes", modes_section),
             "memory": ("Memory", memory_section), "wide_layers": ("Wide layers", wide_section),
-            "matfree": ("Matrix-free spectra", matfree_section), "playground": ("Playground stream", playground_section)}
+            "matfree": ("Matrix-free spectra", matfree_section), "playground": ("Playground stream", playground_section),
+            "published_models": ("Published-model routes", published_models_section)}
 
 
 def main() -> None:

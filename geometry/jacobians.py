@@ -204,7 +204,11 @@ def _check_kwargs(model_kwargs) -> dict:
         return {}
     if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
         raise ValueError(f"model_kwargs must be a dict of keyword arguments by name, got {type(model_kwargs).__name__}")
-    return dict(model_kwargs)
+    # a weakly typed array (jnp.full(4, 0.1)) traces as another type than a strong one of the same
+    # dtype: strip the weak type so that new values never recompile
+    return jax.tree_util.tree_map(
+        lambda leaf: jnp.asarray(leaf, dtype=leaf.dtype) if isinstance(leaf, jax.Array) else leaf,
+        dict(model_kwargs), is_leaf=lambda leaf: isinstance(leaf, (nnx.Module, nnx.Variable, nnx.Rngs)))
 
 
 def as_pure_function(f, params=None, *, batched: bool = False, model_kwargs=None) -> tuple[Callable, Any]:
