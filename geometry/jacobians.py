@@ -100,12 +100,11 @@ class FunctionCall(StaticKey):
     kwargs_graphdef: Any = None
 
     def __call__(self, params, x):
-        kwargs = {}
-        if self.kwargs_graphdef is not None:
-            params, kwargs_state = params
-            with merged(self.kwargs_graphdef, kwargs_state, tree="kwargs") as kwargs:
-                return self._call(params, x, kwargs)
-        return self._call(params, x, kwargs)
+        if self.kwargs_graphdef is None:
+            return self._call(params, x, {})
+        params, kwargs_state = params
+        with merged(self.kwargs_graphdef, kwargs_state, tree="kwargs") as kwargs:
+            return self._call(params, x, kwargs)
 
     def _call(self, params, x, kwargs):
         fn = functools.partial(self.fn, params) if self.takes_params else self.fn
@@ -161,7 +160,8 @@ def _changed_state(before, after, tree) -> list[str]:
 
 @contextlib.contextmanager
 def merged(graphdef, state, *, tree: str = "pair"):
-    """The object merged from (graphdef, state) — a (module, model_kwargs) pair by default —
+    """The object merged from (graphdef, state): a (module, arguments, ...) tuple ("pair", the
+    module first) or a dict of keyword arguments alone ("kwargs") —
     for evaluating inside a transform; raises ModelStateError if the block changes state it
     may not (Flax's error for a Variable written under a transform, or a state array replaced).
 
@@ -169,7 +169,9 @@ def merged(graphdef, state, *, tree: str = "pair"):
     cannot be read by Flax's own transforms inside it (an `nnx.scan` over layers fails with
     "Cannot extract graph node from different trace level" otherwise)."""
     obj = nnx.merge(graphdef, state, copy=True)
-    name = {"pair": lambda: type(obj[0]).__name__, "kwargs": lambda: "model_kwargs"}.get(tree, lambda: type(obj).__name__)()
+    if tree not in ("pair", "kwargs"):
+        raise ValueError(f"tree must be 'pair' or 'kwargs', got {tree!r}")
+    name = type(obj[0]).__name__ if tree == "pair" else "model_kwargs"
     try:
         yield obj
     except flax.errors.TraceContextError as error:

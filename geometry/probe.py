@@ -460,8 +460,8 @@ class _WrtJacobians(StaticKey):
         return jacobians.jacobian_at(selected, delta, self.mode, self.reduce, self.as_matrix)
 
 
-def _wrt_call(found: Plan, wrt: str) -> tuple[str, int]:
-    """(path, call index) of the one layer call `wrt` names, with a floating-point array output."""
+def _wrt_call(found: Plan, wrt: str) -> tuple[str, int, jax.ShapeDtypeStruct]:
+    """(path, call index, output shape) of the one layer call `wrt` names, with a floating-point array output."""
     hits = [key for key in found.keys if _matches(wrt, key) and found.types[key] is not None]
     if len(hits) != 1:
         raise ValueError(f"wrt={wrt!r} must name one layer call; it matches {len(hits)} "
@@ -472,7 +472,7 @@ def _wrt_call(found: Plan, wrt: str) -> tuple[str, int]:
         raise ValueError(f"wrt={key!r}: that layer's output is not one floating-point array, so it cannot be "
                          "differentiated by")
     path, _, index = key.partition("@")
-    return path, int(index) if index else 0
+    return path, int(index) if index else 0, shape
 
 
 @shape_checked
@@ -502,8 +502,7 @@ def input_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=Non
                                    chunk_size=chunk_size, reduce=reduce, devices=devices, as_matrix=as_matrix,
                                    check_finite=check_finite, batched=batched, shapes=shapes)
         return _ordered(field, keys)
-    path, index = _wrt_call(found, wrt)
-    wrt_shape = found.outputs[path if path in found.outputs else f"{path}@{index}"]
+    path, index, wrt_shape = _wrt_call(found, wrt)
     resolved = jacobians.resolve_mode(mode, math.prod(wrt_shape.shape), jacobians.output_size(shapes))
     per_point = _WrtJacobians(fn.recorder, path, index, wrt_shape, resolved, reduce, as_matrix)
     field = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)
@@ -549,13 +548,9 @@ class _LayerAt:
             return jacobians._call_batched(lambda v: call(layer, v, *rest, **kwargs), u, self.batched)
 
 
-@shape_checked
-def local_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=None, *, mode: str = "auto", chunk_size: int | None = None,
-                         reduce: Callable | None = None, devices=None, batched: bool = False,
-                         as_matrix: bool = False, check_finite: bool = True, model_kwargs=None) -> dict[str, Any]:
-    """{path: (N, *output_shape, *layer_input_shape)}: each layer's own Jacobian
-    ∂(output)/∂(first input) at the input it receives from each point (other arguments fixed)."""
-    points = jacobians.check_points(points, differentiable=False)
+def _local_setup(model, points, layers, mode: str, batched: bool, model_kwargs):
+    """(recorder with call-start snapshots, state, plan, per-layer modes) for the local routes:
+    the selected layers, each checked to receive a floating-point array it can be differentiated by."""
     graphdef, state, method = _split(model, model_kwargs)
     found = plan(model, jax.ShapeDtypeStruct(points.shape[1:], points.dtype), batched=batched,
                  model_kwargs=model_kwargs)
@@ -567,7 +562,19 @@ def local_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=Non
             raise ValueError(f"layer {key!r} receives no floating-point array as its first argument")
     modes = tuple(jacobians.resolve_mode(mode, math.prod(found.inputs[k].shape),
                                          jacobians.output_size(found.outputs[k])) for k in keys)
-    per_point = _LocalJacobians(Recorder(graphdef, method, keys, batched, snapshot=True), modes, reduce, as_matrix)
+    return Recorder(graphdef, method, keys, batched, snapshot=True), state, found, modes
+
+
+@shape_checked
+def local_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=None, *, mode: str = "auto", chunk_size: int | None = None,
+                         reduce: Callable | None = None, devices=None, batched: bool = False,
+                         as_matrix: bool = False, check_finite: bool = True, model_kwargs=None) -> dict[str, Any]:
+    """{path: (N, *output_shape, *layer_input_shape)}: each layer's own Jacobian
+    ∂(output)/∂(first input) at the input it receives from each point (other arguments fixed)."""
+    points = jacobians.check_points(points, differentiable=False)
+    recorder, state, _, modes = _local_setup(model, points, layers, mode, batched, model_kwargs)
+    keys = recorder.keys
+    per_point = _LocalJacobians(recorder, modes, reduce, as_matrix)
     field = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)
     if check_finite:
         jacobians.check_finite_result(field, "a local Jacobian")
@@ -634,8 +641,7 @@ def token_jacobians(model, points: Shaped[AnyArray, "N *input"], layer: str, *, 
     fn, state, keys, found = _prepare(model, layer, example, "outputs", batched, model_kwargs)
     if len(keys) != 1:
         raise ValueError(f"layer {layer!r} selects {len(keys)} layers ({', '.join(keys)}); give one path")
-    path, index = _wrt_call(found, wrt)
-    wrt_shape = found.outputs[path if path in found.outputs else f"{path}@{index}"]
+    path, index, wrt_shape = _wrt_call(found, wrt)
     out_shape = found.outputs[keys[0]]
     for name, shape in (("wrt", wrt_shape), ("layer", out_shape)):
         if not isinstance(shape, jax.ShapeDtypeStruct) or len(shape.shape) != 2:
@@ -719,13 +725,8 @@ def local_singular_values(model, points: Shaped[AnyArray, "N *input"], layers=No
     structure is read from the layer's type (a subclass overriding __call__ is taken as dense).
     """
     points = jacobians.check_points(points, differentiable=False)
-    graphdef, state, method = _split(model, model_kwargs)
-    found = plan(model, jax.ShapeDtypeStruct(points.shape[1:], points.dtype), batched=batched,
-                 model_kwargs=model_kwargs)
-    keys = select(found, layers)
-    for key in keys:
-        if found.types[key] is None or found.inputs[key] is None:
-            raise ValueError(f"{key!r} is not a layer with an array input")
+    recorder, state, found, modes = _local_setup(model, points, layers, mode, batched, model_kwargs)
+    keys = recorder.keys
     module = jacobians.module_and_method(model)[0]
     instances = _callable_modules(module)
     structures = []
@@ -734,9 +735,7 @@ def local_singular_values(model, points: Shaped[AnyArray, "N *input"], layers=No
         if structure != "dense" and found.outputs[key] != found.inputs[key]:
             structure = "dense"  # the structure needs an output shaped like the input
         structures.append(structure)
-    modes = tuple(jacobians.resolve_mode(mode, math.prod(found.inputs[k].shape),
-                                         jacobians.output_size(found.outputs[k])) for k in keys)
-    per_point = _LocalSpectra(Recorder(graphdef, method, keys, batched, snapshot=True), tuple(structures), modes)
+    per_point = _LocalSpectra(recorder, tuple(structures), modes)
     values = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)
     if check_finite:
         jacobians.check_finite_result(values, "a local singular value")
