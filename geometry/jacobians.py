@@ -258,17 +258,26 @@ def as_pure_function(f, params=None, *, batched: bool = False, model_kwargs=None
 def check_points(points, *, differentiable: bool = True) -> jax.Array:
     """points as an (N, *input_shape) array; ValueError naming the problem otherwise.
 
-    Integer points are cast to the default float type when `differentiable`. The
-    finiteness check needs concrete values, so it is skipped under a trace.
+    With `differentiable` the points are what is differentiated: integer points are then
+    refused (token ids have no derivative; `wrt=` differentiates by a layer's output instead).
+    The finiteness check needs concrete values, so it is skipped under a trace.
     """
+    if differentiable:
+        dtype = getattr(points, "dtype", None)
+        dtype = np.asarray(points).dtype if dtype is None else dtype
+        if np.issubdtype(dtype, np.integer):
+            raise ValueError(
+                f"points are integers (dtype {dtype}), and a derivative with respect to them is not defined. "
+                "For token ids, differentiate with respect to the embedding's output instead: pass "
+                "wrt='<embedding layer path>' (jacobian_field on a module, or probe.input_jacobian_field; "
+                "probe.layers(model, points[0]) lists the paths). For integer-valued real inputs, pass "
+                "points.astype(float).")
     # as_float_array: float64 values float32 would turn into inf or 0 are refused, not silently changed
     points = as_float_array("points", points) if differentiable else jnp.asarray(points)
     if points.ndim < 1:
         raise ValueError("points must have a leading point axis, shape (N, *input_shape); got a scalar")
     if points.size == 0:
         raise ValueError(f"points is empty: shape {tuple(points.shape)}")
-    if differentiable and not jnp.issubdtype(points.dtype, jnp.inexact):
-        points = points.astype(jnp.result_type(float))
     if jnp.issubdtype(points.dtype, jnp.inexact) and not _is_tracer(points):
         finite_rows = np.all(np.isfinite(np.asarray(points)).reshape(points.shape[0], -1), axis=1)
         if not finite_rows.all():
@@ -307,7 +316,7 @@ def call_hint(error: Exception, batched: bool) -> str:
                 f"model_kwargs={{{names}}} (held fixed, the same for every point).")
     if "rngs" in text and ("Dropout" in text or "deterministic" in text):
         return " " + EVAL_HINT
-    if "promotion" in text:
+    if type(error).__name__ == "TypePromotionError":  # not jax_numpy_rank_promotion, whose message says "promotion" too
         return (" The points' dtype and the model's parameters differ: cast the points to the parameters' dtype "
                 "or build the model in the points' dtype.")
     if ("integer" in text or "Indexer" in text) and ("token" in text or "index" in text.lower()):
@@ -498,13 +507,15 @@ def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None,
 @shape_checked
 def jacobian_field(f, points: Shaped[AnyArray, "N *input"], *, mode: str = "auto", params=None, chunk_size: int | None = None,
                    reduce: Callable | None = None, devices: Sequence[jax.Device] | None = None,
-                   batched: bool = False, as_matrix: bool = False, check_finite: bool = True, model_kwargs=None):
+                   batched: bool = False, as_matrix: bool = False, check_finite: bool = True, model_kwargs=None,
+                   wrt: str | None = None):
     """The Jacobian of f at every point: (N, *out_shape, *in_shape), what `jax.jacobian` gives per point.
 
     Args:
       f: an `nnx.Module`, a module's bound method, a function of one example x, or
         `f(params, x)` together with `params=`. Pytree outputs give a pytree of fields.
-      points: (N, *input_shape) finite inputs (integers are cast to float).
+      points: (N, *input_shape) finite floating-point inputs (integer points, e.g. token ids,
+        need `wrt=`).
       mode: "forward" (jacfwd), "reverse" (jacrev) or "auto" (see the module docstring).
       params: the parameters of `f(params, x)` (e.g. Linen variables); new values reuse the
         compiled function.
@@ -519,7 +530,18 @@ def jacobian_field(f, points: Shaped[AnyArray, "N *input"], *, mode: str = "auto
       check_finite: raise ValueError when the Jacobian is NaN or inf at a finite point.
       model_kwargs: keyword arguments of every call (`rngs=`, `deterministic=`, a KV cache,
         segment ids), held fixed and the same for every point (`as_pure_function`).
+      wrt: the path of one layer of the module f (`probe.layers` lists them): the derivative
+        of f's output with respect to that layer's output instead, (N, *out_shape, *wrt_shape),
+        f still run from its own points (so token ids stay integers; e.g. wrt="embed").
     """
+    if wrt is not None:
+        if module_and_method(f)[0] is None or params is not None:
+            raise ValueError("wrt= names a layer of an nnx.Module (or of a bound method's module); "
+                             f"got {type(f).__name__}" + (" with params=" if params is not None else ""))
+        from geometry import probe  # probe builds on this module
+        return probe._output_field_wrt(f, points, wrt, mode=mode, chunk_size=chunk_size, reduce=reduce,
+                                               devices=devices, batched=batched, as_matrix=as_matrix,
+                                               check_finite=check_finite, model_kwargs=model_kwargs)
     points = check_points(points)
     pure, params = as_pure_function(f, params, batched=batched, model_kwargs=model_kwargs)
     return field_of(pure, params, points, mode=mode, chunk_size=chunk_size, reduce=reduce, devices=devices,

@@ -450,11 +450,12 @@ class _WrtJacobians(StaticKey):
     mode: str
     reduce: Callable | None
     as_matrix: bool
+    model_output: bool = False  # differentiate the model's own output instead of the recorded layers'
 
     def __call__(self, state, x):
         def selected(delta):
-            _, records = self.recorder(state, x, (self.wrt_path, self.wrt_index, delta))
-            return {key: records[key][1] for key in self.recorder.keys}
+            output, records = self.recorder(state, x, (self.wrt_path, self.wrt_index, delta))
+            return output if self.model_output else {key: records[key][1] for key in self.recorder.keys}
 
         delta = jnp.zeros(self.wrt_shape.shape, self.wrt_shape.dtype)
         return jacobians.jacobian_at(selected, delta, self.mode, self.reduce, self.as_matrix)
@@ -502,13 +503,34 @@ def input_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=Non
                                    chunk_size=chunk_size, reduce=reduce, devices=devices, as_matrix=as_matrix,
                                    check_finite=check_finite, batched=batched, shapes=shapes)
         return _ordered(field, keys)
+    return _ordered(_wrt_field(fn.recorder, found, state, points, wrt, shapes, mode=mode, chunk_size=chunk_size,
+                               reduce=reduce, devices=devices, as_matrix=as_matrix, check_finite=check_finite), keys)
+
+
+def _wrt_field(recorder, found, state, points, wrt, shapes, *, mode, chunk_size, reduce, devices, as_matrix,
+               check_finite, model_output=False):
+    """The field of the recorded layers' outputs (or of the model output) by the output of layer `wrt`."""
     path, index, wrt_shape = _wrt_call(found, wrt)
     resolved = jacobians.resolve_mode(mode, math.prod(wrt_shape.shape), jacobians.output_size(shapes))
-    per_point = _WrtJacobians(fn.recorder, path, index, wrt_shape, resolved, reduce, as_matrix)
+    per_point = _WrtJacobians(recorder, path, index, wrt_shape, resolved, reduce, as_matrix, model_output)
     field = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)
     if check_finite:
         jacobians.check_finite_result(field)
-    return _ordered(field, keys)
+    return field
+
+
+def _output_field_wrt(model, points, wrt: str, *, mode="auto", chunk_size=None, reduce=None, devices=None,
+                              batched=False, as_matrix=False, check_finite=True, model_kwargs=None):
+    """(N, *output_shape, *wrt_shape): ∂(model output)/∂(output of layer `wrt`), the model run from its
+    own (possibly integer) points: the route of `jacobians.jacobian_field(model, points, wrt=...)`."""
+    points = jacobians.check_points(points, differentiable=False)
+    example = jax.ShapeDtypeStruct(points.shape[1:], points.dtype)
+    graphdef, state, method = _split(model, model_kwargs)
+    found = plan(model, example, batched=batched, model_kwargs=model_kwargs)
+    recorder = Recorder(graphdef, method, (), batched)
+    shapes = jax.eval_shape(lambda s, u: recorder(s, u)[0], state, example)
+    return _wrt_field(recorder, found, state, points, wrt, shapes, mode=mode, chunk_size=chunk_size, reduce=reduce,
+                      devices=devices, as_matrix=as_matrix, check_finite=check_finite, model_output=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -178,6 +178,31 @@ def test_wrt_errors_name_the_layers():
         probe.input_jacobian_field(model, tokens, "unembed", wrt="nothing", model_kwargs=kwargs)
     with pytest.raises(ValueError, match="token ids.*wrt="):
         jacobians.jacobian_field(model, tokens.astype(np.float32), model_kwargs=kwargs)
+    # integer points are never silently cast to float: every route that differentiates them refuses
+    for differentiate in (lambda: jacobians.jacobian_field(model, tokens, model_kwargs=kwargs),
+                          lambda: probe.input_jacobian_field(model, tokens, "unembed", model_kwargs=kwargs),
+                          lambda: matfree.singular_values(model, tokens, 2, model_kwargs=kwargs)):
+        with pytest.raises(ValueError, match=r"points are integers \(dtype int32\).*wrt='<embedding layer path>'"):
+            differentiate()
+    with pytest.raises(ValueError, match="wrt= names a layer of an nnx.Module"):
+        jacobians.jacobian_field(lambda x: x, tokens, wrt="embed")
+
+
+def test_jacobian_field_wrt_a_layer_of_a_module_is_the_logits_by_embedding_jacobian():
+    model = TinyLM(nnx.Rngs(1))
+    segment_ids = jnp.array([0, 0, 0, 1])
+    kwargs = {"cache": KVCache(4, 6), "segment_ids": segment_ids}
+    tokens = np.array([[1, 2, 3, 4], [5, 0, 7, 10]], dtype=np.int32)
+    for mode in ("forward", "reverse", "auto"):
+        field = jacobians.jacobian_field(model, tokens, wrt="embed", mode=mode, model_kwargs=kwargs)
+        assert field.shape == (2, 4, 11, 4, 6)
+        for i, t in enumerate(tokens):
+            reference = _lm_reference(model, t, segment_ids, lambda: KVCache(4, 6))
+            np.testing.assert_allclose(field[i], reference, rtol=1e-5, atol=1e-6)
+    # by a deeper layer's output: logits = unembed(h), so the Jacobian is unembed's weight per token
+    by_block = jacobians.jacobian_field(model, tokens, wrt="attention", as_matrix=True, model_kwargs=kwargs)
+    expected = np.kron(np.eye(4), np.asarray(model.unembed.kernel[...]).T)  # (4·11, 4·6)
+    np.testing.assert_allclose(by_block[0], expected, rtol=1e-6, atol=1e-7)
 
 
 def test_scan_stacked_blocks_are_differentiable_and_listed_per_iteration():
