@@ -23,6 +23,7 @@ import jax
 from flax import nnx
 
 from benchmarks._common import result_name, timed, write_result
+from playground import security
 from playground.config import Config
 from playground.server import Server
 from playground.session import Run, encode_maps
@@ -33,10 +34,11 @@ TARGET_FRAMES_PER_SECOND = 10.0
 def stream_rate(server: Server, seconds: float, warmup: float = 3.0) -> dict:
     """Frames per second one event-stream client receives while the session trains."""
     connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
+    token = {security.TOKEN_HEADER: server.token}
     connection.request("POST", "/api/control", body=json.dumps({"action": "start"}),
-                       headers={"Content-Type": "application/json"})
+                       headers={"Content-Type": "application/json", **token})
     connection.getresponse().read()
-    connection.request("GET", "/api/events")
+    connection.request("GET", "/api/events", headers=token)
     response = connection.getresponse()
     frames, sizes, steps, start = 0, [], [], time.perf_counter()
     measuring_since = None

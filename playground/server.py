@@ -2,13 +2,15 @@
 
 The standard library's `ThreadingHTTPServer` is enough for one local user (one thread per
 connection; the event stream is plain chunks of text), so the playground needs no server
-dependency. It listens on 127.0.0.1 only.
+dependency. It listens on 127.0.0.1 only, and defends itself as `security.py` describes
+(Host allow-list, Origin check, a per-server token, JSON-only writes); a request must arrive
+within READ_TIMEOUT_SECONDS and at most MAX_CONNECTIONS are served at once.
 
-    GET  /                     the page            GET  /api/events     frames (text/event-stream)
+    GET  /?token=T             the page            GET  /api/events     frames (text/event-stream)
     GET  /api/options          controls, limits    GET  /api/frame      the latest frame
     GET  /api/data             the data points     GET  /api/warp?activation=relu&angle=30
     POST /api/config           {field: value}      POST /api/control    {"action": "start"|"pause"|"step"|"reset"}
-    POST /api/upload?name=F    the CSV's bytes     GET  /api/export/model, /api/export/numbers (downloads)
+    POST /api/upload           {"name": F, "csv": text}   GET /api/export/model, /api/export/numbers (downloads)
 
 Every refusal is a 4xx with {"error": message}; a failure inside a request is a 500 with
 the message, and the server keeps serving either way.
@@ -16,9 +18,11 @@ the message, and the server keeps serving either way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
+import socket
 import threading
 import traceback
 from http import HTTPStatus
@@ -31,14 +35,20 @@ from matplotlib import colormaps
 
 from geometry.io import to_jsonable
 from playground import config as configuration
-from playground import datasets, export, warp
+from playground import datasets, export, security, warp
 from playground.session import Session
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
          "/style.css": ("style.css", "text/css; charset=utf-8")}
-MAX_BODY = datasets.MAX_UPLOAD_BYTES + 2**16
+# a CSV inside a JSON string: escaping can at most double it (a newline becomes \\n)
+MAX_BODY = 2 * datasets.MAX_UPLOAD_BYTES + 2**16
 KEEP_ALIVE_SECONDS = 10.0
+READ_TIMEOUT_SECONDS = 15.0  # a client that sends nothing for this long is dropped (slowloris)
+MAX_CONNECTIONS = 32  # served at once; more get a 503 and are closed at once
+TOKEN_PAGE = """<!doctype html><meta charset="utf-8"><title>layer-geometry playground</title>
+<p>This playground needs its token. Open the address that <code>python -m playground</code> printed
+(it ends with <code>?token=...</code>).</p>"""
 
 
 class RequestError(Exception):
@@ -64,6 +74,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "layer-geometry-playground"
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.0"  # an unparsable request still gets a status line, not bare HTML
+    timeout = READ_TIMEOUT_SECONDS  # socketserver sets it on the connection: every read is bounded
 
     def send_error(self, code, message=None, explain=None):
         """The base class's own refusals (a garbage request line, over-long headers) as our JSON errors."""
@@ -126,18 +137,32 @@ class Handler(BaseHTTPRequestHandler):
         return record
 
     # ---- dispatch ----
+    def _guard(self, path: str, query: dict) -> None:
+        """The defences of `security.py`, before anything else is read or done."""
+        port = self.server.server_address[1]
+        security.check_host(self.headers.get("Host"), port)
+        security.check_origin(self.headers.get("Origin"), port)
+        if path.startswith("/api/"):
+            write = self.command == "POST"
+            security.check_token(header=self.headers.get(security.TOKEN_HEADER),
+                                 cookie=security.cookie_token(self.headers.get("Cookie"), port),
+                                 query=query.get("token"), token=self.server.token, write=write)
+            if write:
+                security.check_json_content_type(self.headers.get("Content-Type"))
+
     def _handle(self, routes: dict) -> None:
         url = urlsplit(self.path)
-        query = parse_qs(url.query, keep_blank_values=True)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         route = routes.get(url.path)
         try:
+            self._guard(url.path, query)
             if route is None:
                 known = url.path in GET_ROUTES or url.path in POST_ROUTES or url.path in PAGES
                 raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND,
                                    f"{self.command} {url.path} is not served"
                                    + (f"; use {'POST' if self.command == 'GET' else 'GET'}" if known else ""))
-            route(self, url.path, {k: v[-1] for k, v in query.items()})
-        except RequestError as error:
+            route(self, url.path, query)
+        except (RequestError, security.Forbidden) as error:
             self._error(error.status, str(error))
         except (configuration.ConfigError, ValueError) as error:
             self._error(HTTPStatus.BAD_REQUEST, str(error))
@@ -164,7 +189,22 @@ class Handler(BaseHTTPRequestHandler):
     # ---- routes ----
     def _page(self, path, query):
         name, content_type = PAGES[path]
-        self._send(HTTPStatus.OK, (STATIC / name).read_bytes(), content_type)
+        body = (STATIC / name).read_bytes()
+        if path != "/":
+            self._send(HTTPStatus.OK, body, content_type)
+            return
+        port, token = self.server.server_address[1], self.server.token
+        from_query = security.same_token(query.get("token"), token)
+        if not (from_query or security.same_token(security.cookie_token(self.headers.get("Cookie"), port), token)):
+            self._send(HTTPStatus.FORBIDDEN, TOKEN_PAGE.encode(), content_type, {"Connection": "close"})
+            self.close_connection = True
+            return
+        # the page reads its token here; no other origin can read this response (same-origin policy)
+        body = body.replace(b"<head>", f'<head>\n  <meta name="playground-token" content="{token}">'.encode(), 1)
+        headers = {"Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+        if from_query:  # later visits (a shared link without the token, a reload) are let in by the cookie
+            headers["Set-Cookie"] = (f"{security.cookie_name(port)}={token}; Path=/; HttpOnly; SameSite=Strict")
+        self._send(HTTPStatus.OK, body, content_type, headers)
 
     def _no_icon(self, path, query):
         self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
@@ -188,6 +228,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
+        if self.command == "HEAD":  # headers only: a HEAD response has no body
+            return
         last = 0
         while not self.session.closed:
             sequence, frame = self.session.next_frame(last, KEEP_ALIVE_SECONDS)
@@ -221,10 +263,13 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"action": action})
 
     def _upload(self, path, query):
-        name = query.get("name", "upload.csv")
-        if not re.fullmatch(r"[\w .()+-]{1,100}", name):
+        record = self._json_body()
+        name, text = record.get("name", "upload.csv"), record.get("csv")
+        if not isinstance(name, str) or not re.fullmatch(r"[\w .()+-]{1,100}", name):
             raise RequestError(HTTPStatus.BAD_REQUEST, "the file name must be 1-100 letters, digits or . _ - ( ) +")
-        x, y = datasets.parse_csv(self._body(), name)
+        if not isinstance(text, str):
+            raise RequestError(HTTPStatus.BAD_REQUEST, 'send the file as {"name": ..., "csv": "<the CSV text>"}')
+        x, y = datasets.parse_csv(text.encode(), name)
         config = dataclasses.replace(self.session.run.config, dataset="csv")
         self.session.configure(config, upload=(x, y), upload_name=name)
         self._json({"rows": len(x), "features": int(x.shape[1]), "classes": int(y.max()) + 1,
@@ -239,16 +284,62 @@ POST_ROUTES = {"/api/config": Handler._configure, "/api/control": Handler._contr
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 2 * MAX_CONNECTIONS  # the listen backlog: a full one makes clients retry after 1 s
 
-    def __init__(self, port: int = 0, config: configuration.Config = configuration.Config(), verbose: bool = False):
+    def __init__(self, port: int = 0, config: configuration.Config = configuration.Config(), verbose: bool = False,
+                 token: str | None = None):
         super().__init__(("127.0.0.1", port), Handler)
+        self.token = security.new_token() if token is None else token
         self.session = Session(config)
         self.options = options()
         self.verbose = verbose
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._refusals = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/"
+        """The address to open: with the token, as the command prints it."""
+        return f"{self.base_url}?token={self.token}"
+
+    def process_request(self, request, client_address):
+        if self._slots.acquire(blocking=False):
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self._slots.release()
+                raise
+        elif self._refusals.acquire(blocking=False):  # full: a short-lived thread says 503, never queues
+            threading.Thread(target=self._refuse_busy, args=(request,), daemon=True).start()
+        else:  # a flood: close at once
+            self.shutdown_request(request)
+
+    def _refuse_busy(self, request) -> None:
+        body = json.dumps({"error": f"503: more than {MAX_CONNECTIONS} connections at once; try again"}).encode()
+        try:
+            request.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                request.recv(65536)  # what the client sent: unread data would turn the close into a reset
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            request.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                while request.recv(65536):  # until the client closes (or the timeout): then a clean close
+                    pass
+        except OSError:
+            pass
+        finally:
+            request.close()
+            self._refusals.release()
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def start(self) -> threading.Thread:
         """Serve from a background thread (tests, notebooks); `stop()` ends it."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from urllib.parse import parse_qs, urlsplit
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ from experiments import grid_warp
 from geometry import activations, spectra
 from geometry.training import CheckpointError
 from playground import config as configuration
-from playground import datasets, export, network, views, warp
+from playground import datasets, export, network, security, views, warp
 from playground.server import Server
 from playground.session import Run, encode_maps
 
@@ -266,8 +267,10 @@ def server():
 
 
 def _request(server, method, path, body=None, headers=None):
+    """A request as the playground's own page sends it: its token in the header, JSON bodies."""
+    headers = {security.TOKEN_HEADER: server.token, "Content-Type": "application/json", **(headers or {})}
     connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
-    connection.request(method, path, body=body, headers=headers or {})
+    connection.request(method, path, body=body, headers=headers)
     response = connection.getresponse()
     data = response.read()
     connection.close()
@@ -285,8 +288,9 @@ def _json_of(data):
     ("POST", "/api/config", b"{not json", 400, "the body is not JSON"),
     ("POST", "/api/config", b"[1, 2]", 400, "must be a JSON object"),
     ("POST", "/api/control", b'{"action": "explode"}', 400, "unknown action 'explode'"),
-    ("POST", "/api/upload?name=bad.csv", b"a,b,label\n1,2,0\n3,4\n", 400, "bad.csv: line 3"),
-    ("POST", "/api/upload?name=../../etc", b"a,b\n", 400, "the file name must be"),
+    ("POST", "/api/upload", b'{"name": "bad.csv", "csv": "a,b,label\\n1,2,0\\n3,4\\n"}', 400, "bad.csv: line 3"),
+    ("POST", "/api/upload", b'{"name": "../../etc", "csv": "a,b\\n"}', 400, "the file name must be"),
+    ("POST", "/api/upload", b'{"name": "a.csv", "csv": 3}', 400, 'send the file as {"name"'),
     ("GET", "/api/warp?activation=relu&angle=abc", None, 400, "angle must be a number"),
     ("GET", "/api/nothing", None, 404, "GET /api/nothing is not served"),
     ("GET", "/api/config", None, 405, "use POST"),
@@ -316,7 +320,7 @@ def test_events_stream_frames_and_a_new_config_retrains(server):
                                                                         "layers": ["tanh", "tanh"]}).encode())
     assert status == 200 and "layers=tanh%2Ctanh" in _json_of(data)["query"]
     connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
-    connection.request("GET", "/api/events")
+    connection.request("GET", "/api/events", headers={security.TOKEN_HEADER: server.token})
     response = connection.getresponse()
     assert response.getheader("Content-Type") == "text/event-stream"
     steps, deadline = [], time.time() + 60
@@ -346,17 +350,21 @@ def test_command_line_serves_and_stops_on_ctrl_c():
     try:
         line = process.stdout.readline()
         assert line.startswith("playground: serving http://127.0.0.1:"), line
-        port = int(line.split(":")[3].split("/")[0])
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        connection.request("GET", "/")
-        response = connection.getresponse()
-        assert response.status == 200 and b"layer-geometry playground" in response.read()
-        connection.close()
+        address = urlsplit(line.split()[2])
+        token = parse_qs(address.query)["token"][0]
+        assert len(token) >= 40  # 256 random bits, URL-safe base64
+        for path, status in ((f"/?token={token}", 200), ("/", 403), ("/?token=wrong", 403)):
+            connection = http.client.HTTPConnection("127.0.0.1", address.port, timeout=60)
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert response.status == status and b"layer-geometry playground" in response.read()
+            connection.close()
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
         assert "playground: stopped" in process.stdout.read()
-    finally:
+    finally:  # never leave the server running, whatever failed above
         process.kill()
+        process.wait(timeout=60)
         process.stdout.close()
     refused = subprocess.run([sys.executable, "-m", "playground", "--no-browser", "--port", "70000"],
                              capture_output=True, text=True, timeout=60)

@@ -60,8 +60,13 @@ def page(browser, server):
     context.close()
 
 
+def _address(server, query: str = "") -> str:
+    """The address the command prints (with the token), plus a link's settings `query` ("?a=1&b=2")."""
+    return server.url + ("&" + query.lstrip("?") if query else "")
+
+
 def _open(page, server, query: str = ""):
-    page.goto(server.url + query)
+    page.goto(_address(server, query))
     _wait_for(page, "f.maps && f.layers && f.layers.length > 0")
 
 
@@ -189,7 +194,7 @@ def test_export_downloads_a_checkpoint_that_loads_back(page, server, tmp_path):
 
 
 def test_a_link_with_an_unknown_activation_says_so_and_shows_the_running_net(page, server):
-    page.goto(server.url + "?layers=relu,swish9&width=8")
+    page.goto(_address(server, "?layers=relu,swish9&width=8"))
     page.wait_for_function("document.getElementById('error').textContent.includes(\"unknown activation 'swish9'\")")
     frame = _wait_for(page, "f.maps")
     assert page.input_value("#width") == str(frame["config"]["width"])  # the controls show what runs
@@ -208,3 +213,78 @@ def test_the_grid_and_disk_widget(page, server):
     page.wait_for_function("window.playground.warp.angle === 90")
     assert "folded (rank J < 2): 0.000" in page.inner_text("#warp-numbers")
     assert page.problems == []
+
+
+ATTACK_PAGE = """<!doctype html><meta charset="utf-8"><title>another site</title>
+<form id="form" method="POST" action="TARGET/api/control" target="sink"><input name="action" value="start"></form>
+<iframe name="sink"></iframe><iframe id="framed" src="TARGET/"></iframe>
+<script>
+window.results = {};
+async function attempt(name, request) {
+  try { const r = await request(); results[name] = r.type === "opaque" ? "opaque" : r.status; }
+  catch (error) { results[name] = "blocked"; }
+}
+(async () => {
+  const t = "TARGET";
+  // a "simple" request needs no preflight: the browser sends it, with the playground's cookie
+  await attempt("text_plain", () => fetch(t + "/api/config", { method: "POST", mode: "no-cors", credentials: "include",
+    headers: { "Content-Type": "text/plain" }, body: JSON.stringify({ learning_rate: 1, width: 3 }) }));
+  await attempt("upload", () => fetch(t + "/api/upload", { method: "POST", mode: "no-cors", credentials: "include",
+    headers: { "Content-Type": "text/plain" }, body: JSON.stringify({ name: "x.csv", csv: "a,b,label\\n" }) }));
+  // the token header forces a preflight, which the playground refuses: never sent
+  await attempt("json_with_header", () => fetch(t + "/api/control", { method: "POST", credentials: "include",
+    headers: { "Content-Type": "application/json", "X-Playground-Token": "guess" }, body: '{"action": "start"}' }));
+  // reads: the same-origin policy hides the answer
+  await attempt("read_data", () => fetch(t + "/api/data", { credentials: "include" }).then((r) => r.json()));
+  document.getElementById("form").submit();
+  window.done = true;
+})();
+</script>"""
+
+
+@pytest.fixture
+def attack_site():
+    """A page on another origin (another port of 127.0.0.1: same site, so the playground's cookie rides
+    along on its requests) that tries every write a page can make without the token."""
+    import http.server
+    import threading
+
+    class AttackPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = ATTACK_PAGE.replace("TARGET", self.server.target).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AttackPage)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    yield site
+    site.shutdown()
+    site.server_close()
+
+
+@pytest.mark.parametrize("target_host", ["127.0.0.1", "localhost"])
+def test_a_page_on_another_origin_cannot_drive_or_read_the_playground(page, server, attack_site, target_host):
+    _open(page, server, "?dataset=moons&layers=relu&width=8&resolution=64")
+    _control(page, "pause")
+    _wait_for(page, "f.status === 'paused'")
+    with server.session.lock:
+        before = (server.session.run.config, server.session.running, server.session.upload_name)
+    attack_site.target = f"http://{target_host}:{server.server_address[1]}"
+    page.goto(f"http://127.0.0.1:{attack_site.server_address[1]}/")  # the same browser: it holds the cookie
+    page.wait_for_function("window.done === true", timeout=TIMEOUT_MS)
+    results = page.evaluate("window.results")
+    assert results["json_with_header"] == "blocked" and results["read_data"] == "blocked", results
+    page.wait_for_timeout(1500)  # the form's POST lands in its iframe
+    with server.session.lock:
+        after = (server.session.run.config, server.session.running, server.session.upload_name)
+    assert after == before  # no config, no start, no upload
+    # and the playground refuses to be framed by it
+    framed = page.frame_locator("#framed")
+    assert framed.locator("#layers-table").count() == 0

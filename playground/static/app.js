@@ -13,10 +13,14 @@ function showError(message) {
   if (message) playground.errors.push(message);
 }
 
-async function api(path, body, raw) {
-  const init = body === undefined ? {} : {
-    method: "POST", body: raw ? body : JSON.stringify(body),
-    headers: { "Content-Type": raw ? "text/csv" : "application/json" },
+// the server's token, handed to this page only (see playground/security.py); every API call
+// sends it in a header, which no page on another origin can do without a refused preflight
+const TOKEN = document.querySelector('meta[name="playground-token"]')?.content || "";
+
+async function api(path, body) {
+  const headers = { "X-Playground-Token": TOKEN };
+  const init = body === undefined ? { headers } : {
+    method: "POST", body: JSON.stringify(body), headers: { ...headers, "Content-Type": "application/json" },
   };
   const response = await fetch(path, init);
   const record = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
@@ -90,7 +94,7 @@ async function control(action) {
 async function upload(file) {
   if (!file) return;
   try {
-    const result = await api(`api/upload?name=${encodeURIComponent(file.name)}`, await file.arrayBuffer(), true);
+    const result = await api("api/upload", { name: file.name, csv: await file.text() });
     showError("");
     history.replaceState(null, "", "?" + result.query);
     showConfig(result.config);
@@ -353,6 +357,10 @@ async function main() {
   updateWarp();
 
   const query = new URLSearchParams(location.search);
+  if (query.has("token")) {  // the cookie the server set holds it from now on: keep it out of shared links
+    query.delete("token");
+    history.replaceState(null, "", [...query.keys()].length ? "?" + query : location.pathname);
+  }
   // a link's settings, or (none given, or refused: the message stays up) the net the server runs
   if (![...query.keys()].length || !(await configure(Object.fromEntries(query.entries())))) {
     const frame = await api("api/frame");
