@@ -42,16 +42,75 @@ class NormMap(nnx.Module):
         return self.layer_norm(self.batch_norm(x))
 
 
+class TransformerBlock(nnx.Module):
+    def __init__(self, width, rngs):
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(num_heads=4, in_features=width, decode=False, rngs=rngs)
+        self.mlp = nnx.Linear(width, width, rngs=rngs)
+
+    def __call__(self, h):  # (T, width)
+        h = h + self.attention(self.norm(h))
+        return h + jax.nn.gelu(self.mlp(h))
+
+
+class Transformer(nnx.Module):
+    """4 pre-LN blocks over (T, width) token matrices."""
+
+    def __init__(self, width, depth, rngs):
+        self.blocks = nnx.List([TransformerBlock(width, rngs) for _ in range(depth)])
+
+    def __call__(self, h):
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+
+def _hand_jacfwd(model, outputs):
+    """jax.jacfwd of every selected output at once, written by hand: the autodiff floor for the probe."""
+    graphdef, state = nnx.split(model)
+    per_point = jax.jacfwd(lambda s, x: outputs(nnx.merge(graphdef, s), x), argnums=1)
+    return state, jax.jit(jax.vmap(per_point, in_axes=(None, 0)))
+
+
+def _sweep(model, x, keys, every_output, repeats: int) -> dict:
+    every = timed(lambda: probe.input_jacobian_field(model, x, keys, mode="forward"), repeats)
+    deepest = timed(lambda: probe.input_jacobian_field(model, x, keys[-1], mode="forward"), repeats)
+    per_layer = timed(lambda: [probe.input_jacobian_field(model, x, key, mode="forward") for key in keys], repeats)
+    state, hand = _hand_jacfwd(model, every_output)
+    hand_time = timed(lambda: hand(state, x), repeats)
+    return {"points": int(x.shape[0]), "layers": list(keys), "all_layers_seconds": every["seconds"],
+            "deepest_alone_seconds": deepest["seconds"], "one_call_per_layer_seconds": per_layer["seconds"],
+            "hand_jacfwd_all_seconds": hand_time["seconds"],
+            "ratio_vs_deepest": every["seconds"] / deepest["seconds"],
+            "hand_ratio_vs_deepest": hand_time["seconds"] / deepest["seconds"],
+            "field_bytes": 4 * int(x.shape[0]) * int(x[0].size) * sum(int(np.prod(v.shape[1:])) for v in jax.tree_util.tree_leaves(
+                jax.eval_shape(lambda: probe.outputs(model, x[:1], keys))))}
+
+
 def all_layers(points: int, repeats: int) -> dict:
     model = ReLUMLP((784, 256, 256, 10), nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(points, 784)).astype(np.float32))
-    every = timed(lambda: probe.input_jacobian_field(model, x, "layers/*", mode="forward"), repeats)
-    deepest = timed(lambda: probe.input_jacobian_field(model, x, "layers/2", mode="forward"), repeats)
-    # the widest selected output (256 × 784 per point) sets the cost of a forward sweep: compare with it too
-    widest = timed(lambda: probe.input_jacobian_field(model, x, "layers/1", mode="forward"), repeats)
-    return {"points": points, "all_layers_seconds": every["seconds"], "deepest_alone_seconds": deepest["seconds"],
-            "widest_alone_seconds": widest["seconds"], "ratio_vs_deepest": every["seconds"] / deepest["seconds"],
-            "ratio_vs_widest": every["seconds"] / widest["seconds"]}
+
+    def mlp_outputs(m, u):
+        h1 = m.layers[0](u)
+        h2 = m.layers[1](jax.nn.relu(h1))
+        return h1, h2, m.layers[2](jax.nn.relu(h2))
+
+    return _sweep(model, x, ["layers/0", "layers/1", "layers/2"], mlp_outputs, repeats)
+
+
+def all_blocks(points: int, tokens: int, width: int, repeats: int) -> dict:
+    model = Transformer(width, 4, nnx.Rngs(4))
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(points, tokens, width)).astype(np.float32))
+
+    def block_outputs(m, h):
+        outputs = []
+        for block in m.blocks:
+            h = block(h)
+            outputs.append(h)
+        return outputs
+
+    return _sweep(model, x, [f"blocks/{i}" for i in range(4)], block_outputs, repeats)
 
 
 def norm_spectra(size: int, channels: int, repeats: int) -> dict:
@@ -124,10 +183,12 @@ def main(argv=None) -> None:
     repeats = 2 if args.quick else 5
     result = {"machine": machine(),
               "all_layers": all_layers(64 if args.quick else 1024, repeats),
+              "all_blocks": all_blocks(4 if args.quick else 64, 8 if args.quick else 16, 8 if args.quick else 32,
+                                       repeats),
               "norm_spectra": norm_spectra(4 if args.quick else 8, 16 if args.quick else 64, repeats),
               "recompilation": recompilation(),
               "token_memory": token_memory(8 if args.quick else 128, 8 if args.quick else 64)}
-    path = RESULTS / f"{result_name('published_models')}.json"
+    path = RESULTS / f"{result_name('published_models')}{'-quick' if args.quick else ''}.json"
     write_json(path, result)
     print(f"wrote {path}")
 

@@ -345,13 +345,36 @@ def output_size(shapes) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
 
 
-def jacobian_at(fn, x, mode: str, reduce: Callable | None = None, as_matrix: bool = False):
-    """∂fn(x)/∂x at one point in `mode`, optionally flattened to (m, n) matrices and reduced."""
-    jac = (jax.jacfwd if mode == "forward" else jax.jacrev)(fn)(x)
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def jacobian_at(fn, x, mode: str, reduce: Callable | None = None, as_matrix: bool = False,
+                with_finite: bool = False):
+    """∂fn(x)/∂x at one point in `mode`, optionally flattened to (m, n) matrices and reduced.
+
+    `with_finite`: return (result, finite) with finite = [J finite, fn(x) finite] (2,) bools,
+    taken on J itself before `reduce` (whose inf can be a documented value, a singular J's
+    condition number) and on the output too (log at a negative point has a finite J but a NaN
+    value), inside the same compiled pass rather than over the whole field on the host.
+    """
+    transform = jax.jacfwd if mode == "forward" else jax.jacrev
+    if with_finite:
+        jac, value = transform(lambda u: (lambda y: (y, y))(fn(u)), has_aux=True)(x)
+        # an unreduced J is returned whole and checked after the map (`raise_nonfinite(field=)`), in
+        # one jitted pass over the field: inside the derivative's pass the check stops XLA fusing
+        # the tangents' layout change with the output (0.75 s against 0.23 s on a 1.6 GB field)
+        jac_finite = _all_finite(jac) if reduce is not None else jnp.array(True)
+        finite = jnp.stack([jac_finite, _all_finite(value)])
+    else:
+        jac = transform(fn)(x)
     if as_matrix:
         n = math.prod(x.shape)
         jac = jax.tree_util.tree_map(lambda J: J.reshape(-1, n), jac)
-    return jac if reduce is None else jax.tree_util.tree_map(reduce, jac)
+    result = jac if reduce is None else jax.tree_util.tree_map(reduce, jac)
+    return (result, finite) if with_finite else result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,13 +385,15 @@ class PerPointJacobian:
     mode: str
     reduce: Callable | None = None
     as_matrix: bool = False
+    with_finite: bool = False  # also the (2,) finite flags of `jacobian_at`
 
     def __call__(self, params, x):
-        return jacobian_at(functools.partial(self.pure, params), x, self.mode, self.reduce, self.as_matrix)
+        return jacobian_at(functools.partial(self.pure, params), x, self.mode, self.reduce, self.as_matrix,
+                           self.with_finite)
 
 
 def per_point_jacobian(pure, params, example, *, mode="auto", reduce=None, as_matrix=False, batched=False,
-                       shapes=None) -> PerPointJacobian:
+                       shapes=None, with_finite=False) -> PerPointJacobian:
     """The per-point Jacobian of pure(params, x) for points like `example` (one point or a
     ShapeDtypeStruct), its mode resolved from the input and output sizes. `shapes`: the
     output structure when the caller already knows it (saves tracing the model again)."""
@@ -379,7 +404,8 @@ def per_point_jacobian(pure, params, example, *, mode="auto", reduce=None, as_ma
     out_size = output_size(shapes)
     if out_size == 0:
         raise ValueError("f returns an empty output: there is no Jacobian to take")
-    return PerPointJacobian(pure, resolve_mode(mode, math.prod(example.shape), out_size), reduce, as_matrix)
+    return PerPointJacobian(pure, resolve_mode(mode, math.prod(example.shape), out_size), reduce, as_matrix,
+                            with_finite)
 
 
 def _local_map(per_point, params, points, chunk_size):
@@ -480,12 +506,42 @@ def check_finite_result(result, what: str = "the Jacobian") -> None:
             "Pass check_finite=False to get the raw field.")
 
 
+@jax.jit
+def _finite_rows(tree) -> jax.Array:
+    """(N,) whether every entry of every inexact leaf (leading point axis) is finite."""
+    rows = [jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(rows), axis=0)
+
+
+def raise_nonfinite(finite, what: str = "the Jacobian", field=None) -> None:
+    """ValueError naming the points whose (N, 2) flags [J finite, output finite] are not both true;
+    `field`: the unreduced Jacobians, whose finiteness `jacobian_at` left to this check."""
+    if _is_tracer(finite) or _is_tracer(field):
+        return
+    finite = np.array(finite).reshape(-1, 2)
+    if field is not None:
+        finite[:, 0] &= np.asarray(_finite_rows(field))
+    bad_rows = ~finite.all(axis=1)
+    if not bad_rows.any():
+        return
+    bad = np.flatnonzero(bad_rows)
+    output_bad = np.flatnonzero(~finite[:, 1])
+    where = (f"the model's output is NaN or inf at {output_bad.size} of them (first: {output_bad[:5].tolist()})"
+             if output_bad.size else "the output is finite there")
+    raise ValueError(
+        f"{what} is NaN or inf at {bad.size} of {bad_rows.size} finite points (first points: {bad[:5].tolist()}); "
+        f"{where}: the model produces non-finite values or derivatives there (log or sqrt at 0 or below, "
+        "overflow, a division by zero). Spectra of such a field would read as rank collapse. "
+        "Pass check_finite=False to get the raw field.")
+
+
 def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None, devices=None,
              as_matrix=False, check_finite=True, batched=False, shapes=None):
     """The shared route: the Jacobian field of a pure function pure(params, x) over checked points."""
     example = jax.ShapeDtypeStruct(points.shape[1:], points.dtype)
     per_point = per_point_jacobian(pure, params, example, mode=mode, reduce=reduce, as_matrix=as_matrix,
-                                   batched=batched, shapes=shapes)
+                                   batched=batched, shapes=shapes, with_finite=check_finite)
     try:
         result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
     except TypeError as error:
@@ -500,7 +556,8 @@ def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None,
         per_point = dataclasses.replace(per_point, mode="reverse")
         result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
     if check_finite:
-        check_finite_result(result)
+        result, finite = result
+        raise_nonfinite(finite, field=result if reduce is None else None)
     return result
 
 

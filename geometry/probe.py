@@ -451,6 +451,7 @@ class _WrtJacobians(StaticKey):
     reduce: Callable | None
     as_matrix: bool
     model_output: bool = False  # differentiate the model's own output instead of the recorded layers'
+    with_finite: bool = False
 
     def __call__(self, state, x):
         def selected(delta):
@@ -458,7 +459,7 @@ class _WrtJacobians(StaticKey):
             return output if self.model_output else {key: records[key][1] for key in self.recorder.keys}
 
         delta = jnp.zeros(self.wrt_shape.shape, self.wrt_shape.dtype)
-        return jacobians.jacobian_at(selected, delta, self.mode, self.reduce, self.as_matrix)
+        return jacobians.jacobian_at(selected, delta, self.mode, self.reduce, self.as_matrix, self.with_finite)
 
 
 def _wrt_call(found: Plan, wrt: str) -> tuple[str, int, jax.ShapeDtypeStruct]:
@@ -512,10 +513,12 @@ def _wrt_field(recorder, found, state, points, wrt, shapes, *, mode, chunk_size,
     """The field of the recorded layers' outputs (or of the model output) by the output of layer `wrt`."""
     path, index, wrt_shape = _wrt_call(found, wrt)
     resolved = jacobians.resolve_mode(mode, math.prod(wrt_shape.shape), jacobians.output_size(shapes))
-    per_point = _WrtJacobians(recorder, path, index, wrt_shape, resolved, reduce, as_matrix, model_output)
+    per_point = _WrtJacobians(recorder, path, index, wrt_shape, resolved, reduce, as_matrix, model_output,
+                              check_finite)
     field = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)
     if check_finite:
-        jacobians.check_finite_result(field)
+        field, finite = field
+        jacobians.raise_nonfinite(finite, field=field if reduce is None else None)
     return field
 
 
@@ -545,15 +548,19 @@ class _LocalJacobians(StaticKey):
     modes: tuple[str, ...]
     reduce: Callable | None
     as_matrix: bool
+    with_finite: bool = False  # also (2,) flags: every local J finite, every layer output finite
 
     def __call__(self, state, x):
         _, _, calls, _ = self.recorder.run(state, x)
-        result = {}
+        result, flags = {}, []
         for key, mode in zip(self.recorder.keys, self.modes):
             args, _, _, (graphdef, snapshot) = calls[key]
             result[key] = jacobians.jacobian_at(_LayerAt(graphdef, snapshot, self.recorder.batched), args[0], mode,
-                                                self.reduce, self.as_matrix)
-        return result
+                                                self.reduce, self.as_matrix, self.with_finite)
+            if self.with_finite:
+                result[key], finite = result[key]
+                flags.append(finite)
+        return (result, jnp.all(jnp.stack(flags), axis=0)) if self.with_finite else result
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -596,10 +603,11 @@ def local_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=Non
     points = jacobians.check_points(points, differentiable=False)
     recorder, state, _, modes = _local_setup(model, points, layers, mode, batched, model_kwargs)
     keys = recorder.keys
-    per_point = _LocalJacobians(recorder, modes, reduce, as_matrix)
+    per_point = _LocalJacobians(recorder, modes, reduce, as_matrix, check_finite)
     field = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)
     if check_finite:
-        jacobians.check_finite_result(field, "a local Jacobian")
+        field, finite = field
+        jacobians.raise_nonfinite(finite, "a local Jacobian", field=field if reduce is None else None)
     return _ordered(field, keys)
 
 

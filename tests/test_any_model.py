@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import jacobians
+from geometry import jacobians, probe, spectra
 
 MODES = ("forward", "reverse", "auto")
 
@@ -143,6 +143,37 @@ def test_nonfinite_jacobian_at_finite_points_raises(nans_allowed):
         jacobians.jacobian_field(f, points)
     raw = jacobians.jacobian_field(f, points, check_finite=False)
     assert np.isinf(np.asarray(raw)[1, 0, 0]) and np.isfinite(np.asarray(raw)[0]).all()
+
+
+def test_a_nan_output_with_a_finite_jacobian_is_refused(nans_allowed):
+    # log at a negative point: J = 1/x is finite, the value is NaN; the field must not look fine
+    points = np.array([[1.0, 2.0], [-1.0, 2.0], [0.5, -3.0]], dtype=np.float32)
+    message = r"at 2 of 3 finite points \(first points: \[1, 2\]\); the model's output is NaN or inf at 2"
+    for mode in ("forward", "reverse"):
+        with pytest.raises(ValueError, match=message):
+            jacobians.jacobian_field(jnp.log, points, mode=mode)
+        with pytest.raises(ValueError, match=message):
+            probe.input_jacobian_field(_LogModel(), points, mode=mode)
+    np.testing.assert_allclose(jacobians.jacobian_field(jnp.log, points, check_finite=False)[0],
+                               np.diag(1 / points[0]), rtol=1e-6)
+
+
+class _LogModel(nnx.Module):
+    def __init__(self):
+        self.linear = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+        return self.linear(jnp.log(x))
+
+
+def test_reduce_may_return_inf_for_a_finite_singular_jacobian():
+    # a singular J is finite; its condition number is inf by convention, which is not an error
+    points = np.array([[1.0, 2.0], [3.0, -1.0]], dtype=np.float32)
+    rank_one = lambda x: jnp.stack([x[0] + x[1], 2 * (x[0] + x[1])])  # noqa: E731
+    condition = jacobians.jacobian_field(rank_one, points, reduce=spectra.condition_number)
+    assert np.isinf(np.asarray(condition)).all()
+    local = probe.local_jacobian_field(_LogModel(), np.abs(points), "linear", reduce=spectra.condition_number)
+    assert np.isfinite(np.asarray(local["linear"])).all()
 
 
 def test_composes_with_jit_and_vmap_and_pure_form():
