@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -65,6 +66,11 @@ def _unwritable(out: str) -> str | None:
         existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
+    try:  # root passes os.access everywhere, and /proc or a read-only mount refuse only the real write
+        with tempfile.TemporaryDirectory(dir=existing, prefix=".layer-geometry-check-"):
+            pass
+    except OSError as error:
+        return f"{existing} does not take new files ({error.strerror or error})"
     return None
 
 
@@ -198,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             if scope is not None and scope not in names:
                 raise ValueError(f"--set {scope}.{key}: {scope} is not among the experiments to run")
             if scope is None and not any(key == k for plan in plans.values() for k, _ in plan):
-                raise ValueError(f"--set {key}=...: no chosen experiment has a config field {key!r}")
+                valid = sorted({f.name for name in names for f in dataclasses.fields(load(name).Config)})
+                raise ValueError(f"--set {key}=...: no chosen experiment has a config field {key!r}; valid keys: "
+                                 f"{', '.join(valid)} (or NAME.KEY=VALUE for one experiment)")
     except ValueError as error:
         parser.error(str(error))
     # joined only now, when everything is checked: a bad option must not leave the peers waiting

@@ -90,8 +90,17 @@ def display_name(dataset: str) -> str:
 
 
 def by_name(datasets) -> dict[str, str]:
-    """{display name: dataset} in the given order: what the experiments key their results by."""
-    return {display_name(d): d for d in datasets}
+    """{display name: dataset} in the given order: what the experiments key their results by.
+    Two datasets with one display name (`spiral` and `/x/spiral.csv`, `/a/data.csv` and
+    `/b/data.csv`) would overwrite each other's results: a ValueError names them."""
+    named: dict[str, str] = {}
+    for dataset in datasets:
+        name = display_name(dataset)
+        if name in named and named[name] != dataset:
+            raise ValueError(f"datasets {named[name]!r} and {dataset!r} are both called {name!r} in the results, and "
+                             "one would replace the other: rename one of the files")
+        named[name] = dataset
+    return named
 
 
 def dataset_label(dataset: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import types
 import typing
 
@@ -84,8 +85,36 @@ def apply(config, overrides: list[tuple[str, str]], experiment: str):
         if not ok:
             raise ValueError(f"{experiment}: {key}={raw!r} is not of type {_type_name(hints[key])}; valid: "
                              f"{_describe(config_type)}")
+        problem = _out_of_range(key, converted)
+        if problem:
+            raise ValueError(f"{experiment}: {key}={raw!r} {problem}")
         changes[key] = converted
     return dataclasses.replace(config, **changes)
+
+
+def _numbers(value):
+    if isinstance(value, tuple):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def _out_of_range(key: str, value) -> str | None:
+    """Why a value of the right type still cannot run (so it fails before the run, not 40 s in):
+    an empty sequence, a non-finite float, a count below 1 (a seed, a layer index or a snapshot
+    step may be 0, nothing may be negative)."""
+    if isinstance(value, tuple) and not value:
+        return "is empty; give at least one value"
+    for number in _numbers(value):
+        if isinstance(number, float) and not math.isfinite(number):
+            return "is not finite"
+        if isinstance(number, int) and number < 0:
+            return "is negative"
+    if isinstance(value, int) and not isinstance(value, bool) and value < 1 and not any(
+            word in key for word in ("seed", "layer")):
+        return "must be at least 1 (a count or size)"
+    return None
 
 
 def for_experiment(parsed: list[tuple[str | None, str, str]], name: str, config) -> list[tuple[str, str]]:

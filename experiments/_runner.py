@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib
 import importlib.metadata
@@ -11,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -124,19 +127,38 @@ def read_manifest(out_dir: Path) -> dict:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return {}
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file (a folder?); remove it, the run writes the manifest there")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it, it is not overwritten") from error
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} is not a JSON object; fix or remove it, it is not overwritten")
     return manifest
 
 
+@contextlib.contextmanager
+def manifest_lock(out_dir: Path):
+    """Hold an advisory lock on the folder OUT itself (no lock file is left behind): runs sharing
+    one OUT each read, change and write the manifest in turn, so no run's entry is lost."""
+    descriptor = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
 def update_manifest(out_dir: Path, record: dict, written: list[Path], manifest: dict | None = None) -> Path:
-    """Add or replace this experiment's entry in OUT/MANIFEST.json (atomically); `manifest` is its
-    current content when the caller has already read it."""
-    manifest = read_manifest(out_dir) if manifest is None else manifest
+    """Add or replace this experiment's entry in OUT/MANIFEST.json (atomically, under
+    `manifest_lock`: the manifest is re-read there, `manifest` only says it was readable)."""
+    with manifest_lock(out_dir):
+        return _update_manifest(out_dir, record, written)
+
+
+def _update_manifest(out_dir: Path, record: dict, written: list[Path]) -> Path:
+    manifest = read_manifest(out_dir)
     path = out_dir / MANIFEST
     manifest[record["experiment"]] = {
         "experiment": record["experiment"],
@@ -180,20 +202,47 @@ def publish(context: Context, record: dict) -> list[Path]:
     return [*final, update_manifest(context.out_dir, record, final, manifest)]
 
 
+def _plain_name(filename) -> bool:
+    return isinstance(filename, str) and filename not in ("", ".", "..") and Path(filename).name == filename \
+        and "\\" not in filename
+
+
 def verify(out_dir: str | Path = "figures") -> list[str]:
-    """Problems with OUT against its MANIFEST.json: files missing or whose SHA-256 differs ([] if none)."""
+    """Problems with OUT against its MANIFEST.json ([] if none): an empty or malformed manifest,
+    files missing or whose SHA-256 differs, an experiment without its own NAME.json, and files
+    in OUT that no entry accounts for (an entry deleted over a tampered file). Only regular
+    files directly inside OUT are read: a manifest naming ../../etc/passwd, a link or a FIFO
+    gets a problem, never a read."""
     out_dir = Path(out_dir)
-    if not (out_dir / MANIFEST).exists():
+    if not (out_dir / MANIFEST).is_file():
         return [f"{out_dir / MANIFEST}: missing"]
-    problems = []
-    for name, entry in read_manifest(out_dir).items():
-        for filename, digest in entry.get("sha256", {}).items():
+    manifest = read_manifest(out_dir)
+    problems, accounted = [] if manifest else [f"{out_dir / MANIFEST}: records no experiment"], {MANIFEST}
+    for name, entry in manifest.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), dict):
+            problems.append(f"{out_dir / MANIFEST}: the entry {name!r} is not an object with a 'sha256' table")
+            continue
+        if f"{name}.json" not in entry["sha256"]:
+            problems.append(f"{out_dir / MANIFEST}: the entry {name!r} does not list its own {name}.json")
+        for filename, digest in entry["sha256"].items():
+            if not _plain_name(filename):
+                problems.append(f"{out_dir / MANIFEST}: {name} lists {filename!r}, not a file name inside {out_dir}")
+                continue
+            accounted.add(filename)
             path = out_dir / filename
-            if not path.exists():
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
                 problems.append(f"{path}: missing (written by {name})")
+                continue
+            if not stat.S_ISREG(mode):
+                problems.append(f"{path}: not a regular file (a link, folder or FIFO; written by {name})")
             elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
                 problems.append(f"{path}: SHA-256 differs from the manifest (written by {name} at "
                                 f"{entry.get('git_commit', '?')})")
+    for path in sorted(out_dir.iterdir()):
+        if path.name not in accounted and not path.name.startswith("."):
+            problems.append(f"{path}: in {out_dir} but in no manifest entry (written by what?)")
     return problems
 
 
@@ -279,14 +328,20 @@ def replot(name: str, out_dir: str | Path = "figures") -> list[Path]:
     path = out_dir / f"{name}.json"
     if not path.exists():
         raise ValueError(f"{path}: missing; run `python -m experiments {name}` first")
-    record = json.loads(path.read_text())
-    arrays_path = out_dir / f"{name}.npz"
-    arrays = dict(np.load(arrays_path)) if arrays_path.exists() else {}
-    config = _overrides.from_record(module.Config, record["config"])
-    manifest = read_manifest(out_dir)
-    plotting.use_style()
-    written = draw(module, from_jsonable(record["numbers"]), arrays, config, out_dir, name)
-    entry = manifest.setdefault(name, {"experiment": name, "sha256": {}})
-    entry["sha256"].update({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written})
-    write_json(out_dir / MANIFEST, dict(sorted(manifest.items())))
+    try:
+        record = json.loads(path.read_text())
+        arrays_path = out_dir / f"{name}.npz"
+        arrays = dict(np.load(arrays_path, allow_pickle=False)) if arrays_path.exists() else {}
+        config = _overrides.from_record(module.Config, record["config"])
+        read_manifest(out_dir)  # refuse a corrupt manifest before drawing over the figures
+        plotting.use_style()
+        written = draw(module, from_jsonable(record["numbers"]), arrays, config, out_dir, name)
+    except (KeyError, IndexError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} (or {name}.npz) lacks what the plot needs ({type(error).__name__}: {error}): it was "
+                         f"written by other code or edited; rerun `python -m experiments {name}`") from None
+    with manifest_lock(out_dir):
+        manifest = read_manifest(out_dir)
+        entry = manifest.setdefault(name, {"experiment": name, "sha256": {}})
+        entry["sha256"].update({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written})
+        write_json(out_dir / MANIFEST, dict(sorted(manifest.items())))
     return written

@@ -49,8 +49,14 @@ DEFAULT_MIN_COUNT = 10
 METRICS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "gnc2", "nc3", "unc3", "nc4")
 
 
+MAX_SPARSE_CLASSES = 2**17  # labels beyond both this and the point count are not class indices
+
+
 def _check(H, y, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    H, y = np.asarray(H, dtype=np.float64), np.asarray(y)
+    H, y = np.asarray(H), np.asarray(y)
+    if H.dtype == bool or not np.issubdtype(H.dtype, np.number) or np.issubdtype(H.dtype, np.complexfloating):
+        raise ValueError(f"features must be real numbers, got dtype {H.dtype} (a complex part would be dropped)")
+    H = H.astype(np.float64)
     if H.ndim != 2 or H.shape[0] == 0 or H.shape[1] == 0:
         raise ValueError(f"features must be a non-empty (N, d) array with d >= 1, got shape {H.shape}")
     if y.shape != (H.shape[0],):
@@ -65,6 +71,10 @@ def _check(H, y, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray
                          "overflow float64; rescale the features")
     if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
         raise ValueError(f"labels outside [0, {num_classes}): min {int(y.min())}, max {int(y.max())}")
+    if num_classes is None and int(y.max()) >= max(len(y), MAX_SPARSE_CLASSES):
+        # every class 0..max gets a mean: a label of 2^40 would ask for terabytes
+        raise ValueError(f"labels go up to {int(y.max())} with only {len(y)} points: labels must be class indices "
+                         "0..C-1 (relabel with np.unique(y, return_inverse=True)[1]), or pass num_classes")
     return H, y.astype(np.int64)
 
 
@@ -156,19 +166,32 @@ def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=No
     return result
 
 
+def _real_finite(name: str, value) -> np.ndarray:
+    """float64 copy of a real, finite array: a NaN head would make nc3 NaN and nc4 a number that
+    means nothing, a complex one would silently lose its imaginary part."""
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.complexfloating) or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf ({int(np.sum(~np.isfinite(array)))} entries): the head is "
+                         "broken (a diverged training?); the metrics that use it would be meaningless")
+    return array
+
+
 def _check_head(W, bias, num_classes: int, dim: int, layout: str = "out_in"):
     """The head as float64 (classes, features) weights and bias. W may be an `nnx.Linear` or a
     `geometry.layers.Dense` (their bias is used unless one is given) or an array in `layout`."""
     if isinstance(W, nnx.Module):
         bias = layers.dense_bias(W) if bias is None else bias
-    W = np.asarray(layers.dense_weight(W, layout=layout), dtype=np.float64)
+    W = _real_finite("head weights W", layers.dense_weight(W, layout=layout))
     if W.shape != (num_classes, dim):
         flax_hint = (" — that is a Flax kernel's (features, classes) layout: pass layout='in_out' or the nnx.Linear"
                      if W.shape == (dim, num_classes) else "")
         raise ValueError(f"head weights must be ({num_classes}, {dim}) (classes, features) after reading them as "
                          f"layout={layout!r}, got {W.shape}{flax_hint}")
     if bias is not None:
-        bias = np.asarray(bias, dtype=np.float64)
+        bias = _real_finite("head bias", bias)
         if bias.shape != (num_classes,):
             raise ValueError(f"head bias must have shape ({num_classes},), got {bias.shape}")
     return W, bias
@@ -237,10 +260,17 @@ class CollapseAccumulator:
         self.study_hits = self.study_evaluated = 0  # the linguistic_collapse convention's NC4
         self._means = None
 
+    def _batch(self, H, y) -> tuple[np.ndarray, np.ndarray]:
+        H, y = _check(H, y, self.num_classes)
+        if H.shape[1] != self.dim:
+            raise ValueError(f"features of dimension {H.shape[1]}, but the accumulator was made for dim={self.dim}: "
+                             "pass the same layer's features in every batch, or make it with the right dim")
+        return H, y
+
     def add_means(self, H, y) -> None:
         if self._means is not None:
             raise RuntimeError("pass 1 (add_means) must finish before pass 2 (add_variability) starts")
-        H, y = _check(H, y, self.num_classes)
+        H, y = self._batch(H, y)
         np.add.at(self.sums, y, H)
         self.counts += np.bincount(y, minlength=self.num_classes)
 
@@ -257,7 +287,7 @@ class CollapseAccumulator:
         return self.counts >= self.min_count
 
     def add_variability(self, H, y) -> None:
-        H, y = _check(H, y, self.num_classes)
+        H, y = self._batch(H, y)
         keep = self.included[y]
         residuals = H[keep] - self.means[y[keep]]
         self.within_sq += np.bincount(y[keep], weights=np.sum(residuals**2, axis=1), minlength=self.num_classes)
@@ -265,7 +295,7 @@ class CollapseAccumulator:
         self.variability_tokens += int(keep.sum())
 
     def add_decisions(self, H, y, W, bias=None, *, layout: str = "out_in") -> None:
-        H, y = _check(H, y, self.num_classes)
+        H, y = self._batch(H, y)
         W, bias = _check_head(W, bias, self.num_classes, self.dim, layout)
         agree, evaluated = agreement(H, y, self.means, self.included, W, bias)
         self.agree += agree

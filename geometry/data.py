@@ -140,31 +140,72 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: x must be a non-empty (N, features...) array, got shape {x.shape}")
     if y.shape != (len(x),):
         raise ValueError(f"{path}: y must have shape ({len(x)},) to match x, got {y.shape}")
-    if not np.issubdtype(x.dtype, np.number):
+    if not np.issubdtype(x.dtype, np.number) or x.dtype == bool:
         raise ValueError(f"{path}: x is not numeric (dtype {x.dtype})")
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{path}: x is complex (dtype {x.dtype}); the data must be real: its imaginary part would "
+                         "be dropped")
     bad = np.flatnonzero(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1))
     if bad.size:
         raise ValueError(f"{path}: x has NaN or inf in {bad.size} rows (first rows: {bad[:5].tolist()})")
+    bad = np.flatnonzero(np.any(np.abs(x.reshape(len(x), -1).astype(np.float64)) > FLOAT32_MAX, axis=1))
+    if bad.size:
+        raise ValueError(f"{path}: x has values beyond float32's range (±{FLOAT32_MAX:.3g}) in {bad.size} rows "
+                         f"(first rows: {bad[:5].tolist()}): rescale them")
+    if np.issubdtype(y.dtype, np.complexfloating) or y.dtype == bool:
+        raise ValueError(f"{path}: y must hold integer class labels, got dtype {y.dtype}")
     return x, _integer_labels(y, lambda i: f"{path}: row {i}")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT_LABEL_LIMIT = 2**53  # beyond it a float64 holds only every other integer: 2^53 + 1 reads as 2^53
+
+
 def _integer_labels(values, where) -> np.ndarray:
+    """int64 class labels; floats only when integral and exactly representable (|y| ≤ 2^53), so
+    that two different labels can never become one class (1e19 past int64, or 2^53 + 1)."""
     values = np.asarray(values)
-    if np.issubdtype(values.dtype, np.integer):
-        return values
+    if np.issubdtype(values.dtype, np.integer) and not np.issubdtype(values.dtype, np.unsignedinteger):
+        return values.astype(np.int64)
+    if np.issubdtype(values.dtype, np.unsignedinteger):
+        bad = np.flatnonzero(values > np.iinfo(np.int64).max)
+        if bad.size:
+            raise ValueError(f"{where(int(bad[0]))}: label {values[bad[0]]} is beyond int64 ({bad.size} such labels)")
+        return values.astype(np.int64)
+    if values.dtype == object:  # Python ints parsed from text: any size, checked against int64 below
+        if all(isinstance(v, int) for v in values):
+            bad = [i for i, v in enumerate(values) if not -2**63 <= v < 2**63]
+            if bad:
+                raise ValueError(f"{where(bad[0])}: label {values[bad[0]]} is beyond int64 ({len(bad)} such labels)")
+            return values.astype(np.int64)
+        values = np.asarray([float(v) for v in values])
+    if not np.issubdtype(values.dtype, np.floating):
+        raise ValueError(f"{where(0)}: labels must be integer classes, got dtype {values.dtype}")
     numeric = np.asarray(values, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(numeric) | (numeric != np.round(numeric)))
     if bad.size:
         raise ValueError(f"{where(int(bad[0]))}: label {numeric[bad[0]]:g} is not an integer class "
                          f"({bad.size} such labels)")
+    bad = np.flatnonzero(np.abs(numeric) > FLOAT_LABEL_LIMIT)
+    if bad.size:
+        raise ValueError(f"{where(int(bad[0]))}: label {numeric[bad[0]]:g} is a float beyond 2^53, where distinct "
+                         f"integers share one float ({bad.size} such labels): store the labels as integers")
     return numeric.astype(np.int64)
 
 
 def _load_csv(path: Path, label: str | int) -> tuple[np.ndarray, np.ndarray]:
     import csv
 
+    rows = []
     with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+        reader = csv.reader(handle)
+        try:
+            rows.extend(reader)
+        except csv.Error as error:  # e.g. a cell past csv's 131 072-character field limit
+            raise ValueError(f"{path}: line {reader.line_num}: {error}; a data cell is a number, so this is not a "
+                             "data file (or a quote is unbalanced)") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start})") from None
     rows = [(number, row) for number, row in enumerate(rows, 1) if any(cell.strip() for cell in row)]
     if len(rows) < 2:
         raise ValueError(f"{path}: needs a header row and at least one data row, found {len(rows)} non-empty lines")
@@ -197,13 +238,16 @@ def _load_csv(path: Path, label: str | int) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError(f"{path}: line {number}, column {header[index]!r}: {cell!r} is not a number") from None
             if not np.isfinite(value):
                 raise ValueError(f"{path}: line {number}, column {header[index]!r}: {cell} (NaN or inf)")
+            if abs(value) > FLOAT32_MAX:
+                raise ValueError(f"{path}: line {number}, column {header[index]!r}: {cell} is beyond float32's range "
+                                 f"(±{FLOAT32_MAX:.3g}), where the data is kept: rescale the column")
             values.append(value)
         features.append(values)
-        try:
-            labels.append(float(cells[column]))
+        try:  # an integer literal stays an exact Python int; "1.0" or "1e3" goes through float
+            labels.append(int(cells[column]) if cells[column].lstrip("+-").isdigit() else float(cells[column]))
         except ValueError:
             raise ValueError(f"{path}: line {number}: label {cells[column]!r} is not an integer class") from None
-    y = _integer_labels(np.asarray(labels), lambda i: f"{path}: line {data_rows[i][0]}")
+    y = _integer_labels(np.asarray(labels, dtype=object), lambda i: f"{path}: line {data_rows[i][0]}")
     return np.asarray(features, dtype=np.float64), y
 
 

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable
 
 import jax
@@ -180,6 +181,16 @@ class Watchdog:
         _exit(f"failed: {''.join(traceback.format_exception(error)).rstrip()}\nno process was lost; the others stop "
               "when they miss this one. Nothing of this run was published.", self.cleanup)
 
+    def _linger(self, lost: set[int]) -> None:
+        """On process 0, which hosts the coordination service: keep it up (answering the liveness
+        rounds) until every other survivor has seen the loss and gone, or `grace` passes. Leaving
+        at once would make a slower survivor find the coordinator gone and blame process 0."""
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline:
+            if set(lost_processes()) >= set(range(1, jax.process_count())):
+                return
+            time.sleep(self.interval / 4)
+
     def _watch(self) -> None:
         parent = os.getppid()
         while not self._stopped.wait(self.interval):
@@ -187,6 +198,8 @@ class Watchdog:
                 _exit("the supervising process is gone; exiting with code 1", self.cleanup)
             lost = lost_processes()
             if lost and not self._stopped.is_set():
+                if jax.process_index() == 0:
+                    self._linger(set(lost))
                 who = ", ".join(f"process {i}" + (" (the coordinator)" if i == 0 else "") for i in lost)
                 _exit(f"lost {who} (no heartbeat for the timeout, or its connection closed); exiting with code 1. "
                       "Nothing of this run was published.", self.cleanup)

@@ -200,6 +200,9 @@ def _prepare(f, points, params, batched=False, model_kwargs=None):
     shapes = jacobians.output_shapes(pure, params, points[:1], batched=batched)
     if not isinstance(shapes, jax.ShapeDtypeStruct):
         raise ValueError("matfree needs f to return one array per point (not a pytree)")
+    if not jnp.issubdtype(shapes.dtype, jnp.floating):
+        raise ValueError(f"f returns {shapes.dtype} values; matfree takes real floating-point outputs (the Krylov "
+                         "recurrences here are for real Jacobians): return jnp.real / jnp.imag parts, or stack both")
     m, n = math.prod(shapes.shape), math.prod(points.shape[1:])  # per point
     if m == 0:
         raise ValueError("f returns an empty output: there is no Jacobian")

@@ -42,6 +42,10 @@ def _summary(message: str) -> str:
     plain = re.search(r"Expected type: <class '([\w.]+)'>", message)  # a non-array annotation (int, str, ...)
     if name and actual and plain:
         return f"argument {name.group(1)} is {actual.group(1).strip()}; expected {plain.group(1)}"
+    other = re.search(r"Expected type: (.*)", message)  # a union or generic: int | None, Sequence[...]
+    if name and actual and other and not re.search(r"(Float|Int|Shaped)\[", other.group(1)):
+        expected_type = re.sub(r"<class '([\w.]+)'>", r"\1", other.group(1).strip()).replace("typing.", "").rstrip(".")
+        return f"argument {name.group(1)} is {actual.group(1).strip()}; expected {expected_type}"
     expected = re.search(r"(Float|Int|Shaped)\[[^,]+, '([^']*)'\]", message)
     if "return" in message.split("Actual value")[0] and name is None:
         return "returned a value of the wrong type or shape (a bug: please report it)\n" + message

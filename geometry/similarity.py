@@ -44,8 +44,9 @@ SIGMA_CONVENTIONS = ("kornblith", "off_diagonal")
 def _features(name: str, X) -> np.ndarray:
     """X as a centred float64 (n, features) array of unit Frobenius norm."""
     X = np.asarray(X)
-    if X.dtype == bool or not (np.issubdtype(X.dtype, np.number)):
-        raise ValueError(f"{name} must be a numeric array, got dtype {X.dtype}")
+    if X.dtype == bool or not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {X.dtype} (a complex part would be "
+                         "dropped: two arrays differing only there would look identical)")
     X = X.astype(np.float64).reshape(len(X), -1) if X.ndim > 2 else X.astype(np.float64)
     if X.ndim != 2 or X.shape[1] == 0:
         raise ValueError(f"{name} must be an (n, features) array with at least one feature, got shape {X.shape}")

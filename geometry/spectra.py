@@ -47,6 +47,8 @@ def _checked(J):
     """J as a floating JAX array; ValueError for empty matrices, for NaN or inf, and for float64 values
     that float32 would turn into inf or 0 (shapes.as_float_array)."""
     J = as_float_array("J", J)
+    if jnp.finfo(J.dtype).bits < 32:  # float16 / bfloat16: no SVD kernel; their values are exact in float32
+        J = J.astype(jnp.float32)
     if J.shape[-1] == 0 or J.shape[-2] == 0:
         raise ValueError(f"J has empty matrices, shape {tuple(J.shape)}")
     _refuse_nonfinite(J, (-2, -1), "J", "matrices")

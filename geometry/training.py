@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -152,7 +153,14 @@ def batch_indices(step: int, n: int, batch_size: int | None, seed: int) -> np.nd
 _TRAJECTORY_FREE = ("steps", "log_every", "checkpoint_every")
 
 
-def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray, loss_fn) -> str:
+def _graph_description(graphdef) -> str:
+    """The model's structure with every static attribute (activations, norms, flags, init
+    functions), without the memory addresses that differ between processes and runs."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(graphdef))
+
+
+def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray, loss_fn, graphdef=None) -> str:
+    # the graph too: a tanh MLP has the same parameter shapes as a ReLU one, and must not resume it
     shapes = jax.tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape)}", params)
     data = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
     free = set(_TRAJECTORY_FREE)
@@ -160,7 +168,9 @@ def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray, loss
         free.discard("steps")  # a decay ends at `steps`: more steps is another trajectory
     trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
     loss = f"{getattr(loss_fn, '__module__', '?')}.{getattr(loss_fn, '__qualname__', type(loss_fn).__name__)}"
-    text = json.dumps({"config": trajectory, "params": str(shapes), "data": data, "loss": loss}, sort_keys=True)
+    graph = "" if graphdef is None else hashlib.sha256(_graph_description(graphdef).encode()).hexdigest()
+    text = json.dumps({"config": trajectory, "params": str(shapes), "data": data, "loss": loss, "graph": graph},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -216,12 +226,12 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
             raise ValueError(f"labels go up to {int(y.max())} but the model has {classes} outputs (classes 0.."
                              f"{classes - 1})")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    graphdef = Static(graphdef)
+    raw_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef = Static(raw_graphdef)
     optimizer = make_optimizer(config)
     opt_state = optimizer.init(params)
     step_fn = functools.partial(train_step, graphdef, loss_fn=loss_fn, optimizer=optimizer)
-    fingerprint = _fingerprint(config, params, x, y, loss_fn)
+    fingerprint = _fingerprint(config, params, x, y, loss_fn, raw_graphdef)
     start, history, manager, resumed = 0, [], None, None
     writer = distributed.is_writer()  # under jax.distributed the others only read checkpoints
     if checkpoint_dir is not None and (writer or Path(checkpoint_dir).is_dir()):
@@ -270,6 +280,9 @@ def _restore(manager, step, params, opt_state, fingerprint, directory):
     except Exception as error:  # noqa: BLE001 - any failure to read means the same thing to the user
         raise CheckpointError(f"checkpoint step {step} in {directory} is corrupt or unreadable "
                               f"({type(error).__name__}: {error}); move it away to start over") from error
+    if meta.get("step") != step:  # an edited or mixed-up record: resuming would re-run finished steps
+        raise CheckpointError(f"checkpoint step {step} in {directory} records step {meta.get('step')!r}: it was "
+                              "edited or mixed up; move it away to start over")
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"checkpoint in {directory} belongs to a different run (fingerprint {meta.get('fingerprint')} != "

@@ -61,7 +61,7 @@ def _number(name: str, value, kind, lo, hi):
         raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {_shown(value)}")
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(1e309), which JSON reads as inf
         raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {_shown(value)}") from None
     if kind is int and float(value) != number:
         raise ConfigError(f"{name} must be a whole number in [{lo}, {hi}], got {_shown(value)}")

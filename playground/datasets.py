@@ -35,17 +35,25 @@ class Data:
     axis_labels: tuple[str, str]
 
 
-def _on_plane(x: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
-    """(N, 2) coordinates of x (N, d) on its principal plane (2-D data unchanged), and axis names."""
+def _on_plane(x: np.ndarray, standardise: bool = False) -> tuple[np.ndarray, tuple[str, str]]:
+    """(N, 2) coordinates of x (N, d) on its principal plane, and axis names. 2-D data stay as
+    they are, except a user's (`standardise`): centred and divided by one common standard
+    deviation (the aspect ratio kept), as d > 2 data are on their plane, so that a file in units
+    of 1e20 trains like one in units of 1 instead of diverging without a word."""
     surface = plane.data_plane(x)
     coordinates = surface.coordinates(x)
     if surface.is_input_plane:
-        return coordinates, surface.axis_labels
+        if not standardise:
+            return coordinates, surface.axis_labels
+        centred = np.asarray(coordinates, np.float64) - np.mean(coordinates, axis=0)
+        scale = float(np.sqrt(np.mean(centred**2)))
+        labels = tuple(f"{label} (standardised)" for label in surface.axis_labels)
+        return (centred / (scale if scale > 0 else 1.0)).astype(np.float32), labels
     return (coordinates / coordinates[:, 0].std()).astype(np.float32), surface.axis_labels
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int) -> Data:
-    coordinates, labels = _on_plane(x)
+    coordinates, labels = _on_plane(x, standardise=name == "csv")
     x_train, y_train, x_test, y_test = data.stratified_split(coordinates, y, 0.2, seed=seed)
     return Data(name, x_train, y_train.astype(np.int32), x_test, y_test.astype(np.int32), int(y.max()) + 1,
                 data.bounds_of(coordinates, margin=0.3), labels)

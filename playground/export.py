@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -23,10 +24,13 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from geometry.training import CheckpointError
-from playground import network
+from playground import datasets, network
 from playground.config import ConfigError, as_json, parse
 
 FORMAT = "layer-geometry playground model, version 1"
+_EXPORTING = threading.Lock()
+# an export of the largest net the page builds (width 256, depth 8) is about 2 MiB in ~20 files
+MAX_MEMBERS, MAX_MEMBER_BYTES, MAX_TOTAL_BYTES = 256, 32 * 2**20, 64 * 2**20
 CHECK_RTOL, CHECK_ATOL = 1e-5, 1e-6  # float32 logits recomputed on the same CPU/accelerator kind
 
 
@@ -36,7 +40,13 @@ def _logits(model, points: np.ndarray) -> np.ndarray:
 
 def to_zip(config, classes: int, state: tuple, points: np.ndarray) -> bytes:
     """The zip's bytes for a model of `config` with `state` ((params, rest) as `nnx.split` gives them),
-    checked later against its logits at `points`."""
+    checked later against its logits at `points`. One export at a time: Orbax's checkpointer runs
+    background threads of its own, and concurrent saves left half-written folders behind."""
+    with _EXPORTING:
+        return _to_zip(config, classes, state, points)
+
+
+def _to_zip(config, classes: int, state: tuple, points: np.ndarray) -> bytes:
     model = network.build(config, 2, classes)
     nnx.update(model, *state)
     meta = {"format": FORMAT, "config": as_json(config), "in_features": 2, "classes": classes,
@@ -54,6 +64,52 @@ def to_zip(config, classes: int, state: tuple, points: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _check_meta(meta: dict) -> None:
+    """The numbers config.json must hold, with their types and shapes (a tampered file otherwise
+    fails deep inside with an AttributeError, KeyError or ZeroDivisionError)."""
+    if meta.get("in_features") != 2:
+        raise ValueError(f"in_features is {meta.get('in_features')!r}; the playground's nets take 2")
+    classes = meta.get("classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= datasets.MAX_CLASSES:
+        raise ValueError(f"classes is {classes!r}; expected a whole number in [2, {datasets.MAX_CLASSES}]")
+    try:
+        points = np.asarray(meta.get("check_points"), dtype=np.float64)
+        logits = np.asarray(meta.get("check_logits"), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("check_points / check_logits are not arrays of numbers") from None
+    if points.ndim != 2 or points.shape[1] != 2 or not 1 <= len(points) <= 1024 or \
+            logits.shape != (len(points), classes) or not (np.isfinite(points).all() and np.isfinite(logits).all()):
+        raise ValueError(f"check_points {points.shape} / check_logits {logits.shape} are not (N, 2) / (N, {classes}) "
+                         "finite arrays")
+
+
+def _extract(archive: zipfile.ZipFile, folder: Path) -> None:
+    """Extract the export's members with limits on their count and sizes, counted as the bytes
+    are written (a member's declared size can lie), and only plain relative paths inside `folder`:
+    a zip bomb or a hostile member name is a ValueError, never a full disk or a file outside."""
+    members = archive.infolist()
+    if len(members) > MAX_MEMBERS:
+        raise ValueError(f"{len(members)} members; an export has at most {MAX_MEMBERS}")
+    total = 0
+    for member in members:
+        parts = Path(member.filename).parts
+        is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+        if member.filename.startswith(("/", "\\")) or ".." in parts or ":" in member.filename or is_link:
+            raise ValueError(f"member {member.filename!r} is not a plain relative path")
+        if member.is_dir():
+            continue
+        target = folder / member.filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        with archive.open(member) as source, open(target, "wb") as sink:
+            while chunk := source.read(2**20):
+                written, total = written + len(chunk), total + len(chunk)
+                if written > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:
+                    raise ValueError(f"member {member.filename!r} unpacks past the limits ({MAX_MEMBER_BYTES // 2**20} "
+                                     f"MiB a member, {MAX_TOTAL_BYTES // 2**20} MiB in all): not a playground export")
+                sink.write(chunk)
+
+
 def load(path):
     """(model, config, meta) from an exported zip; CheckpointError if it is not one or does not
     reproduce its recorded logits."""
@@ -65,11 +121,15 @@ def load(path):
     with archive, tempfile.TemporaryDirectory() as folder:
         try:
             meta = json.loads(archive.read("config.json"))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+                raise ValueError(f"format {found!r}, expected {FORMAT!r}")
+            if not isinstance(meta.get("config"), dict):
+                raise ValueError("'config' is not an object")
             config = parse(meta["config"])
-            archive.extractall(folder)
-        except (KeyError, ValueError, ConfigError, zipfile.BadZipFile) as error:
+            _check_meta(meta)
+            _extract(archive, Path(folder))
+        except (KeyError, ValueError, ConfigError, zipfile.BadZipFile, RecursionError) as error:
             raise CheckpointError(f"{path}: unreadable config.json ({error}); export the model again") from None
         # built for real, not under nnx.eval_shape: the library's initialisers draw on the host
         graphdef, fresh_state = nnx.split(network.build(config, meta["in_features"], meta["classes"]))

@@ -19,7 +19,6 @@ the message, and the server keeps serving either way.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
 import socket
@@ -132,6 +131,8 @@ class Handler(BaseHTTPRequestHandler):
             record = json.loads(self._body() or b"null")
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON ({error})") from None
+        except RecursionError:  # [[[[...]]]] 100 000 deep
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the body is JSON nested too deeply; send a flat object") from None
         if not isinstance(record, dict):
             raise RequestError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
         return record
@@ -270,8 +271,7 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(text, str):
             raise RequestError(HTTPStatus.BAD_REQUEST, 'send the file as {"name": ..., "csv": "<the CSV text>"}')
         x, y = datasets.parse_csv(text.encode(), name)
-        config = dataclasses.replace(self.session.run.config, dataset="csv")
-        self.session.configure(config, upload=(x, y), upload_name=name)
+        config = self.session.upload_data((x, y), name)
         self._json({"rows": len(x), "features": int(x.shape[1]), "classes": int(y.max()) + 1,
                     "config": configuration.as_json(config), "query": configuration.to_query(config)})
 

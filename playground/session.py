@@ -15,6 +15,7 @@ server keeps serving.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 import time
@@ -32,6 +33,7 @@ from playground import datasets, network, views
 from playground.config import Config, as_json, to_query
 
 ACTIONS = ("start", "pause", "step", "reset")
+MAX_PENDING_STEPS = 10  # single steps queued by "step" beyond those already run
 # Adam with its learning rate in the optimizer state, not in the (static) optimizer: a new rate
 # reuses the compiled step
 OPTIMIZER = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
@@ -129,6 +131,10 @@ class Session:
     def __init__(self, config: Config = Config()):
         self.lock = threading.RLock()  # guards the fields below, never held while computing
         self.changed = threading.Condition(self.lock)
+        # one change of net or data at a time, each built on the one before (two uploads, or an upload
+        # and a width change, racing would otherwise show one file while training on another, or drop
+        # a change); held while a new Run is built, which the worker and readers never wait for
+        self.changing = threading.Lock()
         self.upload: tuple[np.ndarray, np.ndarray] | None = None
         self.upload_name: str | None = None
         self.frame, self.sequence, self.last_views = None, 0, {}
@@ -141,29 +147,45 @@ class Session:
     # ---- state changes (server threads) ----
     def configure(self, config: Config, upload=None, upload_name: str | None = None) -> None:
         """A new net or data, built from scratch and trained; a failure keeps the current run."""
-        run = Run(config, upload if upload is not None else self.upload, self.sequence + 1)
+        with self.changing:
+            with self.lock:
+                data = upload if upload is not None else self.upload
+            run = Run(config, data, self.sequence + 1)
+            self._install(run, upload, upload_name, running=True)
+
+    def upload_data(self, upload, upload_name: str) -> Config:
+        """Train on an uploaded (x, y) with the current settings (read under the same lock as every
+        change, so a width change made meanwhile is kept); returns the config now running."""
+        with self.changing:
+            with self.lock:
+                config = dataclasses.replace(self.run.config, dataset="csv")
+            self._install(Run(config, upload, self.sequence + 1), upload, upload_name, running=True)
+        return config
+
+    def _install(self, run, upload, upload_name, *, running: bool) -> None:
         with self.lock:
             if upload is not None:
                 self.upload, self.upload_name = upload, upload_name
             self.run, self.last_views = run, {}
-            self.running, self.pending_steps = True, 1
+            self.running, self.pending_steps = running, 1
             self._publish()  # the new config at once; its maps follow with the first update
 
     def control(self, action: str) -> None:
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
-        fresh = Run(self.run.config, self.upload, self.sequence + 1) if action == "reset" else None
+        if action == "reset":
+            with self.changing:
+                with self.lock:
+                    config, data = self.run.config, self.upload
+                self._install(Run(config, data, self.sequence + 1), None, None, running=False)  # untrained
+            return
         with self.lock:
             if action == "start":
                 self.running = True
-            elif action == "pause":
-                self.running = False
-            elif action == "step":
-                self.running, self.pending_steps = False, self.pending_steps + 1
-            else:
-                self.run, self.last_views = fresh, {}
-                self.running, self.pending_steps = False, 1  # one frame of the untrained net
-                self._publish()
+            elif action == "pause":  # stop now: queued single steps are dropped (a new net still gets its first frame)
+                self.running, self.pending_steps = False, int(self.run.layer_rows is None)
+            else:  # step: one more update, at most MAX_PENDING_STEPS queued
+                self.running, self.pending_steps = False, min(self.pending_steps + 1, MAX_PENDING_STEPS)
             self.changed.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:

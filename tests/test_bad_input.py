@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import collapse, data, metric, models, spectra, theory, training
+from geometry import collapse, data, metric, models, similarity, spectra, theory, training
 
 
 def test_spectra_refuse_non_finite_and_empty_jacobians(nans_allowed):
@@ -111,3 +111,35 @@ def test_linguistic_collapse_refuses_fits_and_corpora_too_small():
             run["metrics"] = {**run["metrics"], name: value}
     fitted = lc.fits(runs)
     assert fitted["nc2_equinorm"]["r2"] is None and "constant" in fitted["nc2_equinorm"]["refused"]
+
+
+def test_complex_inputs_and_a_broken_head_are_refused():
+    rng = np.random.default_rng(0)
+    H, y = rng.normal(size=(40, 5)), np.arange(40) % 3
+    with pytest.raises(ValueError, match="must be real numbers, got dtype complex128"):
+        collapse.collapse_metrics(H + 1j, y)
+    with pytest.raises(ValueError, match="must be a real numeric array, got dtype complex128"):
+        similarity.cka(H + 1j, H + 2j)  # these differ only in their imaginary parts: not "CKA 1.0"
+    for W, bias, message in ((np.full((3, 5), np.nan), None, "head weights W contains NaN or inf"),
+                             (np.ones((3, 5)), np.array([0.0, np.inf, 0.0]), "head bias contains NaN or inf"),
+                             (np.ones((3, 5)) + 1j, None, "head weights W must be real numbers")):
+        with pytest.raises(ValueError, match=message):
+            collapse.collapse_metrics(H, y, W, bias)
+
+
+def test_obscure_failures_are_named():
+    from geometry import jacobians, matfree
+
+    points = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"argument chunk_size is 0.5; expected int \| None$"):
+        jacobians.jacobian_field(lambda x: 2 * x, points, chunk_size=0.5)
+    with pytest.raises(ValueError, match="f returns complex64 values; matfree takes real"):
+        matfree.singular_values(lambda x: x.astype(np.complex64) * 2, points, 2)
+    # float16 Jacobians have no SVD kernel: their values are taken exactly in float32
+    J = np.diag([3.0, 2.0, 1.0]).astype(np.float16)
+    np.testing.assert_array_equal(spectra.singular_values(J), [3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match=r"labels go up to 1099511627776 with only 3 points"):
+        collapse.collapse_metrics(np.ones((3, 2)), np.array([0, 1, 2**40]))  # not a terabyte of class means
+    accumulator = collapse.CollapseAccumulator(3, 5)
+    with pytest.raises(ValueError, match="features of dimension 6, but the accumulator was made for dim=5"):
+        accumulator.add_means(np.ones((4, 6)), np.array([0, 1, 2, 0]))

@@ -45,6 +45,70 @@ def test_verify_reports_tampered_and_missing_files(figures, tmp_path):
     assert _runner.verify(tmp_path / "empty") == [f"{tmp_path / 'empty' / 'MANIFEST.json'}: missing"]
 
 
+def _copy(figures, folder):
+    folder.mkdir()
+    for path in figures.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def _edit_manifest(folder, change):
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    change(manifest)
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def test_verify_accounts_for_every_file_and_reads_only_inside_out(figures, tmp_path):
+    emptied = _copy(figures, tmp_path / "emptied")
+    _edit_manifest(emptied, lambda m: m.clear())
+    problems = _runner.verify(emptied)
+    assert problems[0] == f"{emptied / 'MANIFEST.json'}: records no experiment"
+    assert len(problems) == 1 + len(list(figures.iterdir())) - 1  # and every file is unaccounted for
+    # an entry deleted over a tampered file: the file is no longer accounted for
+    deleted = _copy(figures, tmp_path / "deleted")
+    (deleted / "activations.png").write_bytes(b"tampered")
+    _edit_manifest(deleted, lambda m: m.pop("activations"))
+    problems = _runner.verify(deleted)
+    assert f"{deleted / 'activations.png'}: in {deleted} but in no manifest entry (written by what?)" in problems
+    stray = _copy(figures, tmp_path / "stray")
+    (stray / "extra.png").write_bytes(b"?")
+    assert any("extra.png: in" in p for p in _runner.verify(stray))
+    # names outside OUT are refused unread; a FIFO is reported, never opened (it would hang)
+    hostile = _copy(figures, tmp_path / "hostile")
+    os.mkfifo(hostile / "pipe.png")
+    _edit_manifest(hostile, lambda m: m["activations"]["sha256"].update(
+        {"../../etc/passwd": "0" * 64, "/etc/hostname": "0" * 64, "pipe.png": "0" * 64}))
+    problems = _runner.verify(hostile)
+    assert any("lists '../../etc/passwd', not a file name inside" in p for p in problems)
+    assert any("lists '/etc/hostname', not a file name inside" in p for p in problems)
+    assert f"{hostile / 'pipe.png'}: not a regular file (a link, folder or FIFO; written by activations)" in problems
+    broken = _copy(figures, tmp_path / "broken")
+    _edit_manifest(broken, lambda m: m.update({"other": [1, 2]}))
+    assert f"{broken / 'MANIFEST.json'}: the entry 'other' is not an object with a 'sha256' table" in \
+        _runner.verify(broken)
+
+
+def test_concurrent_manifest_updates_lose_no_entry(tmp_path):
+    # two processes each adding 60 entries to one manifest: all 120 must be there at the end
+    script = (
+        "import sys; from pathlib import Path; from experiments import _runner\n"
+        "out, tag = Path(sys.argv[1]), sys.argv[2]\n"
+        "for i in range(60):\n"
+        "    record = {'experiment': f'{tag}{i}', 'quick': True, 'config_hash': '', 'seed': 0, 'git_commit': '',\n"
+        "              'versions': {}, 'device': '', 'wall_time_s': 0}\n"
+        "    _runner.update_manifest(out, record, [])\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), tag], env=env) for tag in "ab"]
+    try:
+        assert [worker.wait(timeout=300) for worker in workers] == [0, 0]
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    assert len(json.loads((tmp_path / "MANIFEST.json").read_text())) == 120
+
+
 def test_options_are_checked_before_any_computing(tmp_path):
     for args, message in ((["--seed", "-1"], "--seed must be in [0, 2**32)"),
                           (["--seed", str(2**64)], "--seed must be in [0, 2**32)")):
@@ -60,6 +124,14 @@ def test_options_are_checked_before_any_computing(tmp_path):
         result = _cli("activations", "--quick", "--out", str(locked / "out"))
         assert result.returncode == 2 and "is not writable" in result.stderr
     assert not (tmp_path / "a").exists()
+    result = _cli("activations", "--quick", "--out", "/proc/layer-geometry-out")  # os.access says yes to root
+    assert result.returncode == 2 and "does not take new files" in result.stderr, result.stderr[-500:]
+    for setting, message in (("pullback.glyph_grid=-3", "is negative"), ("pullback.networks=()", "is empty"),
+                             ("activations.grid_points=0", "must be at least 1"), ("nothing=1", "valid keys: ")):
+        result = _cli("activations", "pullback", "rank_depth", "--quick", "--out", str(tmp_path / "b"),
+                      "--set", setting)
+        assert result.returncode == 2 and message in result.stderr, (setting, result.stderr[-500:])
+    assert not (tmp_path / "b").exists()
 
 
 def test_a_corrupt_manifest_is_refused_before_outputs_are_replaced(figures, tmp_path):
@@ -140,3 +212,24 @@ def test_real_data_are_split_per_class_and_standardised(tmp_path):
     assert _classifiers.ClassifierSpec(dataset=str(path), activation="relu").key != key
     with pytest.raises(ValueError, match="neither a built-in dataset"):
         _classifiers.check_dataset("rings")
+
+
+def test_datasets_named_alike_are_refused_not_merged(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        _blobs_csv(tmp_path / folder / "data.csv")
+    _blobs_csv(tmp_path / "spiral.csv")
+    for datasets, name in ((["spiral", str(tmp_path / "spiral.csv")], "spiral"),
+                           ([str(tmp_path / "a" / "data.csv"), str(tmp_path / "b" / "data.csv")], "data")):
+        with pytest.raises(ValueError, match=f"are both called '{name}' in the results"):
+            _classifiers.by_name(datasets)
+    assert list(_classifiers.by_name(["spiral", "spiral", str(tmp_path / "a" / "data.csv")])) == ["spiral", "data"]
+
+
+def test_replot_of_a_record_missing_a_key_names_the_problem(figures, tmp_path):
+    copy = _copy(figures, tmp_path / "copy")
+    record = json.loads((copy / "activations.json").read_text())
+    record["numbers"].pop(next(iter(record["numbers"])))
+    (copy / "activations.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"activations.json \(or activations.npz\) lacks what the plot needs"):
+        _runner.replot("activations", copy)

@@ -83,6 +83,11 @@ def test_load_dataset_reads_csv_and_npz(tmp_path):
     ("a,b,y\n1,2,4\n3,4,4\n", r"only one class \(\[4\]\)"),
     ("a,b,y\n", "needs a header row and at least one data row"),
     ("y\n1\n0\n", "no feature columns"),
+    # labels that a float64 cannot tell apart, or that int64 cannot hold, never merge into one class
+    ("a,y\n1,0\n2,1e19\n", r"line 3: label 1e\+19 is a float beyond 2\^53"),
+    ("a,y\n1,0\n2,20000000000000000000\n", r"line 3: label 20000000000000000000 is beyond int64"),
+    ("a,y\n1,9007199254740992.0\n2,9007199254740994.0\n", r"line 3: label 9.0072e\+15 is a float beyond 2\^53"),
+    ("a,b,y\n1,1e300,0\n1,2,1\n", r"line 2, column 'b': 1e300 is beyond float32's range"),
 ])
 def test_load_dataset_names_the_broken_line(tmp_path, text, message):
     path = _write(tmp_path, "broken.csv", text)
@@ -110,3 +115,33 @@ def test_load_dataset_refuses_bad_files(tmp_path):
     np.savez(nan_rows, x=np.array([[1.0, np.nan], [0.0, 1.0]]), y=np.array([0, 1]))
     with pytest.raises(ValueError, match=r"NaN or inf in 1 rows \(first rows: \[0\]\)"):
         data.load_dataset(nan_rows)
+
+
+def test_exact_integer_labels_stay_distinct(tmp_path):
+    # 2^53 and 2^53 + 1 are one float64: as integer literals they are two classes, kept apart
+    path = _write(tmp_path, "big.csv", "a,y\n1,9007199254740992\n2,9007199254740993\n3,0\n")
+    _, y = data.load_dataset(path)
+    np.testing.assert_array_equal(y, [1, 2, 0])
+
+
+def test_npz_refuses_complex_and_float_labels_past_2_53(tmp_path):
+    x = np.ones((4, 2))
+    np.savez(tmp_path / "complex.npz", x=x + 1j, y=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="x is complex"):
+        data.load_dataset(tmp_path / "complex.npz")
+    np.savez(tmp_path / "labels.npz", x=x, y=np.array([0.0, 1e19, 2e19, 2.0**53 + 2]))
+    with pytest.raises(ValueError, match=r"row 1: label 1e\+19 is a float beyond 2\^53.*\(3 such labels\)"):
+        data.load_dataset(tmp_path / "labels.npz")
+    np.savez(tmp_path / "huge.npz", x=np.array([[1e300, 0.0], [1.0, 2.0]]), y=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"beyond float32's range .* in 1 rows \(first rows: \[0\]\)"):
+        data.load_dataset(tmp_path / "huge.npz")
+
+
+def test_an_overlong_cell_and_binary_files_are_named(tmp_path):
+    path = _write(tmp_path, "long.csv", "a,b,y\n1,2,0\n1," + "9" * 200_000 + ",1\n")
+    with pytest.raises(ValueError, match=r"long.csv: line 3: field larger than field limit"):
+        data.load_dataset(path)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"a,b,y\n\xff\xfe,1,0\n")
+    with pytest.raises(ValueError, match="binary.csv: not a UTF-8 text file"):
+        data.load_dataset(binary)

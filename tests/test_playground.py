@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import jax
@@ -25,7 +27,7 @@ from geometry.training import CheckpointError
 from playground import config as configuration
 from playground import datasets, export, network, security, views, warp
 from playground.server import Server
-from playground.session import Run, encode_maps
+from playground.session import MAX_PENDING_STEPS, Run, Session, encode_maps
 
 SMALL = configuration.Config(dataset="moons", layers=("relu", "tanh", "leaky_relu"), width=8, resolution=64,
                              probe_layer=2, steps_per_update=20)
@@ -77,6 +79,19 @@ def test_csv_of_any_dimension_lands_on_its_principal_plane():
     everything = np.concatenate([dataset.x_train, dataset.x_test])
     np.testing.assert_allclose(everything[:, 0].std(), 1.0, rtol=1e-5)  # the stated scaling
     np.testing.assert_allclose(everything.mean(axis=0), 0.0, atol=1e-5)  # the plane passes through the mean
+
+
+def test_a_two_column_csv_in_huge_units_is_standardised():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 2)) * [3e20, 1e20] + 5e20
+    parsed = datasets.parse_csv(_csv(np.column_stack([x, np.arange(60) % 2]).tolist(), "a,b,label"), "big.csv")
+    dataset = datasets.load("csv", noise=0.0, seed=0, upload=parsed)
+    everything = np.concatenate([dataset.x_train, dataset.x_test])
+    np.testing.assert_allclose(everything.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.sqrt(np.mean(everything**2)), 1.0, rtol=1e-5)  # one common scale
+    ratio = everything[:, 0].std() / everything[:, 1].std()
+    np.testing.assert_allclose(ratio, x[:, 0].std() / x[:, 1].std(), rtol=1e-4)  # the aspect ratio kept
+    assert dataset.axis_labels[0].endswith("(standardised)")
 
 
 def test_digits_are_drawn_on_their_principal_plane():
@@ -243,6 +258,107 @@ def test_export_round_trip_and_corruption(trained_run, tmp_path):
         export.load(tmp_path / "tampered.zip")
 
 
+def _export_with(path, tmp_path, name, extra):
+    """A copy of the export at `path` with the members `extra` {name: bytes} added."""
+    target = tmp_path / name
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for item in source.infolist():
+            out.writestr(item, source.read(item))
+        for member, data in extra.items():
+            out.writestr(member, data)
+    return target
+
+
+def test_import_refuses_zip_bombs_and_hostile_members(trained_run, tmp_path):
+    run = trained_run
+    path = tmp_path / "model.zip"
+    path.write_bytes(export.to_zip(run.config, run.data.classes, jax.device_get((run.params, run.rest)),
+                                   run.data.x_train[:8]))
+    bomb = _export_with(path, tmp_path, "bomb.zip", {"checkpoint/zeros": b"\0" * (export.MAX_MEMBER_BYTES + 1)})
+    assert bomb.stat().st_size < 200_000  # a small file that would unpack to 32 MiB
+    with pytest.raises(CheckpointError, match="unpacks past the limits"):
+        export.load(bomb)
+    many = _export_with(path, tmp_path, "many.zip", {f"junk/{i}": b"" for i in range(export.MAX_MEMBERS)})
+    with pytest.raises(CheckpointError, match=r"members; an export has at most 256"):
+        export.load(many)
+    for name in ("../escape", "/abs/path", "checkpoint/../../escape"):
+        hostile = _export_with(path, tmp_path, "hostile.zip", {name: b"x"})
+        with pytest.raises(CheckpointError, match="is not a plain relative path"):
+            export.load(hostile)
+    assert not (tmp_path.parent / "escape").exists()
+
+
+@pytest.mark.parametrize("change", [
+    lambda meta: [1, 2], lambda meta: {**meta, "config": "relu"}, lambda meta: {**meta, "classes": 0},
+    lambda meta: {**meta, "classes": "2"}, lambda meta: {**meta, "in_features": 3},
+    lambda meta: {**meta, "check_points": [[1.0]]}, lambda meta: {**meta, "check_logits": "x"},
+    lambda meta: {k: v for k, v in meta.items() if k != "check_points"},
+])
+def test_a_tampered_config_json_is_a_checkpoint_error(trained_run, tmp_path, change):
+    run = trained_run
+    path = tmp_path / "model.zip"
+    path.write_bytes(export.to_zip(run.config, run.data.classes, jax.device_get((run.params, run.rest)),
+                                   run.data.x_train[:8]))
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp_path / "tampered.zip", "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                data = json.dumps(change(json.loads(data))).encode()
+            target.writestr(item, data)
+    with pytest.raises(CheckpointError, match="unreadable config.json"):
+        export.load(tmp_path / "tampered.zip")
+
+
+def test_pause_stops_queued_steps():
+    session = Session(dataclasses.replace(SMALL, steps_per_update=1))
+    try:
+        _wait(lambda: session.run.layer_rows is not None)  # the first frame
+        session.control("pause")
+        for _ in range(300):
+            session.control("step")
+        session.control("pause")
+        step = session.run.step
+        time.sleep(1.0)
+        assert session.run.step - step <= 1  # at most the update running when pause came
+        assert session.pending_steps == 0
+        for _ in range(300):  # a flood of steps queues at most MAX_PENDING_STEPS
+            session.control("step")
+        assert session.pending_steps <= MAX_PENDING_STEPS
+    finally:
+        session.close()
+
+
+def _wait(condition, seconds=60.0):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_uploads_and_config_changes_racing_keep_data_and_name_together():
+    session = Session(SMALL)
+    rng = np.random.default_rng(0)
+    uploads = {name: (rng.normal(size=(rows, 2)).astype(np.float32), np.arange(rows) % 2)
+               for name, rows in (("a.csv", 40), ("b.csv", 60))}  # told apart by their size
+    try:
+        csv_config = session.upload_data(uploads["a.csv"], "a.csv")
+        threads = [threading.Thread(target=session.upload_data, args=(uploads[name], name)) for name in uploads]
+        threads += [threading.Thread(target=session.configure, args=(dataclasses.replace(csv_config, width=5),))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with session.lock:
+            name, run = session.upload_name, session.run
+        trained_on = len(run.data.x_train) + len(run.data.x_test)
+        assert len(uploads[name][0]) == trained_on, (name, trained_on)  # the page's name is the data trained on
+        session.configure(dataclasses.replace(run.config, width=7))
+        config = session.upload_data(uploads["a.csv"], "a.csv")
+        assert config.width == 7 and session.run.config.width == 7  # the width change is kept by the upload
+    finally:
+        session.close()
+
+
 # ---------- the grid-and-disk widget ----------
 def test_warp_reports_grid_warps_own_measure():
     view = warp.view("relu", 30)
@@ -287,6 +403,8 @@ def _json_of(data):
     ("POST", "/api/config", b'{"width": 1000000}', 400, "width must be in [1, 256]"),
     ("POST", "/api/config", b"{not json", 400, "the body is not JSON"),
     ("POST", "/api/config", b"[1, 2]", 400, "must be a JSON object"),
+    ("POST", "/api/config", b'{"width": 1e309}', 400, "width must be a number in [1, 256], got inf"),
+    ("POST", "/api/config", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
     ("POST", "/api/control", b'{"action": "explode"}', 400, "unknown action 'explode'"),
     ("POST", "/api/upload", b'{"name": "bad.csv", "csv": "a,b,label\\n1,2,0\\n3,4\\n"}', 400, "bad.csv: line 3"),
     ("POST", "/api/upload", b'{"name": "../../etc", "csv": "a,b\\n"}', 400, "the file name must be"),
@@ -342,6 +460,20 @@ def test_export_endpoints(server, tmp_path):
     status, numbers = _request(server, "GET", "/api/export/numbers")
     assert status == 200 and _json_of(numbers)["linear_collapse"]["shape"][1] == 2
     assert isinstance(model, network.Net) and config.width == SMALL.width
+
+
+def test_concurrent_exports_all_succeed_and_leave_nothing_behind(server, tmp_path):
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: _request(server, "GET", "/api/export/model"), range(12)))
+    for i, (status, data) in enumerate(replies):
+        assert status == 200, data[:200]
+        (tmp_path / f"{i}.zip").write_bytes(data)
+        export.load(tmp_path / f"{i}.zip")  # each one a complete, loadable checkpoint
+    assert not set(Path(tempfile.gettempdir()).iterdir()) - before - {tmp_path.parent}
 
 
 def test_command_line_serves_and_stops_on_ctrl_c():

@@ -2,6 +2,7 @@
 and bad data give named errors and destroy nothing."""
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +93,32 @@ def test_corrupt_checkpoint_is_named_and_kept(tmp_path):
     with pytest.raises(training.CheckpointError, match="corrupt or unreadable"):
         training.train(model, x, y, config, checkpoint_dir=tmp_path / "ckpt", log=lambda _: None)
     assert all(f.read_bytes() == b"garbage" for f in (latest / "state").rglob("*") if f.is_file())
+
+
+def test_another_activation_with_the_same_shapes_does_not_resume(tmp_path):
+    # a tanh MLP has the ReLU run's parameter shapes; resuming it would report a ReLU net's accuracy
+    x, y, config = _small_run(tmp_path, steps=20)
+    tanh = models.MLP(2, 16, depth=2, out_features=2, activation="tanh", rngs=nnx.Rngs(0))
+    with pytest.raises(training.CheckpointError, match="different run"):
+        training.train(tanh, x, y, dataclasses.replace(config, steps=30), checkpoint_dir=tmp_path / "ckpt",
+                       log=lambda _: None)
+    relu = models.MLP(2, 16, depth=2, out_features=2, activation="relu", rngs=nnx.Rngs(0))
+    result = training.train(relu, x, y, dataclasses.replace(config, steps=30), checkpoint_dir=tmp_path / "ckpt",
+                            log=lambda _: None)
+    assert result["resumed_from"] == 20  # the same net (a fresh object, new addresses) still resumes
+
+
+def test_an_edited_step_record_is_refused(tmp_path):
+    x, y, config = _small_run(tmp_path, steps=20)
+    path = tmp_path / "ckpt" / "20" / "meta" / "metadata"  # Orbax's JsonSave item
+    record = json.loads(path.read_text())
+    assert record["step"] == 20
+    record["step"] = 5
+    path.write_text(json.dumps(record))
+    model = models.MLP(2, 16, depth=2, out_features=2, activation="relu", rngs=nnx.Rngs(0))
+    with pytest.raises(training.CheckpointError, match="records step 5"):
+        training.train(model, x, y, dataclasses.replace(config, steps=30), checkpoint_dir=tmp_path / "ckpt",
+                       log=lambda _: None)
 
 
 def test_training_learns_and_is_deterministic():
