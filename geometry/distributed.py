@@ -230,18 +230,41 @@ def _answers(address: str | None, timeout: float = 3.0) -> bool:
         return False
 
 
+def _relay_stderr(stream, unhealthy: list[int]) -> None:
+    """Copy the child's stderr to ours, line by line, noting the processes JAX's coordination
+    service reports as "unhealthy (stopped sending heartbeats):" (listed on the next line)."""
+    listed_next = False
+    for raw in stream:
+        line = raw.decode(errors="replace")
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        if listed_next and not unhealthy:
+            tasks = re.findall(r"task:(\d+)", line) or (re.findall(r"\d+", line) if re.fullmatch(r"[\d,\s]+", line)
+                                                         else [])
+            unhealthy.extend(int(task) for task in tasks)
+        listed_next = "stopped sending heartbeats" in line
+
+
 def supervise(command: list[str], coordinator: str | None, process_id: int | None, num_processes: int | None) -> int:
     """Run `command` (this same tool) as a child and return its exit code; when JAX's runtime killed the
     child (an abort, which is how it ends the survivors of a lost coordinator), say which process was
     lost and return 1. SIGTERM and SIGINT are passed on to the child."""
-    child = subprocess.Popen(command, env={**os.environ, CHILD: "1"}, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(command, env={**os.environ, CHILD: "1"}, preexec_fn=_die_with_parent,
+                             stderr=subprocess.PIPE)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: child.send_signal(number))
+    unhealthy: list[int] = []
+    relay = threading.Thread(target=_relay_stderr, args=(child.stderr, unhealthy), daemon=True)
+    relay.start()
     code = child.wait()
+    relay.join(10)
     if code >= 0 and code != 128 + signal.SIGABRT:
         return code
     me = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
-    if coordinator is not None and not _answers(coordinator):
+    if unhealthy:  # JAX's coordination service named the process that stopped: trust it over a guess
+        reason = (f"lost process {', '.join(map(str, unhealthy))} (it stopped sending heartbeats; JAX's runtime then "
+                  "ended the others)")
+    elif coordinator is not None and not _answers(coordinator):
         reason = f"lost process 0 (the coordinator at {coordinator} no longer answers)"
     else:
         reason = f"JAX's distributed runtime ended it (signal {-code if code < 0 else signal.SIGABRT}; see the log above)"
