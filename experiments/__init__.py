@@ -31,4 +31,5 @@ EXPERIMENTS = {
     "yat_xor": "experiments.yat_xor",
     "linguistic_collapse": "experiments.linguistic_collapse",
     "digits": "experiments.digits",
+    "attention_collapse": "experiments.attention_collapse",
 }

@@ -152,6 +152,34 @@ def universality_table() -> str:
                     "max rel. err. $m_{1..4}$", "CMS dist. to Fuss--Catalan"], rows, "llrrrrrr")
 
 
+def attention_table() -> str:
+    numbers = load("attention_collapse")
+    depth = numbers["depth"]
+    rows = []
+    for key, value in numbers["variants"].items():
+        variant, direction = key.split("/")
+        rows.append([variant.replace("_", "\\_"), direction, value["relative_residual_geometric_mean"][depth - 1],
+                     value["mean_cosine_median"][depth - 1], value["centred_effective_rank_median"][depth - 1],
+                     value["attention_entropy_ratio_median"][depth - 1]])
+    return tabular(["variant", "attention", f"$\\|\\mathrm{{res}}\\|/\\|X\\|$ at $L={depth}$", "mean cosine",
+                    "eff. rank (centred)", "entropy / uniform"], rows, "llrrrr")
+
+
+def attention_rate_table() -> str:
+    numbers = load("attention_collapse")
+    cases = {f"{k.split('/')[1]}, $1/\\sqrt{{d_k}}$, $\\tau=1$": v for k, v in numbers["variants"].items() if "rate" in v}
+    for key, value in numbers["sweeps"].items():
+        _, direction, setting = key.split("/")
+        if setting == "temperature=1":  # the row above
+            continue
+        label = "unscaled scores" if setting == "unscaled" else f"$\\tau={setting.split('=')[1]}$"
+        cases[f"{direction}, {label}"] = value
+    rows = [[label, value["rate"]["rate"], f"[{fmt(value['rate']['interval'][0])}, {fmt(value['rate']['interval'][1])}]",
+             value["rate"]["geometric_factor"], value["rate"]["layers_used"]] for label, value in cases.items()]
+    return tabular(["pure attention", "rate $\\rho$", "95\\% bootstrap", "geometric $q$", "layers fitted"], rows,
+                   "lrrrr")
+
+
 def benchmark_table() -> str:
     result = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())
     rows = [[name.replace("_", "\\_"), row["points_per_second"], row["cost_in_forward_passes"],
@@ -173,6 +201,8 @@ def macros() -> dict[str, object]:
     wide = json.loads((BENCHMARKS / "wide_layers-cpu.json").read_text())
     memory = json.loads((BENCHMARKS / "memory-cpu.json").read_text())
     speed = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())["targets"]
+    attention = load("attention_collapse")
+    rates = attention["findings"]["pure_attention_rate"]
     return {
         "StackVsSingle": linear["summary"]["max_abs_difference_stack_vs_single_matrix"],
         "SpiralNone": linear["summary"]["spiral_train_accuracy"]["identity"],
@@ -235,6 +265,16 @@ def macros() -> dict[str, object]:
         "WideUnrefinedErr": wide_error(wide, "pullback_metric_unrefined"),
         "WideSvdErr": wide_error(wide, "jacfwd_svd"),
         "WideRefine": wide["refine"],
+        "AttnDepth": attention["depth"],
+        "AttnRateBi": rates["bidirectional"]["rate"], "AttnRateBiLow": rates["bidirectional"]["interval"][0],
+        "AttnRateBiHigh": rates["bidirectional"]["interval"][1], "AttnLayersBi": rates["bidirectional"]["layers_used"],
+        "AttnRateCausal": rates["causal"]["rate"], "AttnRateCausalLow": rates["causal"]["interval"][0],
+        "AttnRateCausalHigh": rates["causal"]["interval"][1], "AttnQCausal": rates["causal"]["geometric_factor"],
+        "AttnResCausal": attention["findings"]["residual_at_depth"]["attention/causal"],
+        "AttnResSkip": attention["findings"]["residual_at_depth"]["attention+skip/bidirectional"],
+        "AttnCosPreLN": attention["findings"]["cosine_at_depth"]["pre_ln/causal"],
+        "AttnCosPreLNScaled": attention["findings"]["cosine_at_depth"]["pre_ln_scaled/causal"],
+        "AttnCosPure": attention["findings"]["cosine_at_depth"]["attention/causal"],
     }
 
 
@@ -243,7 +283,7 @@ TABLE_FUNCTIONS = {
     "isometry": isometry_table, "kernel_layers": kernel_table, "linguistic_fits": linguistic_fit_table,
     "linguistic_runs": linguistic_runs_table, "linguistic_conventions": linguistic_conventions_table,
     "digits": digits_table, "universality": universality_table,
-    "benchmark": benchmark_table,
+    "benchmark": benchmark_table, "attention": attention_table, "attention_rates": attention_rate_table,
 }
 
 

@@ -309,3 +309,19 @@ def test_generic_overrides_are_validated_before_running(tmp_path):
         result = _cli(*args, "--out", str(tmp_path))
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_attention_collapse_quick(quick_records):
+    numbers = quick_records[0]["attention_collapse"]["numbers"]
+    findings = numbers["findings"]
+    assert findings["skip_slows_collapse"]  # pure attention collapses faster than with skips
+    for direction in ("bidirectional", "causal"):
+        pure = numbers["variants"][f"attention/{direction}"]["relative_residual_geometric_mean"]
+        skip = numbers["variants"][f"attention+skip/{direction}"]["relative_residual_geometric_mean"]
+        assert pure[-1] < 0.2 * skip[-1]
+        assert all(b <= a * (1 + 1e-9) for a, b in zip(pure, pure[1:]))  # pure attention only ever averages
+    # bidirectional pure attention collapses doubly exponentially: a per-layer rate well above 1
+    assert numbers["findings"]["pure_attention_rate"]["bidirectional"]["rate"] > 1.5
+    # the probe's per-token blocks: at depth 1 a causal stack's first token sees only itself
+    blocks = numbers["token_jacobians"]["attention"]["1"]
+    assert len(blocks["last_row_norm_median"]) == 6 and min(blocks["last_row_norm_median"]) > 0
