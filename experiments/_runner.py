@@ -341,7 +341,9 @@ def replot(name: str, out_dir: str | Path = "figures") -> list[Path]:
                          f"written by other code or edited; rerun `python -m experiments {name}`") from None
     with manifest_lock(out_dir):
         manifest = read_manifest(out_dir)
-        entry = manifest.setdefault(name, {"experiment": name, "sha256": {}})
+        entry = manifest.get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), dict):  # a malformed entry is replaced
+            entry = manifest[name] = {"experiment": name, "sha256": {}}
         entry["sha256"].update({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written})
         write_json(out_dir / MANIFEST, dict(sorted(manifest.items())))
     return written

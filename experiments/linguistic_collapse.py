@@ -23,6 +23,11 @@ their min_per_class), R² with validation loss of each of their columns under on
 transform (`experiments._study_fits`), beside the R² of the same columns over their 230
 published models (experiments/reference/), each with a 95% bootstrap interval over models.
 Nine models make wide intervals; the JSON states each width.
+(token collapse, issue 29) after every block, at initialisation and after training, on the
+validation windows: Dong et al.'s relative residual and the mean pairwise cosine of the
+tokens (`geometry.tokens`); `token_collapse_links` correlates (Pearson r over the grid, 95%
+bootstrap interval over models) log10 CDNV and NC1 with the first and last block's measures:
+do the LMs whose last-layer features collapse also collapse their tokens early?
 `--scale gpu` trains a larger grid for an accelerator.
 """
 
@@ -40,7 +45,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import _study_fits
-from geometry import collapse, data, functional, language_model, models, probe, training
+from geometry import collapse, data, functional, language_model, models, probe, tokens, training
 
 PUBLISHED = {"strongest": ["cdnv", "nc4", "gnc2"], "weakest": ["nc2_equinorm"],
              "source": "Wu & Papyan (2024), Linguistic Collapse, TinyStories width x depth grid",
@@ -131,6 +136,44 @@ def measure(model: models.CausalLM, text: data.TextData, config: Config) -> dict
     }
 
 
+def token_collapse(model: models.CausalLM, text: data.TextData, config: Config) -> dict:
+    """Token collapse after every block on the validation windows (`geometry.tokens`, issue 29): the
+    relative residual ‖X − 1x̄ᵀ‖/‖X‖ in Dong et al.'s composite norm and the mean pairwise cosine
+    of the window's token matrix, each averaged over windows; per block, in order."""
+    paths = [f"blocks/{l}" for l in range(model.depth)]
+    outputs = probe.outputs(model, text.validation_inputs[: config.eval_batch], paths)
+    return {"relative_residual": [float(np.mean(tokens.relative_residual(np.asarray(outputs[p])))) for p in paths],
+            "mean_cosine": [float(np.mean(tokens.mean_pairwise_cosine(np.asarray(outputs[p])))) for p in paths]}
+
+
+def _pearson_with_interval(x: np.ndarray, y: np.ndarray, seed: int, draws: int = 2000) -> dict:
+    """Pearson r over models with a 95% bootstrap interval (models resampled)."""
+    if len(x) < MIN_MODELS_TO_FIT or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"r": None, "ci": None, "models": len(x)}
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(x), len(x))
+        if np.ptp(x[pick]) > 0 and np.ptp(y[pick]) > 0:
+            samples.append(np.corrcoef(x[pick], y[pick])[0, 1])
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return {"r": float(np.corrcoef(x, y)[0, 1]), "ci": [float(low), float(high)], "models": len(x)}
+
+
+def token_collapse_links(runs: list[dict], seed: int) -> dict:
+    """Do the LMs whose last-layer features collapse more also collapse their tokens early? Pearson r
+    over the grid between log10 CDNV (and NC1) and the first / last block's token measures."""
+    out = {}
+    for metric in ("cdnv", "nc1"):
+        collapse_level = np.log10(np.array([r["metrics"][metric] for r in runs], dtype=np.float64))
+        for block in ("first", "last"):
+            for measure_name in ("mean_cosine", "relative_residual"):
+                values = np.array([r["token_collapse"][measure_name][0 if block == "first" else -1] for r in runs])
+                out[f"log10_{metric}~{block}_block_{measure_name}"] = _pearson_with_interval(values, collapse_level,
+                                                                                             seed)
+    return out
+
+
 def train_model(config: Config, text: data.TextData, width: int, depth: int, context) -> tuple[models.CausalLM, dict]:
     heads = max(1, width // config.head_dim)
     model = models.CausalLM(len(text.vocabulary), width=width, depth=depth, heads=heads, context=config.context,
@@ -208,8 +251,13 @@ def run(config: Config, context) -> dict:
     runs = []
     grid = [(w, d) for w in config.widths for d in config.depths]
     for width, depth in context.progress(grid, "models trained and measured"):
+        heads = max(1, width // config.head_dim)
+        untrained = models.CausalLM(len(text.vocabulary), width=width, depth=depth, heads=heads,
+                                    context=config.context, rngs=nnx.Rngs(context.seed))  # train_model's start
+        at_init = token_collapse(untrained, text, config)
         model, record = train_model(config, text, width, depth, context)
-        runs.append({**record, **measure(model, text, config)})
+        runs.append({**record, **measure(model, text, config), "token_collapse": token_collapse(model, text, config),
+                     "token_collapse_at_init": at_init})
         context.log(f"w{width} d{depth}: validation loss {runs[-1]['validation_loss']:.3f}, "
                     f"cdnv {runs[-1]['metrics']['cdnv']:.3f}, nc4 {runs[-1]['metrics']['nc4']:.3f}")
     check_coverage(runs, config.min_count)
@@ -241,6 +289,7 @@ def run(config: Config, context) -> dict:
         "published": PUBLISHED,
         "published_strongest_in_our_top3": [name for name in PUBLISHED["strongest"] if name in ranked[:3]],
         "study_convention": study,
+        "token_collapse_links": token_collapse_links(runs, context.seed),
     }
 
 

@@ -420,10 +420,12 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
 def frobenius_norm_squared(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: int = 32, seed: int = 0,
                            chunk_size: int | None = None, devices=None, batched: bool = False, model_kwargs=None) -> dict:
     """‖J‖_F² = tr JᵀJ at each point by Hutchinson's estimator E_z ‖J z‖² (z Rademacher):
-    {"values": (N,), "standard_error": (N,), "probes"}."""
+    {"values": (N,), "standard_error": (N,), "total_error": (N,), "probes"}. Each probe's ‖J z‖² is
+    computed exactly (no quadrature), so the whole error is the probes' standard error."""
     frobenius, _ = _per_probe(lambda pure, steps, transpose: _Hutchinson(pure), f, points, params, probes, 1, 1,
                               seed, chunk_size, devices, batched, model_kwargs)
-    return {"values": frobenius.mean(axis=1), "standard_error": frobenius.std(axis=1, ddof=1) / math.sqrt(probes),
+    standard_error = frobenius.std(axis=1, ddof=1) / math.sqrt(probes)
+    return {"values": frobenius.mean(axis=1), "standard_error": standard_error, "total_error": standard_error,
             "probes": int(probes)}
 
 

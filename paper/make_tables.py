@@ -203,6 +203,8 @@ def macros() -> dict[str, object]:
     speed = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())["targets"]
     attention = load("attention_collapse")
     rates = attention["findings"]["pure_attention_rate"]
+    links = language["token_collapse_links"]
+    deepest = max(language["runs"], key=lambda r: (r["depth"], -r["width"]))  # the narrowest of the deepest LMs
     return {
         "StackVsSingle": linear["summary"]["max_abs_difference_stack_vs_single_matrix"],
         "SpiralNone": linear["summary"]["spiral_train_accuracy"]["identity"],
@@ -275,6 +277,16 @@ def macros() -> dict[str, object]:
         "AttnCosPreLN": attention["findings"]["cosine_at_depth"]["pre_ln/causal"],
         "AttnCosPreLNScaled": attention["findings"]["cosine_at_depth"]["pre_ln_scaled/causal"],
         "AttnCosPure": attention["findings"]["cosine_at_depth"]["attention/causal"],
+        "LmNcOneResR": links["log10_nc1~first_block_relative_residual"]["r"],
+        "LmNcOneResLow": links["log10_nc1~first_block_relative_residual"]["ci"][0],
+        "LmNcOneResHigh": links["log10_nc1~first_block_relative_residual"]["ci"][1],
+        "LmCdnvResR": links["log10_cdnv~first_block_relative_residual"]["r"],
+        "LmCdnvResLow": links["log10_cdnv~first_block_relative_residual"]["ci"][0],
+        "LmCdnvResHigh": links["log10_cdnv~first_block_relative_residual"]["ci"][1],
+        "LmModels": links["log10_nc1~first_block_relative_residual"]["models"],
+        "LmDeepWidth": deepest["width"], "LmDeepDepth": deepest["depth"],
+        "LmCosInit": deepest["token_collapse_at_init"]["mean_cosine"][-1],
+        "LmCosTrained": deepest["token_collapse"]["mean_cosine"][-1],
     }
 
 

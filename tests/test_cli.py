@@ -233,3 +233,11 @@ def test_replot_of_a_record_missing_a_key_names_the_problem(figures, tmp_path):
     (copy / "activations.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"activations.json \(or activations.npz\) lacks what the plot needs"):
         _runner.replot("activations", copy)
+
+
+def test_a_manifest_that_is_a_folder_is_refused_before_computing(tmp_path):
+    out = tmp_path / "out"
+    (out / "MANIFEST.json").mkdir(parents=True)
+    result = _cli("activations", "--quick", "--out", str(out))
+    assert result.returncode == 2 and "MANIFEST.json is not a file (a folder?)" in result.stderr
+    assert _cli("verify", "--out", str(out)).returncode == 1

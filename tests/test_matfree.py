@@ -169,7 +169,7 @@ def test_log_volume_reports_its_whole_error(condition):
     sigma = _log_uniform_spectrum(96, condition, seed=3)
     points = jnp.zeros((1, 96), jnp.float32)
     ratios = []
-    for seed in range(4):
+    for seed in range(3):
         f, truth = _map_with_spectrum(sigma, seed)
         for options in ({"steps": 8}, {"steps": 24}, {"steps": 24, "sigma_min_lower": 0.999 / condition}, {}):
             volume = matfree.log_volume(f, points, seed=seed, **options)
