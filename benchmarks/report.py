@@ -129,7 +129,8 @@ def matfree_section(result: dict) -> list[str]:
     honest = result.get("log_volume_whole_error", {})
     if honest:
         lines += ["", "`log_volume` with its whole error (default: steps doubling from 32 until the Gauss–Radau/Gauss "
-                  "bracket is within 2% of max(|Σ log σ|, r), the dense route past r/2), against float64 dense truth; "
+                  "bracket is within 2% of max(|Σ log σ|, r), the dense route where the next round would cost more "
+                  "Jacobian products than the dense J), against float64 dense truth; "
                   "beside it the Gauss rule alone at 30 steps (the former default), whose error the standard error "
                   "did not cover. Target: |error| ≤ 2 × reported error at ≥ 95% of points, reported error ≤ 2%.", "",
                   "| case | condition | within 2× reported | max error / reported | max reported (rel.) | steps | dense-routed | s (dense s) | Gauss@30: rel. error, in SE |",

@@ -2,7 +2,7 @@
 
 Command:  python -m experiments attention_collapse [--quick]
 Writes:   figures/attention_collapse.{png,pdf,json}
-Runtime:  ~2 min on 2 CPU cores (quick: ~20 s).
+Runtime:  ~6 min on 2 CPU cores (quick: ~25 s).
 
 Stacks of `depth` self-attention layers over T random Gaussian tokens of width d (float64,
 weights N(0, 1/d), one head), built as `AttentionStack` in each variant: pure attention
@@ -19,6 +19,8 @@ log(−log ‖res_l‖) linear in l with slope log 3: the fitted per-layer rate 
 interval over sequences) is reported next to 3 for pure attention, a disagreement being a
 finding. The per-token Jacobian blocks ∂h_l,t/∂h_0,t and the last token's causal row
 ∂h_l,T/∂h_0,s (`probe.token_jacobians`) give the spectra the collapse leaves to gradients.
+Trained: each variant (causal, float32, depth `trained_depth`) as a small LM on the project's
+corpus (`geometry.text`), measured the same way on validation windows before and after training.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from geometry import probe, tokens
+from geometry import probe, tokens, training
+from geometry import text as language_text
 
 VARIANTS = ("attention", "attention+skip", "attention+mlp", "attention+skip+mlp", "pre_ln", "post_ln",
             "pre_ln_scaled")
@@ -50,10 +53,19 @@ class Config:
     jacobian_depths: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     jacobian_sequences: int = 4
     bootstrap: int = 1000
+    # trained: each variant as a causal LM (token + position embedding, the stack, a linear head) on the
+    # project's corpus (geometry.text, pydoc_data.topics), AdamW with a cosine schedule
+    trained_depth: int = 8
+    trained_steps: int = 300
+    context: int = 32
+    max_vocab: int = 1024
+    batch_size: int = 16
+    learning_rate: float = 3e-3
 
 
 QUICK = Config(width=8, tokens=6, depth=6, sequences=8, networks=1, variants=("attention", "attention+skip", "pre_ln"),
-               temperatures=(1.0, 2.0), jacobian_depths=(1, 6), jacobian_sequences=2, bootstrap=100)
+               temperatures=(1.0, 2.0), jacobian_depths=(1, 6), jacobian_sequences=2, bootstrap=100,
+               trained_depth=2, trained_steps=20, context=8, max_vocab=128, batch_size=8)
 
 
 class Tokens(nnx.Module):
@@ -152,6 +164,47 @@ class AttentionStack(nnx.Module):
         return h
 
 
+class StackLM(nnx.Module):
+    """A causal LM around one stack variant: ids (T,) → embeddings + positions → stack → logits (T, V)."""
+
+    def __init__(self, vocab: int, context: int, width: int, depth: int, variant: str, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab, width, embedding_init=jax.nn.initializers.normal(1.0), rngs=rngs)
+        self.position = nnx.Param(jax.random.normal(rngs.params(), (context, width)))
+        self.stack = AttentionStack(width, depth, variant, causal=True, rngs=rngs, dtype=jnp.float32)
+        self.head = nnx.Linear(width, vocab, rngs=rngs)
+
+    def __call__(self, ids):
+        h = self.embed(ids) + self.position[...][: ids.shape[0]]
+        return self.head(self.stack(h))
+
+
+def _trained(config: Config, variant: str, text, seed: int, context) -> dict:
+    """The stack's token collapse after every layer on validation windows, before and after training."""
+    model = StackLM(len(text.vocabulary), config.context, config.width, config.trained_depth, variant,
+                    rngs=nnx.Rngs(seed))
+    windows = text.validation_inputs[: config.sequences]
+    paths = [f"stack/layers/{l}" for l in range(config.trained_depth)]
+
+    def measures():
+        outputs = probe.outputs(model, windows, paths)
+        layers = np.stack([np.asarray(outputs[p], np.float64) for p in paths], axis=1)  # (N, L, T, d)
+        return {"relative_residual": np.exp(np.mean(np.log(np.maximum(tokens.relative_residual(layers), 1e-300)),
+                                                     axis=0)).tolist(),
+                "mean_cosine": np.median(tokens.mean_pairwise_cosine(layers), axis=0).tolist()}
+
+    before = measures()
+    train_config = training.TrainConfig(steps=config.trained_steps, learning_rate=config.learning_rate,
+                                        batch_size=config.batch_size, optimizer="adamw", schedule="cosine",
+                                        warmup_steps=max(config.trained_steps // 10, 1), clip_norm=1.0, seed=seed,
+                                        log_every=max(config.trained_steps // 3, 1))
+    result = training.train(model, text.train_inputs, text.train_targets, train_config,
+                            name=f"{context.name}: {variant}", log=context.log)
+    logits = jax.vmap(model)(jnp.asarray(text.validation_inputs[:512]))
+    loss = float(training.cross_entropy(logits, jnp.asarray(text.validation_targets[:512])))
+    return {"at_init": before, "trained": measures(), "validation_loss": loss,
+            "first_loss": result["history"][0]["loss"], "last_loss": result["history"][-1]["loss"]}
+
+
 def _per_layer(config: Config, variant: str, causal: bool, scaled: bool, temperature: float, seed: int) -> dict:
     """The token-collapse measures after every layer, pooled over `networks` weight draws:
     {measure: (networks · sequences, depth)}."""
@@ -241,6 +294,9 @@ def run(config: Config, context) -> dict:
                                                                        seed)}
         jacobians = {variant: _token_jacobians(config, variant, True, seed)
                      for variant in context.progress(config.variants, "token Jacobians")}
+    text = language_text.text_dataset(context=config.context, max_vocab=config.max_vocab)
+    trained = {variant: _trained(config, variant, text, seed, context)
+               for variant in context.progress(config.variants, "trained stacks")}
     last = config.depth - 1
     findings = {
         "pure_attention_rate": {k: variants[f"attention/{k}"]["rate"] for k in ("bidirectional", "causal")},
@@ -251,14 +307,17 @@ def run(config: Config, context) -> dict:
                                    > variants[f"attention/{c}"]["relative_residual_geometric_mean"][last]
                                    for c in ("bidirectional", "causal")),
     }
-    return {"variants": variants, "sweeps": sweeps, "token_jacobians": jacobians, "findings": findings,
-            "depth": config.depth, "bound_rate": 3.0}
+    findings["trained_last_layer_cosine"] = {v: t["trained"]["mean_cosine"][-1] for v, t in trained.items()}
+    findings["init_last_layer_cosine"] = {v: t["at_init"]["mean_cosine"][-1] for v, t in trained.items()}
+    findings["trained_validation_loss"] = {v: t["validation_loss"] for v, t in trained.items()}
+    return {"variants": variants, "sweeps": sweeps, "token_jacobians": jacobians, "trained": trained,
+            "findings": findings, "depth": config.depth, "bound_rate": 3.0}
 
 
 def plot(numbers: dict, arrays: dict, config: Config) -> dict:
     variants, sweeps = numbers["variants"], numbers["sweeps"]
     layers = np.arange(1, config.depth + 1)
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    fig, axes = plt.subplots(3, 3, figsize=(14, 12))
     colors = {v: plt.get_cmap("tab10")(i) for i, v in enumerate(VARIANTS)}
     for ax, direction in zip(axes[0, :2], ("bidirectional", "causal")):
         for variant in config.variants:
@@ -315,5 +374,25 @@ def plot(numbers: dict, arrays: dict, config: Config) -> dict:
     ax.set_ylabel("effective rank of ∂h_l,t/∂h_0,t (median)")
     ax.set_title(f"causal: per-token Jacobian blocks (d = {config.width})", fontsize=9)
     ax.legend(fontsize=6)
+    trained = numbers["trained"]
+    depth_axis = np.arange(1, config.trained_depth + 1)
+    for ax, measure, label in ((axes[2, 0], "mean_cosine", "mean cosine between tokens (median)"),
+                               (axes[2, 1], "relative_residual", "relative residual (geometric mean)")):
+        for variant, record in trained.items():
+            ax.plot(depth_axis, record["at_init"][measure], ":", color=colors[variant])
+            ax.plot(depth_axis, record["trained"][measure], "-o", ms=2.5, color=colors[variant], label=variant)
+        ax.set_xlabel("layer l")
+        ax.set_ylabel(label)
+        ax.set_title("causal LMs on the corpus: trained (solid) vs initialisation (dotted)", fontsize=9)
+        ax.legend(fontsize=6)
+    axes[2, 1].set_yscale("log")
+    ax = axes[2, 2]
+    names = list(trained)
+    ax.barh(np.arange(len(names)), [trained[v]["validation_loss"] for v in names],
+            color=[colors[v] for v in names])
+    ax.set_yticks(np.arange(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("validation cross-entropy (nats)")
+    ax.set_title(f"after {config.trained_steps} steps, depth {config.trained_depth}", fontsize=9)
     fig.tight_layout()
     return {"": fig}

@@ -346,9 +346,11 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
     "total_error" = quadrature_error + standard_error.
 
     Steps: with `steps=None` they start at 32 and double, for the points whose quadrature
-    error exceeds tol · max(|value|, r) (r = min(m, n)), until it does not; a point that would
-    need r/2 steps or more is computed exactly instead, from its dense Jacobian (cheaper there
-    than P probes of near-complete Lanczos). A fixed `steps` runs once and reports.
+    error exceeds tol · max(|value|, r) (r = min(m, n)), until it does not; a point whose next
+    round would cost more Jacobian products (2 · probes · steps) than the r of its dense
+    Jacobian is computed from that instead (exact up to rounding, and cheaper there). A fixed
+    `steps` runs once and reports. SLQ pays off for Jacobians too large to form, or when 32
+    steps suffice.
 
     The bracket's upper end is rigorous; its lower end is rigorous when `sigma_min_lower`
     (a lower bound on every point's σ_min) is given, and otherwise uses the estimate
@@ -395,7 +397,9 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
             break
         todo = todo[~done]
         current = min(2 * current, r)
-        if todo.size and current >= r // 2:  # near-complete Lanczos on P probes costs more than the dense J
+        # the next round costs 2 · P · s Jacobian products per point, the dense J about r (plus an SVD):
+        # where the round costs more, the exact route is also the cheaper one
+        if todo.size and (2 * probes * current >= r or current >= r // 2):
             exact, rounding = (np.asarray(a, np.float64) for a in jacobians.map_points(
                 _DenseLogVolume(pure), params, points[todo], chunk_size=chunk_size, devices=devices))
             if not np.all(np.isfinite(exact)):

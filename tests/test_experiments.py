@@ -325,3 +325,7 @@ def test_attention_collapse_quick(quick_records):
     # the probe's per-token blocks: at depth 1 a causal stack's first token sees only itself
     blocks = numbers["token_jacobians"]["attention"]["1"]
     assert len(blocks["last_row_norm_median"]) == 6 and min(blocks["last_row_norm_median"]) > 0
+    # the trained LM stacks: every layer measured before and after, a finite loss below log(vocabulary)'s neighbourhood
+    for record in numbers["trained"].values():
+        assert len(record["trained"]["mean_cosine"]) == len(record["at_init"]["mean_cosine"]) == 2
+        assert np.isfinite(record["validation_loss"]) and record["validation_loss"] < 2 * np.log(128)
