@@ -63,8 +63,8 @@ class Config:
     learning_rate: float = 3e-3
 
 
-QUICK = Config(width=8, tokens=6, depth=6, sequences=8, networks=1, variants=("attention", "attention+skip", "pre_ln"),
-               temperatures=(1.0, 2.0), jacobian_depths=(1, 6), jacobian_sequences=2, bootstrap=100,
+QUICK = Config(width=8, tokens=6, depth=6, sequences=8, networks=1, variants=("attention", "attention+skip"),
+               temperatures=(2.0,), jacobian_depths=(1,), jacobian_sequences=2, bootstrap=100,
                trained_depth=2, trained_steps=20, context=8, max_vocab=128, batch_size=8)
 
 

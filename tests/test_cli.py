@@ -126,12 +126,17 @@ def test_options_are_checked_before_any_computing(tmp_path):
     assert not (tmp_path / "a").exists()
     result = _cli("activations", "--quick", "--out", "/proc/layer-geometry-out")  # os.access says yes to root
     assert result.returncode == 2 and "does not take new files" in result.stderr, result.stderr[-500:]
-    for setting, message in (("pullback.glyph_grid=-3", "is negative"), ("pullback.networks=()", "is empty"),
-                             ("activations.grid_points=0", "must be at least 1"), ("nothing=1", "valid keys: ")):
-        result = _cli("activations", "pullback", "rank_depth", "--quick", "--out", str(tmp_path / "b"),
-                      "--set", setting)
+    for setting, message in (("pullback.glyph_grid=-3", "is negative"), ("nothing=1", "valid keys: ")):
+        result = _cli("activations", "pullback", "--quick", "--out", str(tmp_path / "b"), "--set", setting)
         assert result.returncode == 2 and message in result.stderr, (setting, result.stderr[-500:])
     assert not (tmp_path / "b").exists()
+    from experiments import _overrides, activations, pullback
+
+    for config, key, raw, message in ((pullback.QUICK, "networks", "()", "is empty"),
+                                      (activations.QUICK, "grid_points", "0", "must be at least 1"),
+                                      (pullback.QUICK, "steps", "-5", "is negative")):
+        with pytest.raises(ValueError, match=message):
+            _overrides.apply(config, [(key, raw)], "x")
 
 
 def test_a_corrupt_manifest_is_refused_before_outputs_are_replaced(figures, tmp_path):

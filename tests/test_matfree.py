@@ -171,7 +171,7 @@ def test_log_volume_reports_its_whole_error(condition):
     ratios = []
     for seed in range(3):
         f, truth = _map_with_spectrum(sigma, seed)
-        for options in ({"steps": 8}, {"steps": 24}, {"steps": 24, "sigma_min_lower": 0.999 / condition}, {}):
+        for options in ({"steps": 8}, {"steps": 24, "sigma_min_lower": 0.999 / condition}, {}):
             volume = matfree.log_volume(f, points, seed=seed, **options)
             ratios.append(float(np.abs(volume["values"][0] - truth) / (volume["total_error"][0] + 1e-3)))
             assert np.all(volume["lower"] <= volume["upper"])
@@ -179,7 +179,7 @@ def test_log_volume_reports_its_whole_error(condition):
                 assert volume["rigorous"].all()  # a given lower bound on σ_min makes the bracket a proof
             elif options:
                 assert not volume["rigorous"].any()  # the estimated λ_min is said to be one
-    # the standard error is a 1-sigma Monte Carlo error (2x covers ~95% of draws; the four settings of one
+    # the standard error is a 1-sigma Monte Carlo error (2x covers ~95% of draws; the three settings of one
     # seed share its probes, so their misses come together): no point beyond 3.5x, most within 2x
     ratios = np.asarray(ratios)
     assert np.mean(ratios <= 2) >= 0.75 and ratios.max() <= 3.5, ratios
