@@ -188,8 +188,7 @@ def _trained(config: Config, variant: str, text, seed: int, context) -> dict:
     def measures():
         outputs = probe.outputs(model, windows, paths)
         layers = np.stack([np.asarray(outputs[p], np.float64) for p in paths], axis=1)  # (N, L, T, d)
-        return {"relative_residual": np.exp(np.mean(np.log(np.maximum(tokens.relative_residual(layers), 1e-300)),
-                                                     axis=0)).tolist(),
+        return {"relative_residual": _geometric_mean(tokens.relative_residual(layers)).tolist(),
                 "mean_cosine": np.median(tokens.mean_pairwise_cosine(layers), axis=0).tolist()}
 
     before = measures()
@@ -262,10 +261,8 @@ def _token_jacobians(config: Config, variant: str, causal: bool, seed: int) -> d
         diagonal = np.asarray(probe.token_jacobians(model, x, layer, wrt="tokens", pairs="diagonal"))  # (N, T, d, d)
         last_row = np.asarray(probe.token_jacobians(model, x, layer, wrt="tokens", pairs="last_row"))
         sigma = np.linalg.svd(diagonal, compute_uv=False)  # (N, T, d)
-        p = sigma / sigma.sum(axis=-1, keepdims=True)
-        effective = np.exp(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1))
         result[str(depth)] = {
-            "diagonal_effective_rank_median": float(np.median(effective)),
+            "diagonal_effective_rank_median": float(np.median(tokens.effective_rank(sigma))),
             "diagonal_condition_median": float(np.median(sigma[..., 0] / np.maximum(sigma[..., -1], 1e-300))),
             "diagonal_sigma_max_median": float(np.median(sigma[..., 0])),
             "last_row_norm_median": np.median(np.linalg.norm(last_row, axis=(-2, -1)), axis=0).tolist(),

@@ -41,7 +41,7 @@ from flax import nnx
 
 from geometry import collapse_studies, layers
 from geometry.collapse_studies import _pairs  # one definition for both conventions
-from geometry.shapes import AnyArray, Shaped, shape_checked
+from geometry.shapes import AnyArray, Shaped, real_numeric, shape_checked
 
 PINV_RTOL = 1e-10
 MAX_FEATURE = 1e75
@@ -54,7 +54,7 @@ MAX_SPARSE_CLASSES = 2**17  # labels beyond both this and the point count are no
 
 def _check(H, y, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     H, y = np.asarray(H), np.asarray(y)
-    if H.dtype == bool or not np.issubdtype(H.dtype, np.number) or np.issubdtype(H.dtype, np.complexfloating):
+    if not real_numeric(H.dtype):
         raise ValueError(f"features must be real numbers, got dtype {H.dtype} (a complex part would be dropped)")
     H = H.astype(np.float64)
     if H.ndim != 2 or H.shape[0] == 0 or H.shape[1] == 0:
@@ -170,7 +170,7 @@ def _real_finite(name: str, value) -> np.ndarray:
     """float64 copy of a real, finite array: a NaN head would make nc3 NaN and nc4 a number that
     means nothing, a complex one would silently lose its imaginary part."""
     array = np.asarray(value)
-    if np.issubdtype(array.dtype, np.complexfloating) or not np.issubdtype(array.dtype, np.number):
+    if not real_numeric(array.dtype):
         raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
     array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):

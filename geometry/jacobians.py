@@ -486,24 +486,13 @@ def _innermost_module(error: Exception) -> str:
     return f"layer {path!r} ({type(found).__name__})" if path else f"a layer of type {type(found).__name__}"
 
 
-def check_finite_result(result, what: str = "the Jacobian") -> None:
-    """ValueError naming the points where any leaf of `result` (leading point axis) is not finite."""
-    if _is_tracer(result):
-        return
-    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(result)]
-    leaves = [leaf for leaf in leaves if np.issubdtype(leaf.dtype, np.inexact)]
-    if not leaves:
-        return
-    bad_rows = np.zeros(leaves[0].shape[0], dtype=bool)
-    for leaf in leaves:
-        bad_rows |= ~np.all(np.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
-    if bad_rows.any():
-        bad = np.flatnonzero(bad_rows)
-        raise ValueError(
-            f"{what} is NaN or inf at {bad.size} of {bad_rows.size} finite points (first points: "
-            f"{bad[:5].tolist()}): the model produces non-finite values or derivatives there (log or sqrt at 0, "
-            "overflow, a division by zero). Spectra of such a field would read as rank collapse. "
-            "Pass check_finite=False to get the raw field.")
+def _nonfinite_error(bad_rows: np.ndarray, what: str, detail: str = "") -> ValueError:
+    bad = np.flatnonzero(bad_rows)
+    return ValueError(
+        f"{what} is NaN or inf at {bad.size} of {bad_rows.size} finite points (first points: {bad[:5].tolist()})"
+        f"{detail}: the model produces non-finite values or derivatives there (log or sqrt at 0 or below, "
+        "overflow, a division by zero). Spectra of such a field would read as rank collapse. "
+        "Pass check_finite=False to get the raw field.")
 
 
 @jax.jit
@@ -511,7 +500,16 @@ def _finite_rows(tree) -> jax.Array:
     """(N,) whether every entry of every inexact leaf (leading point axis) is finite."""
     rows = [jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in jax.tree_util.tree_leaves(tree)
             if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(rows), axis=0)
+    return jnp.all(jnp.stack(rows), axis=0) if rows else jnp.ones(jax.tree_util.tree_leaves(tree)[0].shape[0], bool)
+
+
+def check_finite_result(result, what: str = "the Jacobian") -> None:
+    """ValueError naming the points where any leaf of `result` (leading point axis) is not finite."""
+    if _is_tracer(result) or not jax.tree_util.tree_leaves(result):
+        return
+    bad_rows = ~np.asarray(_finite_rows(result))
+    if bad_rows.any():
+        raise _nonfinite_error(bad_rows, what)
 
 
 def raise_nonfinite(finite, what: str = "the Jacobian", field=None) -> None:
@@ -525,15 +523,10 @@ def raise_nonfinite(finite, what: str = "the Jacobian", field=None) -> None:
     bad_rows = ~finite.all(axis=1)
     if not bad_rows.any():
         return
-    bad = np.flatnonzero(bad_rows)
     output_bad = np.flatnonzero(~finite[:, 1])
     where = (f"the model's output is NaN or inf at {output_bad.size} of them (first: {output_bad[:5].tolist()})"
              if output_bad.size else "the output is finite there")
-    raise ValueError(
-        f"{what} is NaN or inf at {bad.size} of {bad_rows.size} finite points (first points: {bad[:5].tolist()}); "
-        f"{where}: the model produces non-finite values or derivatives there (log or sqrt at 0 or below, "
-        "overflow, a division by zero). Spectra of such a field would read as rank collapse. "
-        "Pass check_finite=False to get the raw field.")
+    raise _nonfinite_error(bad_rows, what, f"; {where}")
 
 
 def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None, devices=None,

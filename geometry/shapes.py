@@ -71,9 +71,15 @@ def as_float_array(name: str, value, *, finite: bool = False) -> jax.Array:
     return array
 
 
+def real_numeric(dtype) -> bool:
+    """Whether arrays of `dtype` hold real numbers: not bool, not complex (whose imaginary part a
+    conversion to float would drop), not strings or objects."""
+    return dtype != bool and np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+
+
 def _as_float_array(name: str, value) -> jax.Array:
     array = value if isinstance(value, jax.Array) else np.asarray(value)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+    if not real_numeric(array.dtype):
         raise ValueError(f"{name} must be a real numeric array, got dtype {array.dtype}")
     if not np.issubdtype(array.dtype, np.floating):
         return jax.numpy.asarray(array, dtype=jax.dtypes.canonicalize_dtype(np.float64))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geometry.shapes import AnyArray, Shaped, shape_checked
+from geometry.shapes import AnyArray, Shaped, real_numeric, shape_checked
 
 KERNELS = ("linear", "rbf")
 SIGMA_CONVENTIONS = ("kornblith", "off_diagonal")
@@ -44,7 +44,7 @@ SIGMA_CONVENTIONS = ("kornblith", "off_diagonal")
 def _features(name: str, X) -> np.ndarray:
     """X as a centred float64 (n, features) array of unit Frobenius norm."""
     X = np.asarray(X)
-    if X.dtype == bool or not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+    if not real_numeric(X.dtype):
         raise ValueError(f"{name} must be a real numeric array, got dtype {X.dtype} (a complex part would be "
                          "dropped: two arrays differing only there would look identical)")
     X = X.astype(np.float64).reshape(len(X), -1) if X.ndim > 2 else X.astype(np.float64)

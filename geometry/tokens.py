@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from geometry.shapes import real_numeric
+
 NORMS = ("composite", "frobenius")
 CENTERS = ("mean", "median", "best")
 
 
 def _tokens(X) -> np.ndarray:
     X = np.asarray(X)
-    if X.dtype == bool or not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+    if not real_numeric(X.dtype):
         raise ValueError(f"the token matrix must be real numbers, got dtype {X.dtype}")
     if X.ndim < 2 or X.shape[-2] < 1 or X.shape[-1] < 1:
         raise ValueError(f"the token matrix must have shape (..., T, d) with T, d >= 1, got {X.shape}")
@@ -103,12 +105,17 @@ def token_ranks(X, rtol: float | None = None) -> dict[str, np.ndarray]:
         top = sigma[..., :1]
         tolerance = (max(M.shape[-2:]) * np.finfo(np.float64).eps if rtol is None else rtol) * top
         rank = np.sum(sigma > tolerance, axis=-1)
-        total = np.sum(sigma, axis=-1, keepdims=True)
-        p = np.divide(sigma, total, out=np.zeros_like(sigma), where=total > 0)
-        entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
-        effective = np.where(total[..., 0] > 0, np.exp(entropy), 0.0)
-        result[f"{prefix}rank"], result[f"{prefix}effective_rank"] = rank, effective
+        result[f"{prefix}rank"], result[f"{prefix}effective_rank"] = rank, effective_rank(sigma)
     return result
+
+
+def effective_rank(sigma) -> np.ndarray:
+    """Roy–Vetterli effective rank exp(H(σ/‖σ‖₁)) of singular values σ (..., r), float64; 0 for σ = 0."""
+    sigma = np.asarray(sigma, np.float64)
+    total = np.sum(sigma, axis=-1, keepdims=True)
+    p = np.divide(sigma, total, out=np.zeros_like(sigma), where=total > 0)
+    entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return np.where(total[..., 0] > 0, np.exp(entropy), 0.0)
 
 
 def attention_entropy_ratio(weights, causal: bool) -> np.ndarray:
