@@ -1,0 +1,460 @@
+"""Exact linear regions of a piecewise-linear model on a 2-D slice of its input space.
+
+    result = regions.partition(model, window=(-3, 3))              # 2-D inputs: the input plane
+    result = regions.partition(model, ((-4, -4), (4, 4)), plane=plane.data_plane(x_train))
+    len(result), result.polygons[0], result.patterns[0], result.maps[0]   # count, cell, pattern, (A | b)
+    result.verify()                                                  # forward pass vs the affine maps
+
+**What is computed.** The slice is x(c) = origin + c₁u₁ + c₂u₂ (`geometry.plane`), c in the
+window box. The model's switches (`geometry.piecewise`: relu, leaky relu, abs, min/max, clip,
+max pooling, ...) are found in its jaxpr, so any Flax NNX module, bound method, function or
+f(params, x) built from affine layers and those switches works unchanged (MLPs, CNNs, residual
+blocks, concatenation, nnx.scan stacks). Level by level (layer l's units after layer l − 1's
+are fixed), every cell is cut along the exact lines where a switch changes its choice: the
+candidates' affine forms in a cell come from `jax.jacfwd` of the model with that cell's earlier
+choices forced, so they are exact in the cell, not sampled. A cell (a *linear region*) is a
+maximal convex polygon on which every switch makes one choice — the activation pattern — so the
+model is one affine map y = A c + b on it, A = J_x U being the Jacobian restricted to the
+plane: ½ log det(AᵀA), σ_min and the rank of A are exact per region.
+
+**Conventions.** Regions are activation regions (Hanin & Rolnick's): two neighbouring cells with
+different patterns count as two even where the model happens to be the same affine map on both.
+A pattern entry is the index of the winning candidate in the operation's operand order (for
+relu's max(z, 0): 0 = active, z ≥ 0; for leaky relu's z ≥ 0 test: 0 = active). Polygons are in
+plane coordinates, float64, counter-clockwise. The forms are computed in the model's dtype
+(float32 unless `dtype="float64"`); cells thinner than `tolerance` × the window's size are not
+cut off (a line within that of a vertex passes through it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geometry import jacobians, piecewise, polygons
+from geometry import plane as plane_module
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Partition:
+    """The exact partition of a window of a 2-D slice into linear regions (`len()`: their count).
+
+    vertices (R, V, 2) padded, counts (R,): region r is vertices[r, :counts[r]] (`polygons`).
+    patterns (R, G): each switch's choice; `switches` says which operation each column belongs to.
+    maps (R, m, 3): the output (flattened, m values) on region r is maps[r, :, :2] @ c + maps[r, :, 2].
+    """
+
+    vertices: np.ndarray
+    counts: np.ndarray
+    patterns: np.ndarray
+    maps: np.ndarray
+    switches: tuple
+    window: tuple
+    plane: plane_module.Plane
+    output_shape: tuple
+    _model: Any = dataclasses.field(repr=False, default=None)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    @property
+    def polygons(self) -> list[np.ndarray]:
+        return [v[:n] for v, n in zip(self.vertices, self.counts)]
+
+    @property
+    def areas(self) -> np.ndarray:
+        return polygons.areas(self.vertices, self.counts)
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return polygons.centroids(self.vertices, self.counts)
+
+    @property
+    def jacobians(self) -> np.ndarray:
+        """(R, m, 2): A, the Jacobian of the output along the plane, per region."""
+        return self.maps[..., :2]
+
+    @property
+    def singular_values(self) -> np.ndarray:
+        """(R, min(m, 2)) singular values of A, largest first."""
+        return np.linalg.svd(self.jacobians, compute_uv=False)
+
+    @property
+    def half_log_det(self) -> np.ndarray:
+        """(R,) ½ log det(AᵀA) = Σ log σᵢ, the log area scale of the plane's image; −inf where the
+        numerical rank (`ranks`) is below 2, the plane being folded flat there."""
+        if self.maps.shape[1] < 2:
+            return np.full(len(self), -np.inf)
+        with np.errstate(divide="ignore"):
+            return np.where(self.ranks == 2, np.log(self.singular_values).sum(axis=1), -np.inf)
+
+    @property
+    def sigma_min(self) -> np.ndarray:
+        return self.singular_values[:, -1]
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """(R,) numerical rank of A: σ > max(m, 2) · eps · σ_max, eps the forms' dtype (float32 unless float64)."""
+        sigma = self.singular_values
+        eps = np.finfo(np.float64 if self._model and self._model.float64 else np.float32).eps
+        return (sigma > max(self.maps.shape[1], 2) * eps * sigma[:, :1]).sum(axis=1)
+
+    def region_of(self, points) -> np.ndarray:
+        """(P,) index of the region holding each plane point (P, 2); −1 outside the window.
+
+        Found by the model's own activation pattern at each point (one forward pass per point),
+        matched to the regions' patterns; a point on a boundary may go to either side."""
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        (x0, y0), (x1, y1) = self.window
+        inside = (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
+        found = np.full(len(points), -1)
+        if not inside.any():
+            return found
+        patterns = self._model.patterns(points[inside]).astype(self.patterns.dtype)
+        keys = np.ascontiguousarray(self.patterns).view(np.dtype((np.void, self.patterns.shape[1] * self.patterns.itemsize)))[:, 0]
+        order = np.argsort(keys)
+        wanted = np.ascontiguousarray(patterns).view(keys.dtype)[:, 0]
+        position = np.clip(np.searchsorted(keys[order], wanted), 0, len(keys) - 1)
+        match = np.where(keys[order][position] == wanted, order[position], -1)
+        # a pattern the partition does not hold (a point within rounding of a boundary): by geometry
+        missing = np.flatnonzero(match < 0)
+        if len(missing):
+            held = polygons.contains(self.vertices, self.counts, points[inside][missing], tolerance=1e-9)
+            match[missing] = np.where(held.any(axis=1), np.argmax(held, axis=1), -1)
+        found[inside] = match
+        return found
+
+    def density(self, window=None) -> float:
+        """Regions per unit area of the plane meeting `window` ((c_min, c_max); default the partition's)."""
+        c_min, c_max = _box(window) if window is not None else self.window
+        vertices, counts = self.vertices, self.counts
+        tolerance = np.zeros(len(self))
+        for a, b in (((1, 0), -c_min[0]), ((-1, 0), c_max[0]), ((0, 1), -c_min[1]), ((0, -1), c_max[1])):
+            form = np.broadcast_to(np.array([*a, b], np.float64), (len(self), 3))
+            vertices, counts = polygons.clip(vertices, counts, form, tolerance)
+        area = (c_max[0] - c_min[0]) * (c_max[1] - c_min[1])
+        return float((polygons.areas(vertices, counts) > 1e-12 * area).sum() / area)
+
+    def crossings(self, start, end) -> int:
+        """Number of regions the segment start → end (plane coordinates) passes through."""
+        return int(self._segment_pieces(start, end).sum())
+
+    def _segment_pieces(self, start, end) -> np.ndarray:
+        start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+        edge_start = self.vertices
+        edge = polygons._following(self.vertices, self.counts) - edge_start  # (R, V, 2)
+        # inside a counter-clockwise cell: cross(edge, p − v) ≥ 0 for every edge; along p(t) that is
+        # cross(edge, start − v) + t cross(edge, end − start) ≥ 0
+        offset = edge[..., 0] * (start[1] - edge_start[..., 1]) - edge[..., 1] * (start[0] - edge_start[..., 0])
+        slope = edge[..., 0] * (end - start)[1] - edge[..., 1] * (end - start)[0]
+        mask = polygons.valid(self.counts, self.vertices.shape[1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound = -offset / slope
+        low = np.where(mask & (slope > 0), bound, -np.inf).max(axis=1, initial=0.0)
+        high = np.where(mask & (slope < 0), bound, np.inf).min(axis=1, initial=1.0)
+        parallel_outside = (mask & (slope == 0) & (offset < 0)).any(axis=1)
+        return (high - low > 1e-12) & ~parallel_outside
+
+    def distance_to_boundary(self, points) -> np.ndarray:
+        """(P,) plane distance from each point to the nearest region boundary inside the window
+        (edges on the window's border are not boundaries; inf for a region with none, nan outside).
+        With an orthonormal plane this is the input-space distance within the slice."""
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        region = self.region_of(points)
+        following = polygons._following(self.vertices, self.counts)
+        (x0, y0), (x1, y1) = self.window
+        scale = 1e-9 * max(x1 - x0, y1 - y0)
+        on_border = np.zeros(self.vertices.shape[:2], bool)
+        for axis, value in ((0, x0), (0, x1), (1, y0), (1, y1)):
+            on_border |= (np.abs(self.vertices[..., axis] - value) < scale) & (np.abs(following[..., axis] - value) < scale)
+        result = np.full(len(points), np.nan)
+        for r in np.unique(region[region >= 0]):
+            edges = polygons.valid(self.counts[r:r + 1], self.vertices.shape[1])[0] & ~on_border[r]
+            at = region == r
+            if not edges.any():
+                result[at] = np.inf
+                continue
+            result[at] = polygons.segment_distances(points[at], self.vertices[r][edges], following[r][edges]).min(axis=1)
+        return result
+
+    def decision_boundary(self) -> tuple[np.ndarray, np.ndarray]:
+        """(segments (S, 2, 2), classes (S, 2)): the exact decision boundary in plane coordinates.
+        One output: where it is 0 (classes 0 | 1 for negative | positive); m outputs: where the two
+        largest are equal (argmax changes from classes[s, 0] to classes[s, 1])."""
+        maps, m = self.maps, self.maps.shape[1]
+        pairs = [(0, 1)] if m == 1 else [(i, j) for i in range(m) for j in range(i + 1, m)]
+        segments, classes = [], []
+        for i, j in pairs:
+            form = maps[:, 0] if m == 1 else maps[:, i] - maps[:, j]
+            ends, hits = polygons.chord(self.vertices, self.counts, form)
+            low, high = np.zeros(len(self)), np.ones(len(self))
+            for other in ([] if m == 1 else [k for k in range(m) if k not in (i, j)]):
+                margin = maps[:, i] - maps[:, other]  # f_i − f_k along the chord, affine in t
+                at_start = np.einsum("ri,ri->r", ends[:, 0], margin[:, :2]) + margin[:, 2]
+                at_end = np.einsum("ri,ri->r", ends[:, 1], margin[:, :2]) + margin[:, 2]
+                slope = at_end - at_start
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    root = -at_start / slope
+                low = np.where(slope > 0, np.maximum(low, root), low)
+                high = np.where(slope < 0, np.minimum(high, root), high)
+                high = np.where((slope == 0) & (at_start < 0), -1.0, high)
+            keep = hits & (high - low > 1e-12)
+            piece = ends[:, :1] + np.stack([low, high], axis=1)[..., None] * (ends[:, 1:] - ends[:, :1])
+            segments.append(piece[keep])
+            classes.append(np.tile([i, j], (int(keep.sum()), 1)))
+        return np.concatenate(segments), np.concatenate(classes)
+
+    def verify(self, samples: int = 4, seed: int = 0) -> float:
+        """Check the model's own forward pass against each region's affine map at `samples` random
+        points inside every region; returns the largest |difference| relative to the output's scale,
+        ValueError naming the region when it exceeds the forms' precision (1e-4 float32, 1e-9 float64)."""
+        rng = np.random.default_rng(seed)
+        weights = rng.dirichlet(np.ones(self.vertices.shape[1]), size=(len(self), samples))  # (R, S, V)
+        weights *= polygons.valid(self.counts, self.vertices.shape[1])[:, None, :]
+        weights /= weights.sum(axis=2, keepdims=True)
+        points = np.einsum("rsv,rvi->rsi", weights, self.vertices)  # (R, S, 2)
+        predicted = np.einsum("rsi,rmi->rsm", points, self.maps[..., :2]) + self.maps[:, None, :, 2]
+        actual = self._model.outputs(points.reshape(-1, 2)).reshape(predicted.shape)
+        scale = max(1.0, float(np.abs(actual).max(initial=0.0)))
+        error = np.abs(actual - predicted).max(axis=(1, 2)) / scale
+        limit = 1e-9 if self._model.float64 else 1e-4
+        worst = int(np.argmax(error)) if len(error) else 0
+        if len(error) and error[worst] > limit:
+            raise ValueError(f"region {worst} (pattern {self.patterns[worst].tolist()[:16]}...): the model's "
+                             f"forward pass differs from the region's affine map by {error[worst]:.2e} of the "
+                             f"output scale (limit {limit:g}); the partition is wrong there")
+        return float(error.max(initial=0.0))
+
+
+def _box(window) -> tuple[tuple[float, float], tuple[float, float]]:
+    low, high = window
+    low = (float(low), float(low)) if np.ndim(low) == 0 else tuple(float(v) for v in low)
+    high = (float(high), float(high)) if np.ndim(high) == 0 else tuple(float(v) for v in high)
+    if len(low) != 2 or len(high) != 2 or not all(np.isfinite(low + high)) or not (high[0] > low[0] and high[1] > low[1]):
+        raise ValueError(f"window must be (c_min, c_max) with finite c_max > c_min in both plane coordinates "
+                         f"(scalars for a square), got {window!r}")
+    return low, high
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _SlicedModel:
+    """The model on the slice, as jitted functions of plane coordinates (compiled once per model
+    structure: `pure` is a structural key, parameters and the plane are arguments)."""
+
+    pure: Any
+    state: Any
+    origin: jax.Array
+    basis: jax.Array
+    input_shape: tuple
+    float64: bool
+
+    def _context(self):
+        return jax.enable_x64(True) if self.float64 else _nothing()
+
+    def forms(self, choices: np.ndarray, level: int, candidates: tuple[int, int] = (0, 0)):
+        """(outputs (R, m, 3), candidates[0]:candidates[1] of the switches' candidates (R, K, 3)): affine
+        forms with the switches below `level` forced."""
+        rows = len(choices)
+        bucket = max(8, 1 << (rows - 1).bit_length())  # few shapes, few compilations
+        padded = np.concatenate([choices, np.repeat(choices[:1], bucket - rows, axis=0)])
+        with self._context():
+            out = _forms(self.pure, self.input_shape, tuple(int(i) for i in candidates), self.state, self.origin,
+                         self.basis, jnp.asarray(padded, jnp.int32), jnp.int32(level))
+        (value_out, value_cand), (grad_out, grad_cand) = jax.tree_util.tree_map(
+            lambda a: np.asarray(a, np.float64)[:rows], out)
+        return (np.concatenate([grad_out, value_out[..., None]], axis=-1),
+                np.concatenate([grad_cand, value_cand[..., None]], axis=-1))
+
+    def patterns(self, coordinates: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """(P, G) every switch's choice at plane coordinates (P, 2), nothing forced."""
+        with self._context():
+            parts = [np.asarray(_patterns(self.pure, self.input_shape, self.state, self.origin, self.basis,
+                                          jnp.asarray(coordinates[i:i + chunk], self.origin.dtype)))
+                     for i in range(0, len(coordinates), chunk)]
+        return np.concatenate(parts)
+
+    def outputs(self, coordinates: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """(P, m) the model's ordinary forward pass at plane coordinates (P, 2)."""
+        with self._context():
+            parts = [np.asarray(_outputs(self.pure, self.input_shape, self.state, self.origin, self.basis,
+                                         jnp.asarray(coordinates[i:i + chunk], self.origin.dtype)), np.float64)
+                     for i in range(0, len(coordinates), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _at(pure, input_shape, state, origin, basis, c):
+    return (origin + c @ basis).reshape(input_shape)
+
+
+@functools.partial(jax.jit, static_argnames=("pure", "input_shape", "span"))
+def _forms(pure, input_shape, span, state, origin, basis, choices, level):
+    def on_plane(c, choice):
+        outs, candidates, _ = piecewise.run(pure, state, _at(pure, input_shape, state, origin, basis, c), choice, level)
+        value = (jnp.concatenate([o.reshape(-1) for o in outs]), candidates[span[0]:span[1]])
+        return value, value
+
+    def one(choice):
+        zero = jnp.zeros(2, origin.dtype)
+        gradient, value = jax.jacfwd(on_plane, has_aux=True)(zero, choice)
+        return value, gradient
+
+    return jax.vmap(one)(choices)
+
+
+@functools.partial(jax.jit, static_argnames=("pure", "input_shape"))
+def _patterns(pure, input_shape, state, origin, basis, coordinates):
+    def one(c):
+        found = piecewise.run(pure, state, _at(pure, input_shape, state, origin, basis, c),
+                              jnp.zeros(0, jnp.int32), jnp.int32(0), with_choices=True)
+        return found[3]
+    return jax.vmap(one)(coordinates)
+
+
+@functools.partial(jax.jit, static_argnames=("pure", "input_shape"))
+def _outputs(pure, input_shape, state, origin, basis, coordinates):
+    def one(c):
+        out = pure(state, _at(pure, input_shape, state, origin, basis, c))
+        return jnp.concatenate([o.reshape(-1) for o in jax.tree_util.tree_leaves(out)])
+    return jax.vmap(one)(coordinates)
+
+
+def _discover(model: _SlicedModel):
+    """The model's switches (static), found by tracing it once."""
+    found = {}
+
+    def trace(state, origin, basis):
+        x = _at(model.pure, model.input_shape, state, origin, basis, jnp.zeros(2, origin.dtype))
+        outs, candidates, found["switches"] = piecewise.run(model.pure, state, x)
+        return outs
+
+    with model._context():
+        shapes = jax.eval_shape(trace, model.state, model.origin, model.basis)
+    return tuple(found["switches"]), shapes
+
+
+def partition(model, window, plane=None, *, params=None, model_kwargs=None, input_shape=None,
+              dtype=None, tolerance: float = 1e-9, max_regions: int = 200_000) -> Partition:
+    """The exact linear regions of `model` on the window (c_min, c_max) of a 2-D slice.
+
+    model: an nnx.Module, a bound method, a function of x or f(params, x) with `params=`; its
+    output (any shape, flattened) is what the regions' affine maps give. plane: a
+    `geometry.plane.Plane` (None: the input plane of a model of 2-D inputs). input_shape: the
+    shape of one input when it is not the plane's flat (d,) (an image model's (8, 8, 1)).
+    dtype: "float64" computes the forms in float64 (parameters cast). tolerance: relative size
+    below which a cut is not made. max_regions: a ValueError beyond, rather than running out
+    of memory.
+    """
+    c_min, c_max = _box(window)
+    pure, state = jacobians.as_pure_function(model, params, model_kwargs=model_kwargs)
+    plane = plane_module.input_plane() if plane is None else plane
+    if not isinstance(plane, plane_module.Plane):
+        raise ValueError(f"plane must be a geometry.plane.Plane (e.g. plane.data_plane(x)), got {type(plane).__name__}")
+    float64 = dtype is not None and np.dtype(dtype) == np.float64
+    if dtype is not None and np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    real = np.float64 if float64 else np.float32
+    input_shape = tuple(input_shape) if input_shape is not None else tuple(np.shape(plane.origin))
+    if math.prod(input_shape) != np.shape(plane.origin)[0]:
+        raise ValueError(f"input_shape {input_shape} has {math.prod(input_shape)} entries but the plane lives in "
+                         f"{np.shape(plane.origin)[0]} dimensions")
+    with jax.enable_x64(True) if float64 else _nothing():
+        cast = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, real) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, state)
+        sliced = _SlicedModel(pure, cast, jnp.asarray(plane.origin, real), jnp.asarray(plane.basis, real),
+                              input_shape, float64)
+    switches, output_shapes = _discover(sliced)
+    vertices, counts, patterns = _cut(sliced, switches, c_min, c_max, tolerance, max_regions)
+    maps, _ = sliced.forms(patterns, max((s.level for s in switches), default=-1) + 1)
+    leaves = jax.tree_util.tree_leaves(output_shapes)
+    output_shape = tuple(leaves[0].shape) if len(leaves) == 1 else (sum(math.prod(a.shape) for a in leaves),)
+    return Partition(vertices, counts, patterns, maps, switches, (c_min, c_max), plane, output_shape, sliced)
+
+
+def _cut(model, switches, c_min, c_max, tolerance, max_regions):
+    """Level by level, cut every cell along its switches' exact lines; (vertices, counts, patterns)."""
+    most = max((s.candidates for s in switches), default=2)
+    cells = _Cells(polygons.box(c_min, c_max), sum(s.groups for s in switches),
+                   np.int8 if most <= 127 else np.int32)
+    diameter = math.hypot(c_max[0] - c_min[0], c_max[1] - c_min[1])
+    min_area = 1e-12 * (c_max[0] - c_min[0]) * (c_max[1] - c_min[1])
+    candidate_offsets = np.cumsum([0] + [s.groups * s.candidates for s in switches])
+    for level in range(max((s.level for s in switches), default=-1) + 1):
+        at_level = [(s, candidate_offsets[i]) for i, s in enumerate(switches) if s.level == level]
+        if not at_level:
+            continue
+        span = (candidate_offsets[switches.index(at_level[0][0])], max(candidate_offsets[switches.index(s) + 1] for s, _ in at_level))
+        _, candidates = model.forms(cells.patterns[:cells.size], level, span)  # (R, K, 3), exact in every current cell
+        cells.row[:cells.size] = np.arange(cells.size)  # each cell's row in `candidates`: cells split, forms do not
+        for switch, start in at_level:
+            k = switch.candidates
+            for group in range(switch.groups):
+                n = cells.size
+                first = start - span[0] + group * k
+                forms = candidates[cells.row[:n], first:first + k]  # (R, k, 3)
+                scale = np.abs(forms[..., :2]).max(axis=(1, 2)) * diameter + np.abs(forms[..., 2]).max(axis=1)
+                winner, (parent, choice, vertices, counts) = polygons.split_by_argmax(
+                    cells.vertices[:n], cells.counts[:n], forms, tolerance * scale, np.full(n, min_area))
+                column = switch.offset + group
+                decided = winner >= 0
+                cells.patterns[:n][decided, column] = winner[decided]
+                cells.split(parent, choice, vertices, counts, column)
+                if cells.size > max_regions:
+                    raise ValueError(f"more than max_regions={max_regions} linear regions (at level {level}, "
+                                     f"{switch.primitive} at {switch.where}); shrink the window or raise max_regions")
+    return cells.vertices[:cells.size], cells.counts[:cells.size], cells.patterns[:cells.size]
+
+
+class _Cells:
+    """The cells being cut, in arrays that grow by doubling: a cut rewrites its parent's row with
+    the first piece and appends the others, so no step copies the cells it does not touch."""
+
+    def __init__(self, corners: np.ndarray, switches: int, pattern_dtype):
+        self.size = 1
+        self.vertices = corners[None].copy()
+        self.counts = np.array([len(corners)])
+        self.patterns = np.zeros((1, switches), pattern_dtype)
+        self.row = np.zeros(1, int)
+
+    def _reserve(self, size: int, width: int):
+        capacity = len(self.counts)
+        if width > self.vertices.shape[1]:
+            self.vertices = np.pad(self.vertices, ((0, 0), (0, width - self.vertices.shape[1]), (0, 0)))
+        if size > capacity:
+            grow = max(size, 2 * capacity) - capacity
+            self.vertices = np.pad(self.vertices, ((0, grow), (0, 0), (0, 0)))
+            self.counts = np.pad(self.counts, (0, grow))
+            self.patterns = np.pad(self.patterns, ((0, grow), (0, 0)))
+            self.row = np.pad(self.row, (0, grow))
+
+    def split(self, parent, choice, vertices, counts, column):
+        if not len(parent):
+            return
+        first = np.r_[True, parent[1:] != parent[:-1]]
+        self._reserve(self.size + int((~first).sum()), vertices.shape[1])
+        width = vertices.shape[1]
+        self.vertices[parent[first]] = 0.0
+        self.vertices[parent[first], :width] = vertices[first]
+        self.counts[parent[first]] = counts[first]
+        self.patterns[parent[first], column] = choice[first]
+        new = np.arange(self.size, self.size + int((~first).sum()))
+        self.vertices[new] = 0.0
+        self.vertices[new, :width] = vertices[~first]
+        self.counts[new] = counts[~first]
+        self.patterns[new] = self.patterns[parent[~first]]
+        self.patterns[new, column] = choice[~first]
+        self.row[new] = self.row[parent[~first]]
+        self.size += len(new)
