@@ -32,4 +32,5 @@ EXPERIMENTS = {
     "linguistic_collapse": "experiments.linguistic_collapse",
     "digits": "experiments.digits",
     "attention_collapse": "experiments.attention_collapse",
+    "linear_regions": "experiments.linear_regions",
 }

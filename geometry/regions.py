@@ -132,14 +132,27 @@ class Partition:
 
     def density(self, window=None) -> float:
         """Regions per unit area of the plane meeting `window` ((c_min, c_max); default the partition's)."""
-        c_min, c_max = _box(window) if window is not None else self.window
-        vertices, counts = self.vertices, self.counts
-        tolerance = np.zeros(len(self))
-        for a, b in (((1, 0), -c_min[0]), ((-1, 0), c_max[0]), ((0, 1), -c_min[1]), ((0, -1), c_max[1])):
-            form = np.broadcast_to(np.array([*a, b], np.float64), (len(self), 3))
-            vertices, counts = polygons.clip(vertices, counts, form, tolerance)
-        area = (c_max[0] - c_min[0]) * (c_max[1] - c_min[1])
-        return float((polygons.areas(vertices, counts) > 1e-12 * area).sum() / area)
+        box = _box(window) if window is not None else self.window
+        area = (box[1][0] - box[0][0]) * (box[1][1] - box[0][1])
+        return _count_in_box(self.vertices, self.counts, box) / area
+
+    def regions_near(self, points, radius: float) -> np.ndarray:
+        """(P,) number of regions meeting the square of half-side `radius` around each plane point
+        (P, 2), clipped to the window: the local complexity of Humayun, Balestriero & Baraniuk
+        (arXiv 2402.15555) on the slice, with a square neighbourhood."""
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        (x0, y0), (x1, y1) = self.window
+        mask = polygons.valid(self.counts, self.vertices.shape[1])[..., None]
+        low = np.where(mask, self.vertices, np.inf).min(axis=1)  # (R, 2) bounding boxes
+        high = np.where(mask, self.vertices, -np.inf).max(axis=1)
+        counts = np.zeros(len(points), int)
+        for i, (px, py) in enumerate(points):
+            box = ((max(px - radius, x0), max(py - radius, y0)), (min(px + radius, x1), min(py + radius, y1)))
+            if box[1][0] <= box[0][0] or box[1][1] <= box[0][1]:
+                continue
+            near = np.flatnonzero(np.all((high > np.array(box[0])) & (low < np.array(box[1])), axis=1))
+            counts[i] = _count_in_box(self.vertices[near], self.counts[near], box)
+        return counts
 
     def crossings(self, start, end) -> int:
         """Number of regions the segment start → end (plane coordinates) passes through."""
@@ -230,6 +243,16 @@ class Partition:
                              f"forward pass differs from the region's affine map by {error[worst]:.2e} of the "
                              f"output scale (limit {limit:g}); the partition is wrong there")
         return float(error.max(initial=0.0))
+
+
+def _count_in_box(vertices, counts, box) -> int:
+    """How many of the polygons meet the box ((x0, y0), (x1, y1)) with positive area."""
+    (x0, y0), (x1, y1) = box
+    tolerance = np.zeros(len(counts))
+    for form in ((1, 0, -x0), (-1, 0, x1), (0, 1, -y0), (0, -1, y1)):
+        vertices, counts = polygons.clip(vertices, counts, np.broadcast_to(np.array(form, np.float64), (len(counts), 3)),
+                                         tolerance)
+    return int((polygons.areas(vertices, counts) > 1e-12 * (x1 - x0) * (y1 - y0)).sum())
 
 
 def _box(window) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -401,21 +424,55 @@ def _cut(model, switches, c_min, c_max, tolerance, max_regions):
         cells.row[:cells.size] = np.arange(cells.size)  # each cell's row in `candidates`: cells split, forms do not
         for switch, start in at_level:
             k = switch.candidates
+            first = start - span[0]
+            forms = candidates[:, first:first + switch.groups * k].reshape(len(candidates), switch.groups, k, 3)
+            scales = np.abs(forms[..., :2]).max(axis=(2, 3)) * diameter + np.abs(forms[..., 2]).max(axis=2)
+            tolerances = tolerance * scales  # (R₀, groups): a cut nearer a vertex than this goes through it
+            # two candidates: one line f₀ − f₁ = 0 per group. A line that misses a cell misses all its
+            # pieces, so each line is tested against the level's starting cells once, all lines at a time,
+            # and later only against the pieces of the cells it crossed
+            lines = forms[:, :, 0] - forms[:, :, 1] if k == 2 else None
+            if k == 2:
+                start_winner = _sides(cells.vertices[:cells.size], cells.counts[:cells.size], lines[cells.row[:cells.size]],
+                                      tolerances[cells.row[:cells.size]])
+                cells.mark[:cells.size] = np.arange(cells.size)  # each cell's row in start_winner
             for group in range(switch.groups):
                 n = cells.size
-                first = start - span[0] + group * k
-                forms = candidates[cells.row[:n], first:first + k]  # (R, k, 3)
-                scale = np.abs(forms[..., :2]).max(axis=(1, 2)) * diameter + np.abs(forms[..., 2]).max(axis=1)
-                winner, (parent, choice, vertices, counts) = polygons.split_by_argmax(
-                    cells.vertices[:n], cells.counts[:n], forms, tolerance * scale, np.full(n, min_area))
+                rows = cells.row[:n]
+                if lines is not None:
+                    winner = start_winner[cells.mark[:n], group]
+                    crossed = np.flatnonzero(winner < 0)
+                    line = lines[rows[crossed], group]  # (C, 3)
+                    vertices = cells.vertices[crossed]  # unused slots repeat vertex 0: min/max need no mask
+                    values = vertices[..., 0] * line[:, :1] + vertices[..., 1] * line[:, 1:2] + line[:, 2:]
+                    tol = tolerances[rows[crossed], group]
+                    winner[crossed] = np.where(values.min(axis=1) >= -tol, 0, np.where(values.max(axis=1) <= tol, 1, -1))
+                    cut = crossed[winner[crossed] < 0]
+                else:
+                    winner, cut = np.full(n, -1), np.arange(n)
+                sub_winner, (parent, choice, pieces, piece_counts) = polygons.split_by_argmax(
+                    cells.vertices[cut], cells.counts[cut], forms[rows[cut], group], tolerances[rows[cut], group],
+                    np.full(len(cut), min_area))
+                winner[cut] = sub_winner
                 column = switch.offset + group
                 decided = winner >= 0
                 cells.patterns[:n][decided, column] = winner[decided]
-                cells.split(parent, choice, vertices, counts, column)
+                cells.split(cut[parent], choice, pieces, piece_counts, column)
                 if cells.size > max_regions:
                     raise ValueError(f"more than max_regions={max_regions} linear regions (at level {level}, "
                                      f"{switch.primitive} at {switch.where}); shrink the window or raise max_regions")
     return cells.vertices[:cells.size], cells.counts[:cells.size], cells.patterns[:cells.size]
+
+
+def _sides(vertices: np.ndarray, counts: np.ndarray, lines: np.ndarray, tolerances: np.ndarray) -> np.ndarray:
+    """(R, G): 0 where line g (R, G, 3) is positive on all of cell r, 1 where negative, −1 where it may
+    cut it: a cheap test against the disc around each cell (centre, farthest vertex), one value per
+    (cell, line); the cells it leaves at −1 get the exact vertex test."""
+    centres = polygons.centroids(vertices, counts)  # (R, 2)
+    radii = np.linalg.norm(vertices - centres[:, None], axis=2).max(axis=1)  # unused slots repeat vertex 0
+    values = lines[..., 0] * centres[:, :1] + lines[..., 1] * centres[:, 1:] + lines[..., 2]
+    margin = np.hypot(lines[..., 0], lines[..., 1]) * radii[:, None] + tolerances
+    return np.where(values > margin, 0, np.where(values < -margin, 1, -1)).astype(np.int8)
 
 
 class _Cells:
@@ -427,34 +484,41 @@ class _Cells:
         self.vertices = corners[None].copy()
         self.counts = np.array([len(corners)])
         self.patterns = np.zeros((1, switches), pattern_dtype)
-        self.row = np.zeros(1, int)
+        self.row = np.zeros(1, int)  # a cell's ancestor when its level began (rows of the level's forms)
+        self.mark = np.zeros(1, int)  # a cell's ancestor when the current switch began
 
     def _reserve(self, size: int, width: int):
         capacity = len(self.counts)
         if width > self.vertices.shape[1]:
-            self.vertices = np.pad(self.vertices, ((0, 0), (0, width - self.vertices.shape[1]), (0, 0)))
+            extra = np.repeat(self.vertices[:, :1], width - self.vertices.shape[1], axis=1)
+            self.vertices = np.concatenate([self.vertices, extra], axis=1)
         if size > capacity:
             grow = max(size, 2 * capacity) - capacity
             self.vertices = np.pad(self.vertices, ((0, grow), (0, 0), (0, 0)))
             self.counts = np.pad(self.counts, (0, grow))
             self.patterns = np.pad(self.patterns, ((0, grow), (0, 0)))
             self.row = np.pad(self.row, (0, grow))
+            self.mark = np.pad(self.mark, (0, grow))
+
+    def _write(self, at, vertices, counts):
+        """Cells `at` become the polygons given, their unused slots repeating vertex 0."""
+        width = self.vertices.shape[1]
+        padded = np.concatenate([vertices, np.repeat(vertices[:, :1], width - vertices.shape[1], axis=1)], axis=1)
+        used = polygons.valid(counts, width)[..., None]
+        self.vertices[at] = np.where(used, padded, padded[:, :1])
+        self.counts[at] = counts
 
     def split(self, parent, choice, vertices, counts, column):
         if not len(parent):
             return
         first = np.r_[True, parent[1:] != parent[:-1]]
         self._reserve(self.size + int((~first).sum()), vertices.shape[1])
-        width = vertices.shape[1]
-        self.vertices[parent[first]] = 0.0
-        self.vertices[parent[first], :width] = vertices[first]
-        self.counts[parent[first]] = counts[first]
+        self._write(parent[first], vertices[first], counts[first])
         self.patterns[parent[first], column] = choice[first]
         new = np.arange(self.size, self.size + int((~first).sum()))
-        self.vertices[new] = 0.0
-        self.vertices[new, :width] = vertices[~first]
-        self.counts[new] = counts[~first]
+        self._write(new, vertices[~first], counts[~first])
         self.patterns[new] = self.patterns[parent[~first]]
         self.patterns[new, column] = choice[~first]
         self.row[new] = self.row[parent[~first]]
+        self.mark[new] = self.mark[parent[~first]]
         self.size += len(new)

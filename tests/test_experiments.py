@@ -329,3 +329,19 @@ def test_attention_collapse_quick(quick_records):
     for record in numbers["trained"].values():
         assert len(record["trained"]["mean_cosine"]) == len(record["at_init"]["mean_cosine"]) == 2
         assert np.isfinite(record["validation_loss"]) and record["validation_loss"] < 2 * np.log(128)
+
+
+def test_linear_regions_follow_the_density_laws(quick_records):
+    numbers = quick_records[0]["linear_regions"]["numbers"]
+    fits = numbers["fits"]
+    # quick: 12 networks of N = 8…64 neurons; Hanin & Rolnick predict exponents 2, 1 and −1
+    for key, predicted in (("regions_per_area", 2.0), ("crossings_per_length", 1.0), ("mean_distance", -1.0)):
+        assert abs(fits[key]["exponent"] - predicted) < 0.25 * abs(predicted), key
+        low, high = fits[key]["exponent_interval"]
+        assert low < fits[key]["exponent"] < high
+    for row in numbers["at_init"]:  # exact counts: at least one region per neuron's line crossing the window
+        assert row["regions"] >= 1 and row["regions_per_area"] == pytest.approx(row["regions"] / 36.0, rel=0.05)
+    for name in ("spiral", "digits"):
+        series = numbers["training"][name]
+        assert series["train_accuracy"][-1] > 0.9, name
+        assert all(r > 1 for r in series["regions"])

@@ -46,6 +46,17 @@ def test_an_arrangement_of_k_lines_has_the_general_position_count(k):
     assert len(result) == 1 + k + k * (k - 1) // 2
     np.testing.assert_allclose(result.areas.sum(), 64.0, rtol=1e-12)
     assert result.density() == pytest.approx(len(result) / 64.0)
+    # a square meets 1 + (lines crossing it) + (crossings of two lines inside it) regions (Euler)
+    rng = np.random.default_rng(k)
+    centres, radius = rng.uniform(-3.5, 3.5, (30, 2)), 0.4
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    meets = [np.linalg.solve(normals[[i, j]].astype(np.float64), -offsets[[i, j]].astype(np.float64)) for i, j in pairs]
+    for centre, found in zip(centres, result.regions_near(centres, radius)):
+        corners = centre + radius * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])
+        sides = np.sign(corners @ normals.T.astype(np.float64) + offsets)
+        crossing = int((sides.min(axis=0) != sides.max(axis=0)).sum())
+        inside = sum(bool(np.all(np.abs(m - centre) < radius)) for m in meets)
+        assert found == 1 + crossing + inside
     # a segment meets each line at most once: 1 + the number of lines its ends are on both sides of
     for start, end in [((-4, -3.9), (4, 3.7)), ((-4, 4), (3.5, -4)), ((0, -4), (0.1, 4))]:
         sides = np.sign(normals @ np.array([start, end], np.float32).T + offsets[:, None])
