@@ -180,6 +180,29 @@ def attention_rate_table() -> str:
                    "lrrrr")
 
 
+def regions_table() -> str:
+    fits = load("linear_regions")["fits"]
+    names = {"regions_per_area": "regions per unit area", "crossings_per_length": "boundary crossings per unit length",
+             "mean_distance": "distance to the nearest boundary"}
+    rows = [[names[key], fit["predicted"], fit["exponent"],
+             f"[{fmt(fit['exponent_interval'][0])}, {fmt(fit['exponent_interval'][1])}]", fit["depth_coefficient"],
+             f"[{fmt(fit['depth_coefficient_interval'][0])}, {fmt(fit['depth_coefficient_interval'][1])}]"]
+            for key, fit in fits.items()]
+    return tabular(["quantity at init", "predicted exponent", "fitted", "95\\% bootstrap", "per layer (log)",
+                    "95\\% bootstrap"], rows, "lrrrrr")
+
+
+def regions_training_table() -> str:
+    training = load("linear_regions")["training"]
+    rows = []
+    for name, series in training.items():
+        for i, step in enumerate(series["step"]):
+            rows.append([name, step, series["regions"][i], series["train_accuracy"][i], series["local_data"][i],
+                         series["local_boundary"][i], series["local_random"][i]])
+    return tabular(["data", "step", "regions", "train acc.", "LC at data", "LC at boundary", "LC at random"], rows,
+                   "lrrrrrr")
+
+
 def benchmark_table() -> str:
     result = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())
     rows = [[name.replace("_", "\\_"), row["points_per_second"], row["cost_in_forward_passes"],
@@ -204,6 +227,10 @@ def macros() -> dict[str, object]:
     attention = load("attention_collapse")
     rates = attention["findings"]["pure_attention_rate"]
     links = language["token_collapse_links"]
+    linear_regions = load("linear_regions")
+    region_fits, region_training = linear_regions["fits"], linear_regions["training"]
+    region_speed = json.loads((BENCHMARKS / "regions-cpu.json").read_text())["cases"]
+    spiral = region_training["spiral"]
     deepest = max(language["runs"], key=lambda r: (r["depth"], -r["width"]))  # the narrowest of the deepest LMs
     return {
         "StackVsSingle": linear["summary"]["max_abs_difference_stack_vs_single_matrix"],
@@ -294,6 +321,23 @@ def macros() -> dict[str, object]:
         "LmDeepWidth": deepest["width"], "LmDeepDepth": deepest["depth"],
         "LmCosInit": deepest["token_collapse_at_init"]["mean_cosine"][-1],
         "LmCosTrained": deepest["token_collapse"]["mean_cosine"][-1],
+        "RegAreaExp": region_fits["regions_per_area"]["exponent"],
+        "RegAreaLow": region_fits["regions_per_area"]["exponent_interval"][0],
+        "RegAreaHigh": region_fits["regions_per_area"]["exponent_interval"][1],
+        "RegLineExp": region_fits["crossings_per_length"]["exponent"],
+        "RegDistExp": region_fits["mean_distance"]["exponent"],
+        "RegDepthPct": 100 * (1 - np.exp(region_fits["regions_per_area"]["depth_coefficient"])),
+        "RegNets": len(linear_regions["at_init"]),
+        "RegSpeedBiased": region_speed["2→64×4→2, biases N(0, 0.1)"]["seconds"],
+        "RegCountBiased": region_speed["2→64×4→2, biases N(0, 0.1)"]["regions"],
+        "RegGridBiased": region_speed["2→64×4→2, biases N(0, 0.1)"]["grid_patterns"],
+        "RegSpiralDataInit": spiral["local_data"][0], "RegSpiralDataEnd": spiral["local_data"][-1],
+        "RegSpiralBoundaryInit": spiral["local_boundary"][0], "RegSpiralBoundaryEnd": spiral["local_boundary"][-1],
+        "RegSpiralRandomEnd": spiral["local_random"][-1], "RegSpiralSteps": spiral["step"][-1],
+        "RegDigitsDataPeak": max(region_training["digits"]["local_data"]),
+        "RegDigitsPeakStep": region_training["digits"]["findings"]["step_of_peak_at_data"],
+        "RegDigitsDataEnd": region_training["digits"]["local_data"][-1],
+        "RegDigitsBoundaryEnd": region_training["digits"]["local_boundary"][-1],
     }
 
 
@@ -303,6 +347,7 @@ TABLE_FUNCTIONS = {
     "linguistic_runs": linguistic_runs_table, "linguistic_conventions": linguistic_conventions_table,
     "digits": digits_table, "universality": universality_table,
     "benchmark": benchmark_table, "attention": attention_table, "attention_rates": attention_rate_table,
+    "regions": regions_table, "regions_training": regions_training_table,
 }
 
 
