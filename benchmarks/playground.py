@@ -7,7 +7,8 @@ Runtime:  ~1 min on 2 CPU cores.
 A real server on 127.0.0.1 and a real event-stream client (http.client, what a browser's
 EventSource reads): frames received per second over `--seconds` of training, the bytes
 per frame, and the parts of one update timed on their own (the optimizer steps, the
-compiled maps, encoding, the per-layer numbers). Target (issue 18): at least 10 updates a
+compiled maps, encoding, the per-layer numbers and, for piecewise-linear nets, the exact
+partition of the region panel, both refreshed every 0.4 s while training runs). Target (issue 18): at least 10 updates a
 second for a 2 → 32 ×4 → 2 net with 128² maps on 2 CPU cores.
 """
 
@@ -77,6 +78,7 @@ def parts(config: Config) -> dict:
         "maps": timed(lambda: jax.device_get(run.views.maps(state, run.views.grid))),
         "encode": timed(lambda: encode_maps(raw, run.data.classes)),
         "layer_numbers": timed(lambda: run.views.layer_numbers(state)),
+        "exact_regions": timed(lambda: run.views.exact_regions(run.model)),
     }
 
 

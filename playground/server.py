@@ -9,6 +9,7 @@ within READ_TIMEOUT_SECONDS and at most MAX_CONNECTIONS are served at once.
     GET  /?token=T             the page            GET  /api/events     frames (text/event-stream)
     GET  /api/options          controls, limits    GET  /api/frame      the latest frame
     GET  /api/data             the data points     GET  /api/warp?activation=relu&angle=30
+    GET  /api/regions          the exact partition of the region panel (polygons), when the net is piecewise linear
     POST /api/config           {field: value}      POST /api/control    {"action": "start"|"pause"|"step"|"reset"}
     POST /api/upload           {"name": F, "csv": text}   GET /api/export/model, /api/export/numbers (downloads)
 
@@ -222,6 +223,9 @@ class Handler(BaseHTTPRequestHandler):
     def _data(self, path, query):
         self._json(self.session.points())
 
+    def _regions(self, path, query):
+        self._json(self.session.exact_regions())
+
     def _events(self, path, query):
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
@@ -277,6 +281,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 GET_ROUTES = {"/api/options": Handler._options, "/api/frame": Handler._frame, "/api/data": Handler._data,
+              "/api/regions": Handler._regions,
               "/api/events": Handler._events, "/api/warp": Handler._warp, "/api/export/model": Handler._export_model,
               "/api/export/numbers": Handler._export_numbers, "/favicon.ico": Handler._no_icon}
 POST_ROUTES = {"/api/config": Handler._configure, "/api/control": Handler._control, "/api/upload": Handler._upload}

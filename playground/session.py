@@ -15,6 +15,7 @@ server keeps serving.
 from __future__ import annotations
 
 import base64
+import itertools
 import dataclasses
 import json
 import threading
@@ -39,6 +40,8 @@ MAX_PENDING_STEPS = 10  # single steps queued by "step" beyond those already run
 OPTIMIZER = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
 MAX_HISTORY = 400  # curve points streamed with every frame
 NUMBERS_EVERY = 0.4  # seconds between two per-layer tables while training runs
+REGIONS_EVERY = 1.0  # seconds between two exact partitions of the region panel while training runs
+_REGION_VERSIONS = itertools.count(1)  # one number per partition computed, across runs: the page fetches a new one
 
 
 def _encode(values: np.ndarray) -> str:
@@ -75,6 +78,19 @@ def encode_maps(maps: dict, classes: int) -> dict:
     return encoded
 
 
+def encode_exact_regions(exact: dict | None) -> dict | None:
+    """The exact partition for the page, with a new version number: vertices as base64 little-endian
+    float32 (x, y) pairs, one vertex count per region as base64 bytes."""
+    if exact is None:
+        return None
+    version = next(_REGION_VERSIONS)
+    if exact["count"] is None:
+        return {**exact, "version": version}
+    return {"count": exact["count"], "version": version,
+            "vertices": base64.b64encode(exact["vertices"].astype("<f4").tobytes()).decode(),
+            "counts": _encode(exact["counts"])}
+
+
 class Run:
     """One network on one dataset from step 0: replaced whole by a reset or a new config. Only the
     worker thread changes it; readers take its plain values (immutable pytrees, lists, dicts)."""
@@ -90,6 +106,7 @@ class Run:
         self.opt_state.hyperparams["learning_rate"] = jnp.asarray(config.learning_rate, jnp.float32)
         self.step, self.history, self.message = 0, [], ""
         self.layer_rows, self.layer_time = None, 0.0
+        self.regions_time, self.exact_regions = 0.0, None  # the page's copy: GET /api/regions
         self.linear = views.linear_collapse(self.model, config)
 
     def train(self) -> None:
@@ -124,7 +141,15 @@ class Run:
         # training runs, so the maps keep streaming at full rate; every frame of a paused net
         if self.layer_rows is None or not running or now - self.layer_time > NUMBERS_EVERY:
             self.layer_rows, self.layer_time = self.views.layer_numbers(state), now
-        return {"maps": encode_maps(raw, self.data.classes), "layers": self.layer_rows}
+        # the exact partition (tens to hundreds of ms) at its own slower pace; frames carry only its
+        # count and version, the polygons are fetched by the page when the version changes
+        if self.views.exact and (self.exact_regions is None or not running or now - self.regions_time > REGIONS_EVERY):
+            self.exact_regions = encode_exact_regions(self.views.exact_regions(self.model))
+            self.regions_time = time.perf_counter()
+        maps = encode_maps(raw, self.data.classes)
+        maps["exact_regions"] = None if self.exact_regions is None else {
+            key: self.exact_regions[key] for key in ("count", "version", "reason") if key in self.exact_regions}
+        return {"maps": maps, "layers": self.layer_rows}
 
 
 class Session:
@@ -245,6 +270,13 @@ class Session:
                 "resolution": run.config.resolution, "linear_collapse": run.linear,
                 "updates_per_second": len(seconds) / sum(seconds) if seconds else None,
             }
+
+    def exact_regions(self) -> dict:
+        """The current run's exact partition (polygons), or {"count": None, "reason"} where there is none."""
+        with self.lock:
+            exact = self.run.exact_regions
+        return exact if exact is not None else {"count": None, "version": 0,
+                                                "reason": "the net is not piecewise linear (or not drawn yet)"}
 
     def points(self) -> dict:
         with self.lock:

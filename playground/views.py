@@ -9,7 +9,10 @@ library's own functions, in two compiled passes per frame:
   mode), `spectra.summary`'s numerical rank, σ_min and log volume ½ log det g (g = JᵀJ,
   −∞ where J is singular); and the linear regions of the piecewise-linear units (relu,
   leaky relu): points share a region when every such unit has the same sign of its
-  pre-activation, compared through two 32-bit hashes of the sign pattern.
+  pre-activation, compared through two 32-bit hashes of the sign pattern. Where the whole net
+  is piecewise linear (relu, leaky relu and no-activation layers, no LayerNorm) the panel
+  shows the exact partition instead (`exact_regions`: `geometry.regions.partition`, polygons
+  and an exact count), computed at the per-layer numbers' pace.
 * numbers, at up to `SAMPLE` training points: per layer, the numerical and effective rank
   of the centred representation matrix H_l (points × units), the mean numerical rank of
   ∂h_l/∂x, dead units (φ′(a) = 0 at every point), the saturated fraction (|φ′(a)| <
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geometry import activations, data, jacobians, probe, similarity, spectra
+from geometry import activations, data, jacobians, probe, regions, similarity, spectra
 from geometry.functional import StaticKey
 from playground import network
 from playground.config import Config
@@ -37,6 +40,7 @@ from playground.datasets import Data
 SAMPLE = 512
 SATURATION = 0.05
 SINGULAR = 255  # map code of a point where J is singular (log volume −∞)
+MAX_EXACT_REGIONS = 20_000  # beyond, the panel keeps the grid's count (a lower bound) and says why
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -129,6 +133,23 @@ class Views:
         self.sample = dataset.x_train[keep]  # (M, 2)
         units = max(1, len(piecewise) * config.width)
         self.hash_weights = rng.integers(1, 2**32, size=(2, units), dtype=np.uint64).astype(np.uint32)
+        self.exact = not config.layernorm and all(kind in ("none",) + network.PIECEWISE_LINEAR for kind in config.layers)
+
+    def exact_regions(self, model: network.Net) -> dict | None:
+        """The exact partition of the map's window into linear regions of the logits, or None when the
+        net is not piecewise linear: {"count", "vertices" (Σ counts, 2) plane points, "counts"} or
+        {"count": None, "reason"} past MAX_EXACT_REGIONS."""
+        if not self.exact:
+            return None
+        x0, x1, y0, y1 = self.data.bounds
+        try:
+            result = regions.partition(model, ((x0, y0), (x1, y1)), max_regions=MAX_EXACT_REGIONS)
+        except ValueError as error:
+            if "max_regions" not in str(error):
+                raise
+            return {"count": None, "reason": f"more than {MAX_EXACT_REGIONS} regions: the grid's count is shown"}
+        return {"count": len(result), "vertices": np.concatenate(result.polygons).astype(np.float32),
+                "counts": result.counts.astype(np.uint8)}
 
     def maps(self, state, grid):
         return _maps(self.plan, state, grid, self.hash_weights)

@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 from experiments import grid_warp
-from geometry import activations, spectra
+from geometry import activations, regions, spectra
 from geometry.training import CheckpointError
 from playground import config as configuration
 from playground import datasets, export, network, security, views, warp
@@ -168,6 +168,25 @@ def test_linear_regions_count_the_distinct_sign_patterns(trained_run):
     # the same partition: a region id determines the pattern and vice versa
     pairs = set(zip(ids.tolist(), inverse.reshape(-1).tolist()))
     assert len(pairs) == count
+
+
+def test_a_piecewise_linear_net_shows_its_exact_partition():
+    config = dataclasses.replace(SMALL, layers=("relu", "none", "leaky_relu"), width=8)
+    run = Run(config, None, 1)
+    run.train()
+    frame = run.frame(running=False)
+    exact = run.exact_regions  # what GET /api/regions serves; the frame carries its count and version
+    assert frame["maps"]["exact_regions"] == {"count": exact["count"], "version": exact["version"]}
+    x0, x1, y0, y1 = run.data.bounds
+    reference = regions.partition(run.model, ((x0, y0), (x1, y1)))
+    assert exact["count"] == len(reference) >= frame["maps"]["regions"]["count"] > 1  # exact ≥ the grid's count
+    counts = np.frombuffer(base64.b64decode(exact["counts"]), np.uint8)
+    vertices = np.frombuffer(base64.b64decode(exact["vertices"]), "<f4").reshape(-1, 2)
+    np.testing.assert_array_equal(counts, reference.counts)
+    np.testing.assert_allclose(vertices, np.concatenate(reference.polygons), rtol=1e-6, atol=1e-6)
+    # the trained run with a tanh layer is not piecewise linear: the grid's count, no polygons
+    smooth = Run(SMALL, None, 1).frame(running=False)["maps"]
+    assert smooth["exact_regions"] is None and smooth["regions"]["count"] >= 1
 
 
 def test_layer_numbers_match_float64_references(trained_run):

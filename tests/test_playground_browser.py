@@ -119,6 +119,24 @@ def test_training_changes_the_maps(page, server):
     assert page.problems == []
 
 
+def test_the_region_panel_draws_the_exact_partition_of_a_relu_net(page, server):
+    _open(page, server, "?dataset=circles&layers=relu,relu&width=8&resolution=64&seed=1")
+    _control(page, "reset")
+    frame = _wait_for(page, "f.step === 0 && f.status === 'paused' && f.maps && f.maps.exact_regions")
+    count = frame["maps"]["exact_regions"]["count"]
+    assert count >= frame["maps"]["regions"]["count"] > 1
+    assert page.locator("#legend-regions").inner_text() == f"{count} linear regions (exact partition of the window)"
+    # polygons are drawn: the canvas holds about as many distinct fill colours as regions
+    colours = page.evaluate("""(() => { const c = document.getElementById('map-regions');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const seen = new Set();
+        for (let i = 0; i < d.length; i += 4) seen.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]); return seen.size; })()""")
+    assert colours >= min(count, 8)
+    page.select_option("#layer-kind-2", "tanh")  # no longer piecewise linear: the grid's lower bound again
+    _wait_for(page, "f.config.layers[1] === 'tanh' && f.maps && f.maps.exact_regions === null")
+    page.wait_for_function("document.getElementById('legend-regions').textContent.includes('a lower bound')")
+    assert page.problems == []
+
+
 def test_changing_a_control_retrains_and_bad_values_are_refused_in_the_page(page, server):
     _open(page, server, "?dataset=moons&layers=relu,relu&width=16&resolution=64")
     page.select_option("#layer-kind-2", "tanh")

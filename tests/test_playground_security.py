@@ -77,7 +77,7 @@ def test_the_pages_own_write_is_accepted(server):
         assert status == 200, data
 
 
-@pytest.mark.parametrize("path", ["/", "/api/data", "/api/export/model", "/api/frame", "/app.js"])
+@pytest.mark.parametrize("path", ["/", "/api/data", "/api/regions", "/api/export/model", "/api/frame", "/app.js"])
 def test_dns_rebinding_gets_nothing(server, path):
     port = server.server_address[1]
     for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.evil.example:{port}",

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const playground = (window.playground = { frame: null, frames: 0, data: null, options: null, errors: [] });
+const playground = (window.playground = { frame: null, frames: 0, data: null, regions: null, options: null, errors: [] });
 
 // ---------- talking to the server ----------
 function showError(message) {
@@ -185,7 +185,11 @@ function drawMaps(frame) {
   $("title-rank").textContent = `rank of ∂h/∂x, ${name}`;
 
   const canvas = $("map-regions");
-  if (!maps.regions) {
+  const exact = maps.exact_regions, polygons = playground.regions;
+  if (exact && exact.count !== null && polygons && polygons.count !== null) {
+    drawPolygons(canvas, polygons, frame.dataset.bounds);
+    $("legend-regions").textContent = `${polygons.count} linear regions (exact partition of the window)`;
+  } else if (!maps.regions) {
     canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
     $("legend-regions").textContent = "no relu or leaky relu units: nothing piecewise linear to partition";
   } else {
@@ -193,7 +197,33 @@ function drawMaps(frame) {
     const cache = {};
     const rgbOf = (id) => cache[id] || (cache[id] = hslToRgb((id * 137.508) % 360, 0.6, 0.45 + 0.1 * (id % 4)));
     paint(canvas, r, (i) => rgbOf(ids[i]));
-    $("legend-regions").textContent = `${maps.regions.count} regions meet the ${r}×${r} grid (a lower bound)`;
+    $("legend-regions").textContent = `${maps.regions.count} regions meet the ${r}×${r} grid (a lower bound)` +
+      (exact ? `; ${exact.reason}` : "");
+  }
+}
+
+function drawPolygons(canvas, exact, bounds) {
+  // the exact regions: polygons in plane coordinates, drawn over the map's window (x right, y up)
+  const raw = atob(exact.vertices), buffer = new ArrayBuffer(raw.length), view = new Uint8Array(buffer);
+  for (let i = 0; i < raw.length; i++) view[i] = raw.charCodeAt(i);
+  const points = new Float32Array(buffer), counts = bytes(exact.counts);
+  const [x0, x1, y0, y1] = bounds, w = canvas.width, h = canvas.height;
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, w, h);
+  context.lineWidth = 0.5;
+  context.strokeStyle = "rgba(255, 255, 255, 0.7)";
+  let at = 0;
+  for (let region = 0; region < counts.length; region++) {
+    const [red, green, blue] = hslToRgb((region * 137.508) % 360, 0.6, 0.45 + 0.1 * (region % 4));
+    context.fillStyle = `rgb(${red}, ${green}, ${blue})`;
+    context.beginPath();
+    for (let v = 0; v < counts[region]; v++, at++) {
+      const px = ((points[2 * at] - x0) / (x1 - x0)) * w, py = (1 - (points[2 * at + 1] - y0) / (y1 - y0)) * h;
+      if (v === 0) context.moveTo(px, py); else context.lineTo(px, py);
+    }
+    context.closePath();
+    context.fill();
+    context.stroke();
   }
 }
 
@@ -259,6 +289,10 @@ function drawStatus(frame) {
 async function render(frame) {
   if (!playground.data || playground.data.data_version !== frame.data_version) {
     playground.data = await api("api/data");
+  }
+  const exact = frame.maps && frame.maps.exact_regions;
+  if (exact && exact.count !== null && (!playground.regions || playground.regions.version < exact.version)) {
+    playground.regions = await api("api/regions");  // the polygons, only when a new partition was computed
   }
   drawStatus(frame);
   if (frame.maps) drawMaps(frame);
