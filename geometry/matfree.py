@@ -24,8 +24,18 @@ zᵀ g(A) z ≈ ‖z‖² Σ_j τ_j² g(σ_j²), exact for polynomials of degree
 ½ tr log A = Σ log σ_i (all min(m, n) of them); its error is the standard error over probes
 plus the quadrature's own: for g = log the Gauss rule is an upper bound and the Gauss–Radau
 rule with a node below the spectrum a lower bound (Golub & Meurant), and the half-width of
-that bracket is reported (`_log_rules`, `log_volume`). `frobenius_norm_squared` is Hutchinson's E_z ‖J z‖² (z Rademacher over the inputs),
-with the standard error over probes.
+that bracket is reported (`_log_rules`, `log_volume`). The same rules come from Lanczos on the
+Gram matrix itself (`lanczos`, `_log_rules_gram`: one orthogonalisation per step instead of two),
+which `log_volume(kernel="gram" | "auto")` uses, adding its eigenvalues' rounding to the error
+("auto" hands the points where that rounding matters to Golub–Kahan, the default kernel). `spectral_density` reports the difference to
+the half-depth rule as its quadrature error (an estimate). `frobenius_norm_squared` is
+Hutchinson's E_z ‖J z‖² (z Rademacher over the inputs), exact per probe: its whole error is the
+standard error over probes.
+
+Which error is a proof: log_volume's Gauss end always, its Gauss–Radau end when a lower bound
+on σ_min is given (otherwise it rests on the Ritz estimate of λ_min), `singular_values`' bounds
+always (Weyl); the standard errors are 1-σ Monte Carlo errors; the dense route's rounding and
+spectral_density's quadrature error are first-order estimates.
 """
 
 from __future__ import annotations
@@ -117,6 +127,28 @@ def bidiagonalise(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int,
     return alphas, betas
 
 
+def lanczos(gram: Callable, start: jax.Array, steps: int):
+    """(alphas (s,), betas (s,)) of Lanczos with full reorthogonalisation on the symmetric operator
+    `gram` (n → n) from `start`: T has diagonal alphas and off-diagonal betas[:-1]; betas[-1] is
+    the residual norm β_s. One product with the Gram matrix (a J·v and a Jᵀ·u) and one
+    orthogonalisation of an n-vector per step, where Golub–Kahan orthogonalises an m- and an n-vector."""
+    dtype = start.dtype
+    q, _ = _normalise(start)
+    Q = jnp.zeros((steps + 1, start.size), dtype).at[0].set(q)
+    alphas, betas = jnp.zeros(steps, dtype), jnp.zeros(steps, dtype)
+
+    def step(j, carry):
+        Q, alphas, betas = carry
+        w = gram(Q[j])
+        alpha = Q[j] @ w
+        q_next, beta = _normalise(_orthogonalise(w, Q))  # removes α q_j and β q_{j−1} with the rest
+        return Q.at[j + 1].set(q_next), alphas.at[j].set(alpha), betas.at[j].set(beta)
+
+    carry = jax.tree_util.tree_map(lambda a: _varying_like(a, start), (Q, alphas, betas))
+    _, alphas, betas = jax.lax.fori_loop(0, steps, step, carry)
+    return alphas, betas
+
+
 def _bidiagonal(alphas, betas):
     return jnp.diag(alphas) + jnp.diag(betas[:-1], 1)
 
@@ -129,10 +161,14 @@ def _oriented(pure, params, x, transpose: bool):
 
 def _nodes_and_weights(matvec, rmatvec, m: int, z, steps: int):
     """SLQ from unit-normalised z: nodes σ_j(B)² and weights τ_j² (first components of the
-    eigenvectors of T = BᵀB)."""
+    eigenvectors of T = BᵀB), for the s-step rule and for the rule of the first ⌈s/2⌉ steps (the
+    leading block of the same B: no more products), whose difference estimates the quadrature error."""
     alphas, betas = bidiagonalise(matvec, rmatvec, z, m, steps)
-    _, sigma, Qt = jnp.linalg.svd(_bidiagonal(alphas, betas))
-    return sigma**2, Qt[:, 0] ** 2
+    B = _bidiagonal(alphas, betas)
+    _, sigma, Qt = jnp.linalg.svd(B)
+    half = (steps + 1) // 2
+    _, sigma_half, Qt_half = jnp.linalg.svd(B[:half, :half])
+    return sigma**2, Qt[:, 0] ** 2, sigma_half**2, Qt_half[:, 0] ** 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +231,52 @@ def _log_rules(alphas, betas, lower_squared):
     _, sigma_radau, Qt_radau = jnp.linalg.svd(extended)
     radau = jnp.sum(Qt_radau[:, 0] ** 2 * jnp.log(jnp.maximum(sigma_radau**2, a)))
     return gauss, jnp.where(betas[-1] == 0, gauss, jnp.minimum(radau, gauss))  # an exhausted space is exact
+
+
+def _log_rules_gram(alphas, betas, lower_squared, dimension: int):
+    """(Gauss, Gauss–Radau, rounding) estimates of e₁ᵀ log(A) e₁ from s Lanczos steps on A itself
+    (T tridiagonal): the same rules as `_log_rules`, from eigh(T) instead of an SVD of B. Lanczos
+    in floating point (products with A = JᵀJ included) gives Ritz values with absolute errors up
+    to about n · eps · θ_max (Paige's analysis; measured: a full-depth float32 run at cond(A) = 1e6
+    was 2% off, 40× the eps · θ_max estimate), so log θ_j is off by up to n · eps · θ_max / θ_j:
+    their τ²-weighted sum is the rounding returned (large when A is ill-conditioned, where
+    `log_volume` uses the bidiagonal route instead)."""
+    steps = alphas.shape[0]
+    T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    theta, Q = jnp.linalg.eigh(T)  # ascending
+    eps = jnp.finfo(theta.dtype).eps
+    floor = jnp.maximum(theta, eps * theta[-1])  # rounding can make a tiny eigenvalue ≤ 0
+    gauss = jnp.sum(Q[0] ** 2 * jnp.log(floor))
+    rounding = jnp.sum(Q[0] ** 2 * dimension * eps * theta[-1] / floor)
+    a = jnp.where(lower_squared > 0, lower_squared, floor[0] ** 2 / theta[-1])
+    a = jnp.minimum(a, floor[0] * (1 - 16 * eps))
+    beta = betas[-1]
+    omega = a + beta**2 * jnp.sum(Q[-1] ** 2 / (theta - a))
+    extended = jnp.zeros((steps + 1, steps + 1), T.dtype).at[:steps, :steps].set(T)
+    extended = extended.at[steps - 1, steps].set(beta).at[steps, steps - 1].set(beta).at[steps, steps].set(omega)
+    theta_radau, Q_radau = jnp.linalg.eigh(extended)
+    radau = jnp.sum(Q_radau[0] ** 2 * jnp.log(jnp.maximum(theta_radau, a)))
+    return gauss, jnp.where(beta == 0, gauss, jnp.minimum(radau, gauss)), rounding
+
+
+@dataclasses.dataclass(frozen=True)
+class _LogQuadraticGram:
+    """x ↦ per-probe (Gauss, Gauss–Radau, rounding) (P, 3) of zᵀ log(A) z by Lanczos on A, the
+    smaller Gram matrix of J(x) (`lanczos`)."""
+
+    pure: Callable
+    steps: int
+    transpose: bool
+
+    def __call__(self, params, x, probes_and_lower):
+        probes, lower_squared = probes_and_lower
+        matvec, rmatvec, m, n = _oriented(self.pure, params, x, self.transpose)
+
+        def one(z):
+            alphas, betas = lanczos(lambda v: rmatvec(matvec(v)), z[:n], self.steps)
+            return jnp.sum(z[:n] ** 2) * jnp.stack(_log_rules_gram(alphas, betas, lower_squared, n))
+
+        return jax.vmap(one)(probes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +418,8 @@ class _DenseLogVolume:
 @shape_checked
 def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: int = 32, steps: int | None = None,
                tol: float = 0.02, sigma_min_lower: float | None = None, strict: bool = False, seed: int = 0,
-               chunk_size: int | None = None, devices=None, batched: bool = False, model_kwargs=None) -> dict:
+               kernel: str = "bidiagonal", chunk_size: int | None = None, devices=None, batched: bool = False,
+               model_kwargs=None) -> dict:
     """Σ log σ_i over the min(m, n) singular values of each point's Jacobian, by SLQ, with its whole error.
 
     Each probe's quadratic form zᵀ log(A) z is bracketed between its Gauss–Radau and Gauss rules
@@ -358,14 +441,26 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
     covered by a proof (given bound, complete bidiagonalisation or the dense route).
     `strict=True` raises ValueError where total_error > tol · max(|value|, r).
 
+    Kernel: "bidiagonal" (default) runs Golub–Kahan on J itself (`bidiagonalise`: no squaring,
+    accurate at any condition number float32 can hold). "gram" runs Lanczos on the smaller Gram
+    matrix A (`lanczos`: one orthogonalisation per step instead of two) and adds its eigenvalues'
+    rounding (n · eps · θ_max / θ_j, τ²-weighted) to the quadrature error; "auto" does that and
+    redoes by Golub–Kahan the points where the rounding exceeds a tenth of the tolerance.
+    Measured (benchmarks/matfree_peer.py): "gram" is 1.1–1.5× faster on well-conditioned
+    Jacobians, but in float32 at cond(J) = 1e3 it was 2% off at full depth where Golub–Kahan is
+    exact, and "auto" pays for both routes wherever it hands over — hence the default.
+    "lanczos_on_gram" (N,) says which kernel each point's value came from.
+
     Returns {"values", "standard_error", "quadrature_error", "total_error", "lower", "upper",
     "steps" (N,) (0 for the dense route, whose error is its rounding), "rigorous" (N,),
-    "converged" (N,), "probes", "tol"};
+    "converged" (N,), "lanczos_on_gram" (N,), "probes", "tol"};
     a numerically singular J is a ValueError (its log volume is -inf)."""
     pure, params, points, m, n = _prepare(f, points, params, batched, model_kwargs)
     r = min(m, n)
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ValueError(f"tol must be in (0, 1) (relative to max(|log volume|, min(m, n))), got {tol}")
+    if kernel not in ("bidiagonal", "gram", "auto"):
+        raise ValueError(f"kernel must be 'bidiagonal', 'gram' or 'auto', got {kernel!r}")
     if sigma_min_lower is not None and not (isinstance(sigma_min_lower, (int, float)) and sigma_min_lower > 0):
         raise ValueError(f"sigma_min_lower must be a positive number (a lower bound on σ_min), got {sigma_min_lower}")
     first, signs = _probes(probes, steps, FIRST_STEPS, m, n, seed, points.dtype)
@@ -374,21 +469,35 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
     out = {key: np.zeros(count) for key in ("values", "standard_error", "quadrature_error", "lower", "upper")}
     used, rigorous = np.zeros(count, int), np.zeros(count, bool)
     todo, current = np.arange(count), first
+    gram = np.zeros(count, bool)
     while todo.size:
-        per_point = _WithStart(_LogQuadratic(pure, current, m < n))
-        rules = jacobians.map_points(per_point, (params, (signs, lower_squared)), points[todo], chunk_size=chunk_size,
-                                     devices=devices)
-        rules = 0.5 * np.asarray(rules, np.float64)  # (n_todo, P, 2): ½ zᵀ log(A) z estimates ½ tr log A = Σ log σ
+        def rules_of(kernel, at):
+            per_point = _WithStart(kernel(pure, current, m < n))
+            rules = jacobians.map_points(per_point, (params, (signs, lower_squared)), points[at], chunk_size=chunk_size,
+                                         devices=devices)
+            return 0.5 * np.asarray(rules, np.float64)  # ½ zᵀ log(A) z estimates ½ tr log A = Σ log σ
+
+        if kernel == "bidiagonal":
+            rules = np.concatenate([rules_of(_LogQuadratic, todo), np.zeros((todo.size, probes, 1))], axis=2)
+            rough = np.zeros(todo.size, bool)
+        else:  # Lanczos on the Gram matrix; "auto": Golub–Kahan again where its rounding would matter
+            rules = rules_of(_LogQuadraticGram, todo)  # (n_todo, P, 3): Gauss, Gauss–Radau, rounding
+            rough = rules[..., 2].mean(axis=1) > 0.1 * tol * np.maximum(np.abs(rules[..., 0].mean(axis=1)), r)
+            rough = (rough | ~np.all(np.isfinite(rules), axis=(1, 2))) if kernel == "auto" else np.zeros_like(rough)
+            if rough.any():
+                rules[rough, :, :2], rules[rough, :, 2] = rules_of(_LogQuadratic, todo[rough]), 0.0
+        gram[todo] = (kernel != "bidiagonal") & ~rough
         if not np.all(np.isfinite(rules)):
             raise ValueError("the Jacobian is singular at some points (a zero Ritz value): its log volume is -inf; "
                              "use geometry.spectra.log_volume on the dense Jacobian there")
         upper, lower = rules[..., 0], rules[..., 1]
         middle = 0.5 * (upper + lower)
         values = middle.mean(axis=1)
-        half_width = 0.5 * (upper - lower).mean(axis=1)
+        half_width = 0.5 * (upper - lower).mean(axis=1) + rules[..., 2].mean(axis=1)
         for key, value in (("values", values), ("standard_error", middle.std(axis=1, ddof=1) / math.sqrt(probes)),
-                           ("quadrature_error", half_width), ("lower", lower.mean(axis=1)),
-                           ("upper", upper.mean(axis=1))):
+                           ("quadrature_error", half_width),
+                           ("lower", lower.mean(axis=1) - rules[..., 2].mean(axis=1)),
+                           ("upper", upper.mean(axis=1) + rules[..., 2].mean(axis=1))):  # rounding widens both ends
             out[key][todo] = value
         used[todo] = current
         rigorous[todo] = sigma_min_lower is not None or current >= r
@@ -407,7 +516,7 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
             for key, value in (("values", exact), ("lower", exact - rounding), ("upper", exact + rounding)):
                 out[key][todo] = value
             out["standard_error"][todo], out["quadrature_error"][todo] = 0.0, rounding  # no probes; rounding only
-            used[todo], rigorous[todo] = 0, True  # exact arithmetic aside: no quadrature, no sampling
+            used[todo], rigorous[todo], gram[todo] = 0, True, False  # exact arithmetic aside: no quadrature, no sampling
             break
     total = out["quadrature_error"] + out["standard_error"]
     converged = total <= tol * np.maximum(np.abs(out["values"]), r)
@@ -417,7 +526,7 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
                          f"(first: {bad[:5].tolist()}; worst quadrature error {out['quadrature_error'][bad].max():.3g}, "
                          f"standard error {out['standard_error'][bad].max():.3g}): raise steps or probes")
     return {**out, "total_error": total, "steps": used, "rigorous": rigorous, "converged": converged,
-            "probes": int(probes), "tol": float(tol)}
+            "lanczos_on_gram": gram, "probes": int(probes), "tol": float(tol)}
 
 
 @shape_checked
@@ -441,14 +550,22 @@ def spectral_density(f, x: Shaped[AnyArray, "*input"], *, params=None, probes: i
     measure Σ_j τ_j² δ(λ − θ_j); their mean is smoothed with a Gaussian of width `bandwidth`
     (default 2% of the node range) on `grid` (default 200 points over the nodes).
 
-    Returns {"grid", "density" (G,), "standard_error" (G,) over probes, "nodes" (P, s),
-    "weights" (P, s), "probes", "steps"}."""
+    Its whole error: "standard_error" (G,) over probes, and "quadrature_error" (G,), the
+    difference between the s-step smoothed density and the one of the rule of the first ⌈s/2⌉
+    steps (the leading block of the same bidiagonal matrix, so no extra products) — an
+    *estimate*, not a bound (the smoothed density is no function with signed derivatives for a
+    Gauss–Radau bracket); it is large where the quadrature has not resolved the spectrum at the
+    bandwidth, and shrinks as steps grow. "total_error" = standard_error + quadrature_error.
+    Polynomial moments Σ τ_j² θ_j^k of degree k < 2s are exact per probe (no quadrature error).
+
+    Returns {"grid", "density" (G,), "standard_error", "quadrature_error", "total_error" (G,),
+    "nodes" (P, s), "weights" (P, s), "probes", "steps"}."""
     x = jnp.asarray(x)
     pure, params, points, m, n = _prepare(f, x[None], params, batched, model_kwargs)
     steps, signs = _probes(probes, steps, 40, m, n, seed, points.dtype)
     # jitted with the parameters as arguments: a model's weights never become compile-time constants
-    nodes, weights = jax.jit(_Nodes(pure, steps, transpose=m < n))(params, points[0], signs)
-    nodes, weights = np.asarray(nodes, np.float64), np.asarray(weights, np.float64)
+    nodes, weights, half_nodes, half_weights = (np.asarray(a, np.float64) for a in jax.jit(
+        _Nodes(pure, steps, transpose=m < n))(params, points[0], signs))
     if not (np.all(np.isfinite(nodes)) and np.all(np.isfinite(weights))):
         raise ValueError("the Jacobian is NaN or inf at x: the model produces non-finite derivatives there")
     span = max(float(nodes.max() - nodes.min()), float(np.abs(nodes).max()) * 1e-6, 1e-30)
@@ -457,8 +574,15 @@ def spectral_density(f, x: Shaped[AnyArray, "*input"], *, params=None, probes: i
         raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
     grid = np.linspace(nodes.min() - 3 * bandwidth, nodes.max() + 3 * bandwidth, 200) if grid is None else (
         np.asarray(grid, np.float64))
-    kernel = np.exp(-0.5 * ((grid[None, None, :] - nodes[..., None]) / bandwidth) ** 2) / (bandwidth * np.sqrt(2 * np.pi))
-    per_probe = np.sum(weights[..., None] * kernel, axis=1)  # (P, G)
-    return {"grid": grid, "density": per_probe.mean(axis=0),
-            "standard_error": per_probe.std(axis=0, ddof=1) / math.sqrt(probes), "nodes": nodes, "weights": weights,
+
+    def smoothed(nodes, weights):  # (P, G)
+        kernel = np.exp(-0.5 * ((grid[None, None, :] - nodes[..., None]) / bandwidth) ** 2) / (bandwidth * np.sqrt(2 * np.pi))
+        return np.sum(weights[..., None] * kernel, axis=1)
+
+    per_probe = smoothed(nodes, weights)
+    density = per_probe.mean(axis=0)
+    standard_error = per_probe.std(axis=0, ddof=1) / math.sqrt(probes)
+    quadrature_error = np.abs(density - smoothed(half_nodes, half_weights).mean(axis=0))
+    return {"grid": grid, "density": density, "standard_error": standard_error, "quadrature_error": quadrature_error,
+            "total_error": standard_error + quadrature_error, "nodes": nodes, "weights": weights,
             "probes": int(probes), "steps": steps}

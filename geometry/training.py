@@ -40,7 +40,7 @@ from geometry import distributed
 from geometry.functional import Static
 
 OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "steps")
 
 
 class CheckpointError(RuntimeError):
@@ -62,6 +62,16 @@ def check_config(config: "TrainConfig") -> None:
             problems.append(f"{field} must be an integer >= 1, got {value}")
     if config.warmup_steps < 0:
         problems.append(f"warmup_steps must be >= 0, got {config.warmup_steps}")
+    if not (np.isfinite(config.momentum) and 0 <= config.momentum < 1):
+        problems.append(f"momentum must be in [0, 1), got {config.momentum}")
+    if config.momentum and config.optimizer != "sgd":
+        problems.append(f"momentum is for optimizer='sgd' (adam and adamw have their own), got optimizer={config.optimizer!r}")
+    if config.weight_decay is not None and not (np.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        problems.append(f"weight_decay must be finite and >= 0, got {config.weight_decay}")
+    if not all(0 < f < 1 for f in config.decay_at) or list(config.decay_at) != sorted(config.decay_at):
+        problems.append(f"decay_at must be increasing fractions of the steps in (0, 1), got {config.decay_at}")
+    if not (np.isfinite(config.decay_factor) and 0 < config.decay_factor <= 1):
+        problems.append(f"decay_factor must be in (0, 1], got {config.decay_factor}")
     if config.clip_norm is not None and not (np.isfinite(config.clip_norm) and config.clip_norm > 0):
         problems.append(f"clip_norm must be None or finite and > 0, got {config.clip_norm}")
     if problems:
@@ -77,9 +87,17 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (when a directory is given)
     log_every: int = 100
     seed: int = 0  # minibatch order
-    schedule: str = "constant"  # or "cosine": linear warm-up over warmup_steps, cosine decay to 0 at `steps`
+    schedule: str = "constant"  # or "cosine": linear warm-up over warmup_steps, cosine decay to 0 at `steps`;
+    # or "steps": the rate times decay_factor at each fraction of `steps` in decay_at (Papyan et al.: ÷10 at 1/3, 2/3)
     warmup_steps: int = 0
     clip_norm: float | None = None  # clip the global gradient norm (transformers)
+    momentum: float = 0.0  # heavy-ball momentum of "sgd" (0: plain SGD)
+    # weight decay: for "sgd" and "adam" coupled L2 (wd · θ added to every parameter's gradient before the
+    # update, as PyTorch's SGD(weight_decay=) and Papyan et al.'s protocol); for "adamw" decoupled (Loshchilov &
+    # Hutter). None: none for sgd/adam, optax's default 1e-4 for adamw
+    weight_decay: float | None = None
+    decay_at: tuple[float, ...] = (1 / 3, 2 / 3)
+    decay_factor: float = 0.1
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -151,6 +169,8 @@ def batch_indices(step: int, n: int, batch_size: int | None, seed: int) -> np.nd
 
 # fields that do not change the trajectory: a run may be resumed with more steps or other logging
 _TRAJECTORY_FREE = ("steps", "log_every", "checkpoint_every")
+# fields added after checkpoints existed: left out of the fingerprint at their defaults, so those runs still resume
+_LATER_FIELDS = {"momentum": 0.0, "weight_decay": None, "decay_at": (1 / 3, 2 / 3), "decay_factor": 0.1}
 
 
 def _graph_description(graphdef) -> str:
@@ -166,7 +186,10 @@ def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray, loss
     free = set(_TRAJECTORY_FREE)
     if config.schedule != "constant":
         free.discard("steps")  # a decay ends at `steps`: more steps is another trajectory
-    trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
+    trajectory = {k: v for k, v in dataclasses.asdict(config).items()
+                  if k not in free and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    if config.schedule != "steps":  # the decay points only shape a "steps" schedule
+        trajectory.pop("decay_at", None), trajectory.pop("decay_factor", None)
     loss = f"{getattr(loss_fn, '__module__', '?')}.{getattr(loss_fn, '__qualname__', type(loss_fn).__name__)}"
     graph = "" if graphdef is None else hashlib.sha256(_graph_description(graphdef).encode()).hexdigest()
     text = json.dumps({"config": trajectory, "params": str(shapes), "data": data, "loss": loss, "graph": graph},
@@ -201,7 +224,22 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         # decays over the configured steps, so extending a cosine run changes its trajectory
         learning_rate = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1),
                                                            max(config.steps, config.warmup_steps + 1))
-    optimizer = OPTIMIZERS[config.optimizer](learning_rate)
+    if config.schedule == "steps":  # piecewise constant: × decay_factor at each fraction of the steps
+        boundaries = sorted({max(1, int(round(f * config.steps))) for f in config.decay_at})
+
+        def learning_rate(count):
+            rate = jnp.asarray(config.learning_rate, jnp.float32)
+            for boundary in boundaries:
+                rate = jnp.where(count >= boundary, rate * jnp.float32(config.decay_factor), rate)
+            return rate
+    if config.optimizer == "sgd":
+        optimizer = optax.sgd(learning_rate, momentum=config.momentum or None)
+    elif config.optimizer == "adamw" and config.weight_decay is not None:
+        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = OPTIMIZERS[config.optimizer](learning_rate)
+    if config.weight_decay and config.optimizer != "adamw":  # coupled L2: the gradient of (wd / 2) ‖θ‖²
+        optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)
     if config.clip_norm is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
     return optimizer

@@ -231,6 +231,8 @@ def macros() -> dict[str, object]:
     region_fits, region_training = linear_regions["fits"], linear_regions["training"]
     region_speed = json.loads((BENCHMARKS / "regions-cpu.json").read_text())["cases"]
     spiral = region_training["spiral"]
+    peer = json.loads((BENCHMARKS / "matfree_peer-cpu.json").read_text())["cases"]
+    ill, big = peer["ill-conditioned 128→128→128"], peer["3072→1024×8"]
     deepest = max(language["runs"], key=lambda r: (r["depth"], -r["width"]))  # the narrowest of the deepest LMs
     return {
         "StackVsSingle": linear["summary"]["max_abs_difference_stack_vs_single_matrix"],
@@ -334,6 +336,16 @@ def macros() -> dict[str, object]:
         "RegSpiralDataInit": spiral["local_data"][0], "RegSpiralDataEnd": spiral["local_data"][-1],
         "RegSpiralBoundaryInit": spiral["local_boundary"][0], "RegSpiralBoundaryEnd": spiral["local_boundary"][-1],
         "RegSpiralRandomEnd": spiral["local_random"][-1], "RegSpiralSteps": spiral["step"][-1],
+        "PeerIllCondLow": ill["condition_number_range"][0], "PeerIllCondHigh": ill["condition_number_range"][1],
+        "PeerSteps": ill["steps"],
+        "PeerIllMatfreeErr": 100 * ill["matfree_package"]["mean_relative_error"],
+        "PeerIllOursErr": 100 * ill["ours_equal_steps"]["mean_relative_error"],
+        "PeerIllMatfreeCover": 100 * ill["matfree_package"]["coverage_within_2_reported"],
+        "PeerIllOursCover": 100 * ill["ours_equal_steps"]["coverage_within_2_reported"],
+        "PeerBigMatfreeErr": 100 * big["matfree_package"]["mean_relative_error"],
+        "PeerBigOursErr": 100 * big["ours_equal_steps"]["mean_relative_error"],
+        "PeerBigDefaultErr": 100 * big["ours_default"]["mean_relative_error"],
+        "PeerIllDefaultErr": 100 * ill["ours_default"]["mean_relative_error"],
         "RegDigitsDataPeak": max(region_training["digits"]["local_data"]),
         "RegDigitsPeakStep": region_training["digits"]["findings"]["step_of_peak_at_data"],
         "RegDigitsDataEnd": region_training["digits"]["local_data"][-1],

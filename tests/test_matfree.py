@@ -223,3 +223,46 @@ def test_strict_log_volume_raises_when_the_tolerance_is_not_met():
     f, _ = _map_with_spectrum(sigma, 9)
     with pytest.raises(ValueError, match="total error above tol=0.02"):
         matfree.log_volume(f, jnp.zeros((1, 64), jnp.float32), steps=8, strict=True)
+
+
+@pytest.mark.parametrize("steps", [6, 16, 40])
+def test_spectral_density_reports_its_whole_error(steps):
+    # a map with a known spectrum: the exact smoothed density is the mean of Gaussians at σ_i²; with few
+    # steps the quadrature lumps the spectrum and the standard error alone would not cover the miss
+    sigma = np.sqrt(np.concatenate([np.linspace(0.2, 0.5, 40), np.linspace(1.5, 2.0, 40)]))
+    f, _ = _map_with_spectrum(sigma, seed=4)
+    x = jnp.zeros(80, jnp.float32)
+    density = matfree.spectral_density(f, x, probes=16, steps=steps, bandwidth=0.08, grid=np.linspace(0, 4.5, 120))
+    grid = density["grid"]
+    exact = np.mean(np.exp(-0.5 * ((grid[:, None] - sigma[None] ** 2) / 0.08) ** 2), axis=1) / (0.08 * np.sqrt(2 * np.pi))
+    miss = np.abs(density["density"] - exact)
+    covered = miss <= 2 * density["total_error"] + 1e-3 * exact.max()
+    assert covered.mean() >= 0.9, (steps, covered.mean())
+    np.testing.assert_allclose(density["total_error"], density["standard_error"] + density["quadrature_error"])
+    if steps == 6:  # a visible quadrature error, and one the standard error alone does not cover
+        assert np.mean(miss <= 2 * density["standard_error"] + 1e-3 * exact.max()) < covered.mean()
+    if steps == 40:
+        assert density["quadrature_error"].max() < 0.1 * exact.max()
+
+
+def test_lanczos_on_the_gram_matrix_agrees_with_golub_kahan_and_hands_over_when_rounding_matters():
+    # equal steps and probes: the two kernels give the same Gauss value (they are the same Krylov space)
+    sigma = _log_uniform_spectrum(96, 30.0, seed=5)
+    f, truth = _map_with_spectrum(sigma, 1)
+    points = jnp.zeros((2, 96), jnp.float32)
+    gram = matfree.log_volume(f, points, steps=20, kernel="auto")
+    assert gram["lanczos_on_gram"].all()
+    assert not matfree.log_volume(f, points, steps=20)["lanczos_on_gram"].any()  # the default: Golub–Kahan
+    pure, params, prepared, m, n = matfree._prepare(f, points, None)
+    _, signs = matfree._probes(32, 20, 32, m, n, 0, prepared.dtype)
+    lower = jnp.asarray(0.0, jnp.float32)
+    by_gram = np.asarray(matfree._LogQuadraticGram(pure, 20, False)(params, prepared[0], (signs, lower)), np.float64)
+    by_gk = np.asarray(matfree._LogQuadratic(pure, 20, False)(params, prepared[0], (signs, lower)), np.float64)
+    np.testing.assert_allclose(by_gram[:, 0], by_gk[:, 0], rtol=1e-4)  # Gauss rules
+    assert np.all(by_gram[:, 1] <= by_gram[:, 0])  # Radau below Gauss
+    # a condition number whose square float32 cannot hold: the rounding estimate hands the points to Golub–Kahan
+    sigma = _log_uniform_spectrum(96, 1e6, seed=6)
+    f, truth = _map_with_spectrum(sigma, 2)
+    steep = matfree.log_volume(f, points, steps=96, tol=1e-3, kernel="auto")
+    assert not steep["lanczos_on_gram"].any()
+    assert np.all(np.abs(steep["values"] - truth) <= 2 * steep["total_error"] + 1e-3 * abs(truth))

@@ -10,7 +10,9 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -192,3 +194,72 @@ def test_pluggable_loss_trains_a_regression_and_compiles_once(tmp_path):
                        checkpoint_dir=tmp_path / "ckpt", log=lambda line: None)
     with pytest.raises(ValueError, match="must be integers.*loss_fn"):
         training.train(other, x, y[:, 0], config, log=lambda line: None)
+
+
+def _updates(config, params, gradients):
+    """The optimizer's updates for a sequence of gradients, starting from params (a dict of arrays)."""
+    optimizer = training.make_optimizer(config)
+    state, out = optimizer.init(params), []
+    for gradient in gradients:
+        update, state = optimizer.update(gradient, state, params)
+        params = optax.apply_updates(params, update)
+        out.append(update)
+    return out, params
+
+
+def test_step_schedule_divides_the_rate_at_a_third_and_two_thirds():
+    config = training.TrainConfig(steps=30, learning_rate=0.5, optimizer="sgd", schedule="steps")
+    updates, _ = _updates(config, {"w": jnp.zeros(())}, [{"w": jnp.ones(())}] * 30)
+    rates = -np.array([float(u["w"]) for u in updates])  # plain SGD: the update is −rate · gradient
+    expected = np.where(np.arange(30) < 10, 0.5, np.where(np.arange(30) < 20, 0.05, 0.005))
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+
+
+def test_weight_decay_is_coupled_l2_for_sgd_with_momentum_and_decoupled_for_adamw():
+    lr, wd, mu = 0.1, 5e-4 * 100, 0.9  # a large decay, so that its effect is far above rounding
+    params = {"w": jnp.array([1.0, -2.0])}
+    gradients = [{"w": jnp.array([0.3, 0.1])}, {"w": jnp.array([-0.2, 0.4])}, {"w": jnp.array([0.0, 0.0])}]
+    config = training.TrainConfig(learning_rate=lr, optimizer="sgd", momentum=mu, weight_decay=wd)
+    updates, final = _updates(config, params, gradients)
+    # written out: v ← μ v + (g + wd θ); θ ← θ − lr v   (PyTorch's SGD(momentum, weight_decay), Papyan et al.)
+    theta, velocity = np.array([1.0, -2.0]), np.zeros(2)
+    for gradient, update in zip(gradients, updates):
+        velocity = mu * velocity + (np.asarray(gradient["w"]) + wd * theta)
+        np.testing.assert_allclose(update["w"], -lr * velocity, rtol=1e-6, atol=1e-7)  # float32 against float64
+        theta = theta - lr * velocity
+    np.testing.assert_allclose(final["w"], theta, rtol=1e-6, atol=1e-7)
+    # adamw keeps optax's own (decoupled) default when weight_decay is not given
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam bias correction mixes int and float
+        default, _ = _updates(training.TrainConfig(learning_rate=lr, optimizer="adamw"), params, gradients)
+        reference, _ = _optax_updates(optax.adamw(lr), params, gradients)
+    for a, b in zip(default, reference):
+        np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6)
+
+
+def _optax_updates(optimizer, params, gradients):
+    state, out = optimizer.init(params), []
+    for gradient in gradients:
+        update, state = optimizer.update(gradient, state, params)
+        params = optax.apply_updates(params, update)
+        out.append(update)
+    return out, params
+
+
+def test_new_optimizer_fields_leave_old_fingerprints_alone_and_bad_values_are_refused():
+    params = {"w": jnp.zeros(3)}
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int32)
+    base = training.TrainConfig(optimizer="sgd")
+    same = dataclasses.replace(base, momentum=0.0, weight_decay=None)
+    other = dataclasses.replace(base, momentum=0.9)
+    fingerprint = training._fingerprint
+    assert fingerprint(base, params, x, y, training.cross_entropy_loss) == fingerprint(same, params, x, y,
+                                                                                     training.cross_entropy_loss)
+    assert fingerprint(base, params, x, y, training.cross_entropy_loss) != fingerprint(other, params, x, y,
+                                                                                     training.cross_entropy_loss)
+    for bad, message in ((dict(momentum=1.0), "momentum"), (dict(optimizer="adam", momentum=0.5), "momentum is for"),
+                         (dict(weight_decay=-1.0), "weight_decay"), (dict(decay_at=(0.6, 0.3)), "decay_at"),
+                         (dict(decay_factor=0.0), "decay_factor"), (dict(schedule="linear"), "unknown schedule")):
+        with pytest.raises(ValueError, match=message):
+            config = dataclasses.replace(base, **bad)
+            training.check_config(config)
+            training.make_optimizer(config)
