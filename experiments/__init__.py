@@ -33,4 +33,5 @@ EXPERIMENTS = {
     "digits": "experiments.digits",
     "attention_collapse": "experiments.attention_collapse",
     "linear_regions": "experiments.linear_regions",
+    "terminal_phase": "experiments.terminal_phase",
 }

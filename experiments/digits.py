@@ -123,24 +123,33 @@ def measure_epoch(model, head, split) -> dict:
     return record
 
 
-def train_with_series(name: str, config: Config, split, context) -> tuple[nnx.Module, list[str], list[str], dict]:
+def train_with_series(name: str, config: Config, split, context, *, options: dict | None = None, tag: str = "",
+                      measure=None) -> tuple[nnx.Module, list[str], list[str], dict]:
+    """Train model `name` on split to config.epochs, measuring at `evaluation_epochs`; resumable.
+    options: TrainConfig fields of another protocol (optimizer, momentum, weight decay, schedule; a
+    schedule is laid out over the whole run); tag names its checkpoints; measure(model, head, split)
+    replaces `measure_epoch`."""
     model, hidden, pre, head = build(name, config, context.seed)
     x_train, y_train = split[0], split[1]
     steps_per_epoch = -(-len(x_train) // config.batch_size)
-    directory = Path(context.out_dir) / ".checkpoints" / context.name / f"{name}-w{config.width}-d{config.depth}"
+    options = dict(options or {})
+    if options.get("schedule", "constant") != "constant":
+        options["schedule_steps"] = config.epochs * steps_per_epoch
+    measure = measure or measure_epoch
+    directory = Path(context.out_dir) / ".checkpoints" / context.name / f"{name}-w{config.width}-d{config.depth}{tag}"
     series_file = directory / "series.json"
     series = json.loads(series_file.read_text()) if series_file.exists() else {}
     epochs = evaluation_epochs(config)
     # measured epochs are skipped (their numbers are in the series file); a finished run only restores the end
     pending = [e for e in epochs if str(e) not in series] or [epochs[-1]]
     for epoch in pending:
-        train_config = training.TrainConfig(steps=epoch * steps_per_epoch, learning_rate=config.learning_rate,
-                                            batch_size=config.batch_size, seed=context.seed,
-                                            checkpoint_every=10**9, log_every=10**9)
+        train_config = training.TrainConfig(**{
+            "steps": epoch * steps_per_epoch, "learning_rate": config.learning_rate, "batch_size": config.batch_size,
+            "seed": context.seed, "checkpoint_every": 10**9, "log_every": 10**9, **options})
         training.train(model, x_train, y_train, train_config, checkpoint_dir=directory, name=f"  digits {name}",
                        log=lambda line: None)
         if str(epoch) not in series:
-            series[str(epoch)] = measure_epoch(model, head, split)
+            series[str(epoch)] = measure(model, head, split)
             if distributed.is_writer():  # beside process 0's checkpoints, like them
                 io.atomic_write(series_file, json.dumps(series))
     context.log(f"{name}: train {series[str(epochs[-1])]['train_accuracy']:.4f}, test "

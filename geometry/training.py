@@ -72,6 +72,9 @@ def check_config(config: "TrainConfig") -> None:
         problems.append(f"decay_at must be increasing fractions of the steps in (0, 1), got {config.decay_at}")
     if not (np.isfinite(config.decay_factor) and 0 < config.decay_factor <= 1):
         problems.append(f"decay_factor must be in (0, 1], got {config.decay_factor}")
+    if config.schedule_steps is not None and (int(config.schedule_steps) != config.schedule_steps
+                                              or config.schedule_steps < max(1, config.steps)):
+        problems.append(f"schedule_steps must be None or an integer >= steps ({config.steps}), got {config.schedule_steps}")
     if config.clip_norm is not None and not (np.isfinite(config.clip_norm) and config.clip_norm > 0):
         problems.append(f"clip_norm must be None or finite and > 0, got {config.clip_norm}")
     if problems:
@@ -98,6 +101,9 @@ class TrainConfig:
     weight_decay: float | None = None
     decay_at: tuple[float, ...] = (1 / 3, 2 / 3)
     decay_factor: float = 0.1
+    # the length the "steps" / "cosine" schedule is laid out over (None: `steps`): set it to a run's final
+    # length to train it in pieces (measuring in between) on one trajectory
+    schedule_steps: int | None = None
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -170,7 +176,8 @@ def batch_indices(step: int, n: int, batch_size: int | None, seed: int) -> np.nd
 # fields that do not change the trajectory: a run may be resumed with more steps or other logging
 _TRAJECTORY_FREE = ("steps", "log_every", "checkpoint_every")
 # fields added after checkpoints existed: left out of the fingerprint at their defaults, so those runs still resume
-_LATER_FIELDS = {"momentum": 0.0, "weight_decay": None, "decay_at": (1 / 3, 2 / 3), "decay_factor": 0.1}
+_LATER_FIELDS = {"momentum": 0.0, "weight_decay": None, "decay_at": (1 / 3, 2 / 3), "decay_factor": 0.1,
+                 "schedule_steps": None}
 
 
 def _graph_description(graphdef) -> str:
@@ -184,7 +191,7 @@ def _fingerprint(config: TrainConfig, params, x: np.ndarray, y: np.ndarray, loss
     shapes = jax.tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape)}", params)
     data = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
     free = set(_TRAJECTORY_FREE)
-    if config.schedule != "constant":
+    if config.schedule != "constant" and config.schedule_steps is None:
         free.discard("steps")  # a decay ends at `steps`: more steps is another trajectory
     trajectory = {k: v for k, v in dataclasses.asdict(config).items()
                   if k not in free and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
@@ -220,12 +227,13 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     if config.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
     learning_rate = config.learning_rate
+    total = config.schedule_steps or config.steps
     if config.schedule == "cosine":
         # decays over the configured steps, so extending a cosine run changes its trajectory
         learning_rate = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1),
-                                                           max(config.steps, config.warmup_steps + 1))
+                                                           max(total, config.warmup_steps + 1))
     if config.schedule == "steps":  # piecewise constant: × decay_factor at each fraction of the steps
-        boundaries = sorted({max(1, int(round(f * config.steps))) for f in config.decay_at})
+        boundaries = sorted({max(1, int(round(f * total))) for f in config.decay_at})
 
         def learning_rate(count):
             rate = jnp.asarray(config.learning_rate, jnp.float32)

@@ -203,6 +203,25 @@ def regions_training_table() -> str:
                    "lrrrrrr")
 
 
+def terminal_phase_table() -> str:
+    numbers = load("terminal_phase")
+    rows = []
+    for name, run in numbers["runs"].items():
+        trend = run["trends"]
+        last = run["series"][max(run["series"], key=int)]
+
+        def cell(key):
+            value = trend.get(key) or {}
+            if value.get("at_zero_error") is None or value.get("last") is None:
+                return "--"
+            return f"{fmt(value['at_zero_error'])} $\\to$ {fmt(value['last'])}"
+
+        rows.append([name.replace("_", "\\_"), trend.get("epoch_zero_train_error") or "--", cell("nc1"),
+                     cell("nc2_equiangle"), cell("nc3"), cell("nc4"), cell("study/cdnv"), last["test_accuracy"]])
+    return tabular(["run", "epoch 0 err.", "NC1", "NC2 angle", "NC3", "NC4", "CDNV (study)", "test acc."], rows,
+                   "lrllllll")
+
+
 def benchmark_table() -> str:
     result = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())
     rows = [[name.replace("_", "\\_"), row["points_per_second"], row["cost_in_forward_passes"],
@@ -231,6 +250,7 @@ def macros() -> dict[str, object]:
     region_fits, region_training = linear_regions["fits"], linear_regions["training"]
     region_speed = json.loads((BENCHMARKS / "regions-cpu.json").read_text())["cases"]
     spiral = region_training["spiral"]
+    terminal = load("terminal_phase")["runs"]
     peer = json.loads((BENCHMARKS / "matfree_peer-cpu.json").read_text())["cases"]
     ill, big = peer["ill-conditioned 128→128→128"], peer["3072→1024×8"]
     deepest = max(language["runs"], key=lambda r: (r["depth"], -r["width"]))  # the narrowest of the deepest LMs
@@ -346,6 +366,15 @@ def macros() -> dict[str, object]:
         "PeerBigOursErr": 100 * big["ours_equal_steps"]["mean_relative_error"],
         "PeerBigDefaultErr": 100 * big["ours_default"]["mean_relative_error"],
         "PeerIllDefaultErr": 100 * ill["ours_default"]["mean_relative_error"],
+        "TPDigitsAdamZero": terminal["digits/adam"]["trends"]["nc1"]["at_zero_error"],
+        "TPDigitsAdamLast": terminal["digits/adam"]["trends"]["nc1"]["last"],
+        "TPDigitsSgdZero": terminal["digits/papyan"]["trends"]["nc1"]["at_zero_error"],
+        "TPDigitsSgdLast": terminal["digits/papyan"]["trends"]["nc1"]["last"],
+        "TPBlobsSgdZero": terminal["blobs8x8/papyan"]["trends"]["nc1"]["at_zero_error"],
+        "TPBlobsSgdLast": terminal["blobs8x8/papyan"]["trends"]["nc1"]["last"],
+        "TPBlobsAdamZero": terminal["blobs8x8/adam"]["trends"]["nc1"]["at_zero_error"],
+        "TPBlobsAdamLast": terminal["blobs8x8/adam"]["trends"]["nc1"]["last"],
+        "TPFindings": len(load("terminal_phase")["findings"]),
         "RegDigitsDataPeak": max(region_training["digits"]["local_data"]),
         "RegDigitsPeakStep": region_training["digits"]["findings"]["step_of_peak_at_data"],
         "RegDigitsDataEnd": region_training["digits"]["local_data"][-1],
@@ -359,7 +388,7 @@ TABLE_FUNCTIONS = {
     "linguistic_runs": linguistic_runs_table, "linguistic_conventions": linguistic_conventions_table,
     "digits": digits_table, "universality": universality_table,
     "benchmark": benchmark_table, "attention": attention_table, "attention_rates": attention_rate_table,
-    "regions": regions_table, "regions_training": regions_training_table,
+    "regions": regions_table, "regions_training": regions_training_table, "terminal_phase": terminal_phase_table,
 }
 
 

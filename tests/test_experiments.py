@@ -345,3 +345,17 @@ def test_linear_regions_follow_the_density_laws(quick_records):
         series = numbers["training"][name]
         assert series["train_accuracy"][-1] > 0.9, name
         assert all(r > 1 for r in series["regions"])
+
+
+def test_terminal_phase_runs_both_protocols_and_reports_against_the_published_directions(quick_records):
+    numbers = quick_records[0]["terminal_phase"]["numbers"]
+    assert numbers["protocols"]["papyan"] | {"learning_rate": None} == {
+        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "steps", "learning_rate": None}
+    assert set(numbers["runs"]) == {f"{d}/{p}" for d in ("digits", "blobs8x8") for p in ("adam", "papyan")}
+    for name, run in numbers["runs"].items():
+        last = run["series"][max(run["series"], key=int)]
+        assert last["train_accuracy"] > 0.9 and last["test_accuracy"] > 0.8, name
+        for side in ("nc_train", "study_train"):
+            assert side in last
+    for line in numbers["findings"]:  # every disagreement names the run, the metric and the numbers
+        assert any(line.startswith(name + ":") for name in numbers["runs"])

@@ -213,6 +213,13 @@ def test_step_schedule_divides_the_rate_at_a_third_and_two_thirds():
     rates = -np.array([float(u["w"]) for u in updates])  # plain SGD: the update is −rate · gradient
     expected = np.where(np.arange(30) < 10, 0.5, np.where(np.arange(30) < 20, 0.05, 0.005))
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    # laid out over a longer run trained in pieces: the first 12 steps of a 30-step schedule, one trajectory
+    piece = dataclasses.replace(config, steps=12, schedule_steps=30)
+    first, _ = _updates(piece, {"w": jnp.zeros(())}, [{"w": jnp.ones(())}] * 12)
+    np.testing.assert_allclose(-np.array([float(u["w"]) for u in first]), expected[:12], rtol=1e-6)
+    params, x, y = {"w": jnp.zeros(3)}, np.zeros((4, 2), np.float32), np.zeros(4, np.int32)
+    assert training._fingerprint(piece, params, x, y, training.cross_entropy_loss) == training._fingerprint(
+        dataclasses.replace(piece, steps=30), params, x, y, training.cross_entropy_loss)
 
 
 def test_weight_decay_is_coupled_l2_for_sgd_with_momentum_and_decoupled_for_adamw():
