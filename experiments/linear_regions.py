@@ -2,7 +2,7 @@
 
 Command:  python -m experiments linear_regions [--quick]
 Writes:   figures/linear_regions.{png,pdf,json,npz}
-Runtime:  ~4 min on 2 CPU cores (quick: ~40 s).
+Runtime:  ~1.5 min on 2 CPU cores (quick: ~15 s).
 
 Every count here is exact (`geometry.regions.partition`), not a sign-pattern grid.
 
@@ -57,8 +57,8 @@ class Config:
     local_points: int = 150  # points at which local complexity is counted, per kind
 
 
-QUICK = Config(widths=(8, 16, 32), depths=(1, 2), nets=2, chords=8, probes=60, resamples=300, train_width=16,
-               train_depth=2, spiral_points=200, digits_points=300, steps=(0, 30, 300), local_points=40)
+QUICK = Config(widths=(8, 16, 32), depths=(1, 2), nets=1, chords=8, probes=60, resamples=300, train_width=16,
+               train_depth=2, spiral_points=200, digits_points=300, steps=(0, 200), local_points=40)
 
 
 def _chords(rng, count: int, radius: float) -> list[tuple[np.ndarray, np.ndarray]]:

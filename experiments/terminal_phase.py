@@ -4,7 +4,9 @@ Command:  python -m experiments terminal_phase [--quick]
 Writes:   figures/terminal_phase.{png,pdf,json}
 Runtime:  ~2.5 min on 2 CPU cores (quick: ~20 s); Orbax checkpoints, so a rerun restores.
 
-`digits` trains with Adam at a constant rate and no weight decay. Papyan, Han & Donoho (PNAS
+`digits` trains with Adam at a constant rate and no weight decay. `--set protocols=papyan` runs
+one protocol; its optimizer, rate, momentum, weight decay and decay points are Config fields
+(`--set weight_decay=1e-3 --set sgd_learning_rate=0.1`). Papyan, Han & Donoho (PNAS
 2020) train with SGD, momentum 0.9, weight decay 5e-4 (coupled L2, as PyTorch's SGD applies it:
 here `training.TrainConfig(weight_decay=)` on "sgd"), the learning rate divided by 10 at 1/3 and
 2/3 of ≈ 350 epochs, and report that past zero training error NC1 = Tr(Σ_W Σ_B†)/C falls by
@@ -34,11 +36,7 @@ import numpy as np
 from experiments import digits
 from geometry import collapse, data
 
-PROTOCOLS = {
-    "adam": {"optimizer": "adam", "learning_rate": 1e-3},
-    # SGD with momentum, coupled L2 weight decay, ÷10 at 1/3 and 2/3 of training (Papyan, Han & Donoho 2020)
-    "papyan": {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "steps", "learning_rate": 0.05},
-}
+PROTOCOL_NAMES = ("adam", "papyan")
 STUDY_KEYS = ("cdnv", "etf_error", "dual_error", "nc4_agreement")
 
 
@@ -53,6 +51,25 @@ class Config:
     batch_size: int = 128
     per_class: int = 500  # blobs8x8 training images per class (and a fifth of it for testing)
     weight_decays: tuple[float, ...] = (5e-5, 5e-4, 5e-3)  # under Papyan's protocol, on digits
+    # "adam": digits' protocol (Adam, constant rate, no weight decay)
+    adam_learning_rate: float = 1e-3
+    # "papyan": SGD with momentum, coupled L2 weight decay, the rate × decay_factor at each of decay_at
+    sgd_learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    decay_at: tuple[float, ...] = (1 / 3, 2 / 3)
+    decay_factor: float = 0.1
+
+
+def protocol(config: Config, name: str) -> dict:
+    """The TrainConfig fields of a protocol by name ("adam" or "papyan") from the config's fields."""
+    if name == "adam":
+        return {"optimizer": "adam", "learning_rate": config.adam_learning_rate}
+    if name == "papyan":
+        return {"optimizer": "sgd", "learning_rate": config.sgd_learning_rate, "momentum": config.momentum,
+                "weight_decay": config.weight_decay, "schedule": "steps", "decay_at": tuple(config.decay_at),
+                "decay_factor": config.decay_factor}
+    raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOL_NAMES)}")
 
 
 QUICK = Config(width=64, depth=2, epochs=60, evaluations=5, per_class=100, weight_decays=(5e-4,))
@@ -135,18 +152,21 @@ def run(config: Config, context) -> dict:
     runs, findings = {}, []
     base = digits.Config(activations=("relu",), width=config.width, depth=config.depth, cnn=False, epochs=config.epochs,
                          evaluations=config.evaluations, batch_size=config.batch_size)
+    for name in config.protocols:
+        protocol(config, name)  # an unknown name fails before any training
     settings = [(d, p, None) for d in config.datasets for p in config.protocols]
-    settings += [("digits", "papyan", wd) for wd in config.weight_decays if wd != PROTOCOLS["papyan"]["weight_decay"]]
-    for dataset, protocol, weight_decay in context.progress(settings, "runs"):
+    if "papyan" in config.protocols and "digits" in config.datasets:
+        settings += [("digits", "papyan", wd) for wd in config.weight_decays if wd != config.weight_decay]
+    for dataset, protocol_name, weight_decay in context.progress(settings, "runs"):
         split = load(dataset, config, context.seed)
-        options = dict(PROTOCOLS[protocol])
+        options = protocol(config, protocol_name)
         if weight_decay is not None:
             options["weight_decay"] = weight_decay
-        name = f"{dataset}/{protocol}" + ("" if weight_decay is None else f"/wd={weight_decay:g}")
+        name = f"{dataset}/{protocol_name}" + ("" if weight_decay is None else f"/wd={weight_decay:g}")
         _, _, _, series = digits.train_with_series("relu", base, split, context, options=options, measure=measure,
                                                    tag="-" + name.replace("/", "-"))
         trend = terminal_trends(series)
-        runs[name] = {"dataset": dataset, "protocol": protocol, "options": options, "train_points": len(split[0]),
+        runs[name] = {"dataset": dataset, "protocol": protocol_name, "options": options, "train_points": len(split[0]),
                       "series": {str(e): r for e, r in series.items()}, "trends": trend}
         for key, value in trend.items():
             if isinstance(value, dict) and value.get("direction") == "away from collapse":
@@ -158,10 +178,12 @@ def run(config: Config, context) -> dict:
                             f"({nc1['at_zero_error']:.4g} → {nc1['last']:.4g}); Papyan et al.'s plots fall ≥ 10×")
         elif trend.get("epoch_zero_train_error") is None:
             findings.append(f"{name}: never reached zero training error in {config.epochs} epochs")
-    weight_decay = {f"{wd:g}": runs[f"digits/papyan/wd={wd:g}" if wd != PROTOCOLS["papyan"]["weight_decay"]
-                                    else "digits/papyan"]["trends"].get("nc1", {}).get("last")
-                    for wd in sorted(set(config.weight_decays) | {PROTOCOLS["papyan"]["weight_decay"]})}
-    return {"protocols": PROTOCOLS, "runs": runs, "findings": findings, "nc1_by_weight_decay": weight_decay,
+    weight_decay = {}
+    if "digits/papyan" in runs:
+        for wd in sorted(set(config.weight_decays) | {config.weight_decay}):
+            key = "digits/papyan" if wd == config.weight_decay else f"digits/papyan/wd={wd:g}"
+            weight_decay[f"{wd:g}"] = runs[key]["trends"].get("nc1", {}).get("last")
+    return {"protocols": {name: protocol(config, name) for name in config.protocols}, "runs": runs, "findings": findings, "nc1_by_weight_decay": weight_decay,
             "published": {"source": "Papyan, Han & Donoho (2020), PNAS 117(40): 24652–24663",
                           "directions": {k: ("decreases" if v < 0 else "increases") for k, v in PUBLISHED.items()},
                           "nc1_fold_decrease_over_terminal_phase": "≥ 10 (their plots: orders of magnitude)"}}
