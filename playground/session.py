@@ -133,7 +133,7 @@ class Run:
         self.history = history
         self.linear = views.linear_collapse(self.model, self.config)
 
-    def frame(self, running: bool) -> dict:
+    def frame(self, running: bool, stopping=lambda: False) -> dict:
         state = nnx.state(self.model)
         raw = jax.device_get(self.views.maps(state, self.views.grid))
         now = time.perf_counter()
@@ -143,7 +143,8 @@ class Run:
             self.layer_rows, self.layer_time = self.views.layer_numbers(state), now
         # the exact partition (tens to hundreds of ms) at its own slower pace; frames carry only its
         # count and version, the polygons are fetched by the page when the version changes
-        if self.views.exact and (self.exact_regions is None or not running or now - self.regions_time > REGIONS_EVERY):
+        if self.views.exact and not stopping() and (
+                self.exact_regions is None or not running or now - self.regions_time > REGIONS_EVERY):
             self.exact_regions = encode_exact_regions(self.views.exact_regions(self.model))
             self.regions_time = time.perf_counter()
         maps = encode_maps(raw, self.data.classes)
@@ -235,7 +236,7 @@ class Session:
             try:
                 if not fresh:  # a new run shows its untrained state first
                     run.train()
-                record = run.frame(running)
+                record = run.frame(running, stopping=lambda: self.closed)  # a closing server skips the partition
             except Exception as error:  # noqa: BLE001 - shown in the page; the server keeps serving
                 run.message = str(error) if isinstance(error, FloatingPointError) else \
                     f"update failed: {type(error).__name__}: {error}"

@@ -162,25 +162,11 @@ def test_regions_tile_the_window_and_each_has_one_pattern():
 
 
 def _grid_count(model, resolution: int, window: float) -> int:
-    """Distinct activation patterns of a relu MLP on a resolution² grid, by its own forward pass."""
-    graphdef, state = nnx.split(model)
+    """Distinct activation patterns of a relu MLP on a resolution² grid, by its own forward pass
+    (pre-activations written out in benchmarks.regions, not through the library)."""
+    from benchmarks.regions import _grid_patterns
 
-    @jax.jit
-    def patterns(points):
-        def one(x):
-            hidden, pre = x, []
-            for layer in nnx.merge(graphdef, state).layers:
-                pre.append(layer.dense(hidden))  # the pre-activation, written out
-                hidden = jax.nn.relu(pre[-1])
-            return jnp.concatenate(pre) >= 0
-        return jax.vmap(one)(points)
-
-    axis = np.linspace(-window, window, resolution, dtype=np.float32)
-    points = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
-    seen = set()
-    for i in range(0, len(points), 65536):
-        seen.update(map(bytes, np.packbits(np.asarray(patterns(points[i:i + 65536])), axis=1)))
-    return len(seen)
+    return _grid_patterns(model, resolution, window)
 
 
 def test_sign_pattern_grids_count_no_more_than_the_exact_partition_and_reach_it():

@@ -197,14 +197,8 @@ def test_pluggable_loss_trains_a_regression_and_compiles_once(tmp_path):
 
 
 def _updates(config, params, gradients):
-    """The optimizer's updates for a sequence of gradients, starting from params (a dict of arrays)."""
-    optimizer = training.make_optimizer(config)
-    state, out = optimizer.init(params), []
-    for gradient in gradients:
-        update, state = optimizer.update(gradient, state, params)
-        params = optax.apply_updates(params, update)
-        out.append(update)
-    return out, params
+    """The config's optimizer's updates for a sequence of gradients, starting from params (a dict of arrays)."""
+    return _optax_updates(training.make_optimizer(config), params, gradients)
 
 
 def test_step_schedule_divides_the_rate_at_a_third_and_two_thirds():
