@@ -24,6 +24,7 @@ from geometry import (
     models,
     plane,
     probe,
+    regions,
     shapes,
     similarity,
     spectra,
@@ -45,7 +46,7 @@ from geometry.training import CheckpointError, TrainConfig, train
 __all__ = [
     # modules
     "activations", "collapse", "data", "distributed", "free_probability", "functional", "jacobians", "kernels", "layers", "matfree", "metric", "models", "plane", "probe",
-    "shapes", "similarity", "spectra", "theory", "training",
+    "regions", "shapes", "similarity", "spectra", "theory", "training",
     # entry points
     "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "KernelMLP", "LayerNorm", "MLP",
     "Pointwise", "TrainConfig", "cka", "cka_permutation_test", "collapse_metrics", "dense_layer_singular_values", "dense_weight",

@@ -16,6 +16,7 @@ DESIGN = {
     "data": ["make_dataset", "grid", "load_digits", "load_dataset"],
     "theory": ["prob_any_dead", "prob_relu_rank_deficient", "mean_field", "fuss_catalan"],
     "training": ["train", "TrainConfig", "CheckpointError"],
+    "regions": ["partition", "Partition"],
 }
 
 
