@@ -32,3 +32,14 @@ def test_rerun_in_the_same_directory_reuses_or_restarts_cleanly(tmp_path):
     first = _numbers(tmp_path / "training_animation.json")
     run_experiment("training_animation", quick=True, seed=1, out_dir=tmp_path)
     assert _numbers(tmp_path / "training_animation.json") == first
+
+
+def test_terminal_phase_reproduces_byte_for_byte(tmp_path):
+    # Papyan's protocol (momentum, coupled weight decay, stepped rate) trained twice from scratch, small
+    overrides = [("datasets", "digits"), ("protocols", "papyan"), ("epochs", "6"), ("evaluations", "3"),
+                 ("width", "16"), ("depth", "1"), ("weight_decays", "5e-4")]
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_experiment("terminal_phase", quick=True, seed=3, out_dir=first, overrides=overrides)
+    run_experiment("terminal_phase", quick=True, seed=3, out_dir=second, overrides=overrides)
+    assert (first / "terminal_phase.json").exists()
+    assert _numbers(first / "terminal_phase.json") == _numbers(second / "terminal_phase.json")
