@@ -31,28 +31,32 @@ def evaluate(vertices: np.ndarray, forms: np.ndarray) -> np.ndarray:
 
 def areas(vertices: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(R,) areas by the shoelace formula (padded slots contribute nothing)."""
-    following = _following(vertices, counts)
-    cross = vertices[..., 0] * following[..., 1] - vertices[..., 1] * following[..., 0]
+    after = following(vertices, counts)
+    cross = vertices[..., 0] * after[..., 1] - vertices[..., 1] * after[..., 0]
     return 0.5 * np.where(valid(counts, vertices.shape[1]), cross, 0.0).sum(axis=1)
 
 
 def centroids(vertices: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(R, 2) centroids (area-weighted; the vertex mean for degenerate polygons)."""
     mask = valid(counts, vertices.shape[1])
-    following = _following(vertices, counts)
-    cross = np.where(mask, vertices[..., 0] * following[..., 1] - vertices[..., 1] * following[..., 0], 0.0)
+    after = following(vertices, counts)
+    cross = np.where(mask, vertices[..., 0] * after[..., 1] - vertices[..., 1] * after[..., 0], 0.0)
     area6 = 3.0 * cross.sum(axis=1)
-    weighted = ((vertices + following) * cross[..., None]).sum(axis=1)
+    weighted = ((vertices + after) * cross[..., None]).sum(axis=1)
     mean = np.where(mask[..., None], vertices, 0.0).sum(axis=1) / np.maximum(counts, 1)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = weighted / area6[:, None]
     return np.where(np.abs(area6)[:, None] > 0, centroid, mean)
 
 
-def _following(vertices: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _successor(counts: np.ndarray, width: int) -> np.ndarray:
+    """(R, width): the slot of each vertex's successor around its polygon."""
+    return (np.arange(width)[None, :] + 1) % np.maximum(counts, 1)[:, None]
+
+
+def following(vertices: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(R, V, 2): each vertex's successor around its polygon."""
-    index = (np.arange(vertices.shape[1])[None, :] + 1) % np.maximum(counts, 1)[:, None]
-    return np.take_along_axis(vertices, index[..., None], axis=1)
+    return np.take_along_axis(vertices, _successor(counts, vertices.shape[1])[..., None], axis=1)
 
 
 def clip(vertices: np.ndarray, counts: np.ndarray, forms: np.ndarray, tolerance: np.ndarray):
@@ -65,15 +69,15 @@ def clip(vertices: np.ndarray, counts: np.ndarray, forms: np.ndarray, tolerance:
     R, V, _ = vertices.shape
     mask = valid(counts, V)
     value = evaluate(vertices, forms[:, None, :])[..., 0]  # (R, V)
-    index = (np.arange(V)[None, :] + 1) % np.maximum(counts, 1)[:, None]
-    following = np.take_along_axis(vertices, index[..., None], axis=1)
+    index = _successor(counts, V)
+    after = np.take_along_axis(vertices, index[..., None], axis=1)
     following_value = np.take_along_axis(value, index, axis=1)
     tol = tolerance[:, None]
     inside = mask & (value >= -tol)
     crossing = mask & (((value > tol) & (following_value < -tol)) | ((value < -tol) & (following_value > tol)))
     with np.errstate(invalid="ignore", divide="ignore"):
         t = value / (value - following_value)
-    crossing_point = vertices + np.where(crossing, t, 0.0)[..., None] * (following - vertices)
+    crossing_point = vertices + np.where(crossing, t, 0.0)[..., None] * (after - vertices)
     # slot 2i holds vertex i, slot 2i+1 the crossing on edge (i, i+1): order is kept by a stable sort
     candidates = np.stack([vertices, crossing_point], axis=2).reshape(R, 2 * V, 2)
     keep = np.stack([inside, crossing], axis=2).reshape(R, 2 * V)
@@ -141,13 +145,13 @@ def chord(vertices, counts, forms):
     R, V, _ = vertices.shape
     mask = valid(counts, V)
     value = evaluate(vertices, forms[:, None, :])[..., 0]
-    index = (np.arange(V)[None, :] + 1) % np.maximum(counts, 1)[:, None]
-    following = np.take_along_axis(vertices, index[..., None], axis=1)
+    index = _successor(counts, V)
+    after = np.take_along_axis(vertices, index[..., None], axis=1)
     following_value = np.take_along_axis(value, index, axis=1)
     crossing = mask & ((value > 0) != (following_value > 0))
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.where(crossing, value / (value - following_value), 0.0)
-    points = vertices + t[..., None] * (following - vertices)  # (R, V, 2)
+    points = vertices + t[..., None] * (after - vertices)  # (R, V, 2)
     order = np.argsort(~crossing, axis=1, kind="stable")[:, :2]
     ends = np.take_along_axis(points, order[..., None], axis=1)
     hits = crossing.sum(axis=1) >= 2
@@ -156,8 +160,8 @@ def chord(vertices, counts, forms):
 
 def contains(vertices, counts, points, tolerance: float = 0.0) -> np.ndarray:
     """(P, R) True where point p lies in (counter-clockwise, convex) polygon r."""
-    following = _following(vertices, counts)
-    edge = following - vertices  # (R, V, 2)
+    after = following(vertices, counts)
+    edge = after - vertices  # (R, V, 2)
     relative = points[:, None, None, :] - vertices[None]  # (P, R, V, 2)
     cross = edge[None, ..., 0] * relative[..., 1] - edge[None, ..., 1] * relative[..., 0]
     inside = np.where(valid(counts, vertices.shape[1])[None], cross >= -tolerance, True)

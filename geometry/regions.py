@@ -28,6 +28,7 @@ cut off (a line within that of a vertex passes through it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -161,7 +162,7 @@ class Partition:
     def _segment_pieces(self, start, end) -> np.ndarray:
         start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
         edge_start = self.vertices
-        edge = polygons._following(self.vertices, self.counts) - edge_start  # (R, V, 2)
+        edge = polygons.following(self.vertices, self.counts) - edge_start  # (R, V, 2)
         # inside a counter-clockwise cell: cross(edge, p − v) ≥ 0 for every edge; along p(t) that is
         # cross(edge, start − v) + t cross(edge, end − start) ≥ 0
         offset = edge[..., 0] * (start[1] - edge_start[..., 1]) - edge[..., 1] * (start[0] - edge_start[..., 0])
@@ -180,7 +181,7 @@ class Partition:
         With an orthonormal plane this is the input-space distance within the slice."""
         points = np.asarray(points, np.float64).reshape(-1, 2)
         region = self.region_of(points)
-        following = polygons._following(self.vertices, self.counts)
+        following = polygons.following(self.vertices, self.counts)
         (x0, y0), (x1, y1) = self.window
         scale = 1e-9 * max(x1 - x0, y1 - y0)
         on_border = np.zeros(self.vertices.shape[:2], bool)
@@ -278,7 +279,7 @@ class _SlicedModel:
     float64: bool
 
     def _context(self):
-        return jax.enable_x64(True) if self.float64 else _nothing()
+        return jax.enable_x64(True) if self.float64 else contextlib.nullcontext()
 
     def forms(self, choices: np.ndarray, level: int, candidates: tuple[int, int] = (0, 0)):
         """(outputs (R, m, 3), candidates[0]:candidates[1] of the switches' candidates (R, K, 3)): affine
@@ -311,22 +312,15 @@ class _SlicedModel:
         return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _at(pure, input_shape, state, origin, basis, c):
+def _at(input_shape, origin, basis, c):
+    """The input at plane coordinates c (2,), in the model's input shape."""
     return (origin + c @ basis).reshape(input_shape)
 
 
 @functools.partial(jax.jit, static_argnames=("pure", "input_shape", "span"))
 def _forms(pure, input_shape, span, state, origin, basis, choices, level):
     def on_plane(c, choice):
-        outs, candidates, _ = piecewise.run(pure, state, _at(pure, input_shape, state, origin, basis, c), choice, level)
+        outs, candidates, _ = piecewise.run(pure, state, _at(input_shape, origin, basis, c), choice, level)
         value = (jnp.concatenate([o.reshape(-1) for o in outs]), candidates[span[0]:span[1]])
         return value, value
 
@@ -341,7 +335,7 @@ def _forms(pure, input_shape, span, state, origin, basis, choices, level):
 @functools.partial(jax.jit, static_argnames=("pure", "input_shape"))
 def _patterns(pure, input_shape, state, origin, basis, coordinates):
     def one(c):
-        found = piecewise.run(pure, state, _at(pure, input_shape, state, origin, basis, c),
+        found = piecewise.run(pure, state, _at(input_shape, origin, basis, c),
                               jnp.zeros(0, jnp.int32), jnp.int32(0), with_choices=True)
         return found[3]
     return jax.vmap(one)(coordinates)
@@ -350,7 +344,7 @@ def _patterns(pure, input_shape, state, origin, basis, coordinates):
 @functools.partial(jax.jit, static_argnames=("pure", "input_shape"))
 def _outputs(pure, input_shape, state, origin, basis, coordinates):
     def one(c):
-        out = pure(state, _at(pure, input_shape, state, origin, basis, c))
+        out = pure(state, _at(input_shape, origin, basis, c))
         return jnp.concatenate([o.reshape(-1) for o in jax.tree_util.tree_leaves(out)])
     return jax.vmap(one)(coordinates)
 
@@ -360,7 +354,7 @@ def _discover(model: _SlicedModel):
     found = {}
 
     def trace(state, origin, basis):
-        x = _at(model.pure, model.input_shape, state, origin, basis, jnp.zeros(2, origin.dtype))
+        x = _at(model.input_shape, origin, basis, jnp.zeros(2, origin.dtype))
         outs, candidates, found["switches"] = piecewise.run(model.pure, state, x)
         return outs
 
@@ -394,7 +388,7 @@ def partition(model, window, plane=None, *, params=None, model_kwargs=None, inpu
     if math.prod(input_shape) != np.shape(plane.origin)[0]:
         raise ValueError(f"input_shape {input_shape} has {math.prod(input_shape)} entries but the plane lives in "
                          f"{np.shape(plane.origin)[0]} dimensions")
-    with jax.enable_x64(True) if float64 else _nothing():
+    with jax.enable_x64(True) if float64 else contextlib.nullcontext():
         cast = jax.tree_util.tree_map(
             lambda a: jnp.asarray(a, real) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, state)
         sliced = _SlicedModel(pure, cast, jnp.asarray(plane.origin, real), jnp.asarray(plane.basis, real),
@@ -431,23 +425,17 @@ def _cut(model, switches, c_min, c_max, tolerance, max_regions):
             # two candidates: one line f₀ − f₁ = 0 per group. A line that misses a cell misses all its
             # pieces, so each line is tested against the level's starting cells once, all lines at a time,
             # and later only against the pieces of the cells it crossed
-            lines = forms[:, :, 0] - forms[:, :, 1] if k == 2 else None
             if k == 2:
+                lines = forms[:, :, 0] - forms[:, :, 1]
                 start_winner = _sides(cells.vertices[:cells.size], cells.counts[:cells.size], lines[cells.row[:cells.size]],
                                       tolerances[cells.row[:cells.size]])
                 cells.mark[:cells.size] = np.arange(cells.size)  # each cell's row in start_winner
             for group in range(switch.groups):
                 n = cells.size
                 rows = cells.row[:n]
-                if lines is not None:
+                if k == 2:  # only the cells the disc test could not place are tested at their vertices
                     winner = start_winner[cells.mark[:n], group]
-                    crossed = np.flatnonzero(winner < 0)
-                    line = lines[rows[crossed], group]  # (C, 3)
-                    vertices = cells.vertices[crossed]  # unused slots repeat vertex 0: min/max need no mask
-                    values = vertices[..., 0] * line[:, :1] + vertices[..., 1] * line[:, 1:2] + line[:, 2:]
-                    tol = tolerances[rows[crossed], group]
-                    winner[crossed] = np.where(values.min(axis=1) >= -tol, 0, np.where(values.max(axis=1) <= tol, 1, -1))
-                    cut = crossed[winner[crossed] < 0]
+                    cut = np.flatnonzero(winner < 0)
                 else:
                     winner, cut = np.full(n, -1), np.arange(n)
                 sub_winner, (parent, choice, pieces, piece_counts) = polygons.split_by_argmax(
