@@ -185,26 +185,29 @@ def layer_geometry(model, hidden: list[str], pre: list[str], x_test: np.ndarray,
     return {"layers": result, "relu_rank_identity": identity, "linear_cka": cka.tolist()}
 
 
-def trends(series: dict[int, dict]) -> dict:
+def trends(series: dict[int, dict], keys=NC_KEYS, side: str = "nc_train", published=None, prefix: str = "") -> dict:
     """Per metric: value at the first evaluation with zero training error and at the last, and the
     direction: "toward collapse" (the way Papyan et al. report), "away from collapse", or "flat"
-    (relative change below FLAT; for nc4, change of the disagreement 1 − nc4 below FLAT of it)."""
+    (relative change below FLAT; for an agreement that rises toward 1 (nc4), change of the
+    disagreement 1 − value below FLAT of it). `keys` of series[epoch][side], each going the way
+    `published` says (default PAPYAN_TREND), reported as prefix + key."""
+    published = PAPYAN_TREND if published is None else published
     epochs = sorted(series)
     perfect = [e for e in epochs if series[e]["train_accuracy"] == 1.0]
     if not perfect:
         return {"epoch_zero_train_error": None}
     first, last = perfect[0], epochs[-1]
     out = {"epoch_zero_train_error": first, "last_epoch": last}
-    for key in NC_KEYS:
-        a, b = series[first]["nc_train"].get(key), series[last]["nc_train"].get(key)
+    for key in keys:
+        a, b = series[first][side].get(key), series[last][side].get(key)
         direction = None
         if a is not None and b is not None and first != last:
-            scale = abs(1.0 - a) if key == "nc4" else abs(a)
+            scale = abs(1.0 - a) if published[key] > 0 else abs(a)
             if abs(b - a) < FLAT * max(scale, 1e-12):
                 direction = "flat"
             else:
-                direction = "toward collapse" if np.sign(b - a) == PAPYAN_TREND[key] else "away from collapse"
-        out[key] = {"at_zero_error": a, "last": b, "direction": direction}
+                direction = "toward collapse" if np.sign(b - a) == published[key] else "away from collapse"
+        out[prefix + key] = {"at_zero_error": a, "last": b, "direction": direction}
     return out
 
 

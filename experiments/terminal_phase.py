@@ -130,17 +130,10 @@ PUBLISHED = {**digits.PAPYAN_TREND, "study/cdnv": -1, "study/etf_error": -1, "st
 def terminal_trends(series: dict[int, dict]) -> dict:
     """digits.trends for the default metrics, and the same for the study's, with the fold change."""
     out = digits.trends(series)
-    first, last = out.get("epoch_zero_train_error"), out.get("last_epoch")
-    if first is None:
+    if out.get("epoch_zero_train_error") is None:
         return out
-    for key in STUDY_KEYS:
-        a, b = series[first]["study_train"].get(key), series[last]["study_train"].get(key)
-        direction = None
-        if a is not None and b is not None and first != last:
-            scale = abs(1.0 - a) if key == "nc4_agreement" else abs(a)
-            direction = "flat" if abs(b - a) < digits.FLAT * max(scale, 1e-12) else (
-                "toward collapse" if np.sign(b - a) == PUBLISHED[f"study/{key}"] else "away from collapse")
-        out[f"study/{key}"] = {"at_zero_error": a, "last": b, "direction": direction}
+    study = {key: PUBLISHED[f"study/{key}"] for key in STUDY_KEYS}
+    out.update(digits.trends(series, STUDY_KEYS, "study_train", study, prefix="study/"))
     for key, value in out.items():
         if isinstance(value, dict) and value.get("at_zero_error") and value.get("last") is not None:
             value["ratio_last_over_zero_error"] = value["last"] / value["at_zero_error"]
