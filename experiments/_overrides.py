@@ -2,7 +2,7 @@
 field) or `--set NAME.key=value` (one experiment), validated against the frozen Config.
 
 A value is read as a Python literal (`3`, `0.5`, `(8, 16)`, `None`, `True`; a bare
-`1,2` is a tuple) and checked against the field's annotation; a string field also takes
+`1,2` is a tuple, and so is `relu,tanh` for a tuple of strings) and checked against the field's annotation; a string field also takes
 the raw text (`--set corpus=stories.txt`). An unknown key or a value of the wrong type is
 a ValueError that lists the valid fields with their types.
 """
@@ -78,7 +78,8 @@ def apply(config, overrides: list[tuple[str, str]], experiment: str):
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
-            value = raw
+            # bare words: "--set methods=simclr,byol" for a tuple of strings is ("simclr", "byol")
+            value = tuple(part.strip() for part in raw.split(",")) if "," in raw else raw
         ok, converted = _fits(value, hints[key])
         if not ok and _fits(raw, hints[key])[0]:  # a string field given text that parses as a literal
             ok, converted = True, raw

@@ -137,7 +137,7 @@ def accuracy(model, x, y) -> float:
     return float(jnp.mean(jnp.argmax(logits, axis=-1) == jnp.asarray(y)))
 
 
-def _check_data(x, y, labels: str = "integer") -> tuple[np.ndarray, np.ndarray]:
+def check_data(x, y, labels: str = "integer") -> tuple[np.ndarray, np.ndarray]:
     """Inputs (N, *input_shape) (or (N, T) token ids) and targets: integer labels (N,) (or (N, T)
     next tokens) for the default loss; with `labels="any"` (a loss of the user's) any finite
     targets with N rows."""
@@ -265,7 +265,7 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
     process 0 writes them.
     """
     check_config(config)
-    x, y = _check_data(x, y, labels="integer" if loss_fn is cross_entropy_loss else "any")
+    x, y = check_data(x, y, labels="integer" if loss_fn is cross_entropy_loss else "any")
     if loss_fn is cross_entropy_loss:  # a label past the last logit makes the loss NaN, silently
         classes = jax.eval_shape(lambda v: model(v), jax.ShapeDtypeStruct(x.shape[1:], x.dtype)).shape[-1]
         if y.max() >= classes:
