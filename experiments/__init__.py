@@ -34,4 +34,5 @@ EXPERIMENTS = {
     "attention_collapse": "experiments.attention_collapse",
     "linear_regions": "experiments.linear_regions",
     "terminal_phase": "experiments.terminal_phase",
+    "ssl_collapse": "experiments.ssl_collapse",
 }

@@ -11,9 +11,11 @@ and every module attribute not documented in its module's docstring, is private.
 
 from geometry import (
     activations,
+    augment,
     collapse,
     data,
     distributed,
+    embeddings,
     free_probability,
     functional,
     jacobians,
@@ -28,11 +30,13 @@ from geometry import (
     shapes,
     similarity,
     spectra,
+    ssl,
     theory,
     training,
 )
 from geometry.activations import NAMES as ACTIVATIONS
 from geometry.collapse import CollapseAccumulator, collapse_metrics
+from geometry.embeddings import EmbeddingAccumulator, embedding_spectrum, linear_probe
 from geometry.data import grid, load_dataset, load_digits, make_dataset, stratified_split
 from geometry.functional import jit_module
 from geometry.jacobians import jacobian_field, pure_jacobian_field
@@ -45,11 +49,12 @@ from geometry.training import CheckpointError, TrainConfig, train
 
 __all__ = [
     # modules
-    "activations", "collapse", "data", "distributed", "free_probability", "functional", "jacobians", "kernels", "layers", "matfree", "metric", "models", "plane", "probe",
-    "regions", "shapes", "similarity", "spectra", "theory", "training",
+    "activations", "augment", "collapse", "data", "distributed", "embeddings", "free_probability", "functional",
+    "jacobians", "kernels", "layers", "matfree", "metric", "models", "plane", "probe", "regions", "shapes",
+    "similarity", "spectra", "ssl", "theory", "training",
     # entry points
-    "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "KernelMLP", "LayerNorm", "MLP",
-    "Pointwise", "TrainConfig", "cka", "cka_permutation_test", "collapse_metrics", "dense_layer_singular_values", "dense_weight",
-    "fuss_catalan", "grid", "jacobian_field", "jit_module", "load_dataset", "load_digits", "make_dataset", "mean_field",
+    "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "EmbeddingAccumulator", "KernelMLP", "LayerNorm", "MLP",
+    "Pointwise", "TrainConfig", "cka", "cka_permutation_test", "collapse_metrics", "dense_layer_singular_values", "dense_weight", "embedding_spectrum",
+    "fuss_catalan", "grid", "jacobian_field", "jit_module", "linear_probe", "load_dataset", "load_digits", "make_dataset", "mean_field",
     "prob_any_dead", "prob_relu_rank_deficient", "pullback_metric", "pure_jacobian_field", "stratified_split", "train",
 ]

@@ -26,6 +26,10 @@ def load(name: str) -> dict:
     return json.loads((FIGURES / f"{name}.json").read_text())["numbers"]
 
 
+def numbers_config(name: str) -> dict:
+    return json.loads((FIGURES / f"{name}.json").read_text())["config"]
+
+
 def fmt(value, digits: int = 3) -> str:
     """A number as LaTeX: fixed or scientific with `digits` significant digits; inf as $\\infty$."""
     if value is None:
@@ -222,6 +226,21 @@ def terminal_phase_table() -> str:
                    "lrllllll")
 
 
+def ssl_table() -> str:
+    numbers = load("ssl_collapse")
+    config = numbers_config("ssl_collapse")
+    middle = config["strengths"][len(config["strengths"]) // 2]
+    rows = []
+    for method in config["methods"]:
+        runs = [r for r in numbers["runs"] if r["method"] == method]
+        at_middle = {r["encoder"]: r for r in runs if r["strength"] == middle}
+        rows.append([method.replace("_", "\\_"), *(fmt(at_middle[e]["final"]["rankme"]) for e in config["encoders"]),
+                     f"{sum(r['complete_collapse'] for r in runs)}/{len(runs)}",
+                     fmt(float(np.median([r["final"]["probe_test_accuracy"] for r in runs])))])
+    return tabular(["method", *config["encoders"], "complete collapse", "probe acc."], rows,
+                   "l" + "r" * (len(config["encoders"]) + 2))
+
+
 def benchmark_table() -> str:
     result = json.loads((BENCHMARKS / "jacobians-cpu.json").read_text())
     rows = [[name.replace("_", "\\_"), row["points_per_second"], row["cost_in_forward_passes"],
@@ -232,6 +251,40 @@ def benchmark_table() -> str:
 def wide_error(wide: dict, route: str) -> float:
     """Largest |σ − σ_float64_svd| / σ_max of one wide-layer route."""
     return wide["agreement_vs_float64_svd"][route]["max_error_relative_to_sigma_max"]
+
+
+def ssl_macros() -> dict[str, object]:
+    numbers = load("ssl_collapse")
+    link = numbers["rankme_vs_probe_accuracy"]
+    strength = numbers["augmentation_strength"]
+    jacobians = numbers["jacobians_vs_representation"]
+    by_method = {m: [r for r in numbers["runs"] if r["method"] == m] for m in strength}
+    return {
+        "SSLRuns": len(numbers["runs"]),
+        "SSLFindings": len(numbers["findings"]),
+        "SSLRhoAll": link["all_runs"]["spearman"]["value"],
+        "SSLRhoAllLow": link["all_runs"]["spearman"]["ci95"][0],
+        "SSLRhoAllHigh": link["all_runs"]["spearman"]["ci95"][1],
+        "SSLRhoLive": link["without_complete_collapse"]["spearman"]["value"],
+        "SSLRhoLiveLow": link["without_complete_collapse"]["spearman"]["ci95"][0],
+        "SSLRhoLiveHigh": link["without_complete_collapse"]["spearman"]["ci95"][1],
+        "SSLStrengthSimclr": strength["simclr"]["spearman_strength_rankme"],
+        "SSLStrengthFalls": sum(e.get("direction") == "falls" for e in strength.values()),
+        "SSLMethods": len(strength),
+        "SSLAlignCollapsed": sum(r["complete_collapse"] for r in by_method["alignment"]),
+        "SSLNoSgCollapsed": sum(r["complete_collapse"] for r in by_method["simsiam_no_stop_gradient"]),
+        "SSLPerMethod": len(by_method["alignment"]),
+        "SSLJacobianRho": jacobians.get("spearman_jacobian_vs_representation"),
+        "SSLKeepLow": min(r["final"]["rankme"] for m in ("simclr", "vicreg") for r in by_method[m]),
+        "SSLKeepHigh": max(r["final"]["rankme"] for m in ("simclr", "vicreg") for r in by_method[m]),
+        "SSLSimsiamCos": numbers["anchors"]["simsiam"]["median_embedding_mean_cosine"],
+        "SSLByolCos": numbers["anchors"]["byol"]["median_embedding_mean_cosine"],
+        "SSLSimsiamStd": numbers["anchors"]["simsiam"]["median_embedding_normalised_std_times_sqrt_d"],
+        "SSLNoSgStd": numbers["anchors"]["simsiam_no_stop_gradient"]["median_embedding_normalised_std_times_sqrt_d"],
+        "SSLSimclrStd": numbers["anchors"]["simclr"]["median_embedding_normalised_std_times_sqrt_d"],
+        "SSLJacobianInit": jacobians["median_jacobian_effective_rank_initialisation"],
+        "SSLJacobianFinal": jacobians["median_jacobian_effective_rank_final"],
+    }
 
 
 def macros() -> dict[str, object]:
@@ -375,6 +428,7 @@ def macros() -> dict[str, object]:
         "TPBlobsAdamZero": terminal["blobs8x8/adam"]["trends"]["nc1"]["at_zero_error"],
         "TPBlobsAdamLast": terminal["blobs8x8/adam"]["trends"]["nc1"]["last"],
         "TPFindings": len(load("terminal_phase")["findings"]),
+        **ssl_macros(),
         "RegDigitsDataPeak": max(region_training["digits"]["local_data"]),
         "RegDigitsPeakStep": region_training["digits"]["findings"]["step_of_peak_at_data"],
         "RegDigitsDataEnd": region_training["digits"]["local_data"][-1],
@@ -389,6 +443,7 @@ TABLE_FUNCTIONS = {
     "digits": digits_table, "universality": universality_table,
     "benchmark": benchmark_table, "attention": attention_table, "attention_rates": attention_rate_table,
     "regions": regions_table, "regions_training": regions_training_table, "terminal_phase": terminal_phase_table,
+    "ssl": ssl_table,
 }
 
 

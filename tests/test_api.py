@@ -17,6 +17,9 @@ DESIGN = {
     "theory": ["prob_any_dead", "prob_relu_rank_deficient", "mean_field", "fuss_catalan"],
     "training": ["train", "TrainConfig", "CheckpointError"],
     "regions": ["partition", "Partition"],
+    "embeddings": ["embedding_spectrum", "EmbeddingAccumulator", "linear_probe", "rankme"],
+    "ssl": ["info_nce", "vicreg", "vicreg_terms", "byol", "simsiam", "alignment", "Siamese", "SSLLoss", "fit"],
+    "augment": ["ImageAugment"],
 }
 
 

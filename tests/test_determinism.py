@@ -43,3 +43,14 @@ def test_terminal_phase_reproduces_byte_for_byte(tmp_path):
     run_experiment("terminal_phase", quick=True, seed=3, out_dir=second, overrides=overrides)
     assert (first / "terminal_phase.json").exists()
     assert _numbers(first / "terminal_phase.json") == _numbers(second / "terminal_phase.json")
+
+
+def test_ssl_collapse_reproduces_byte_for_byte(tmp_path):
+    # augmented views drawn from (seed, step), BYOL's EMA target and the L-BFGS probe, twice from scratch
+    overrides = [("methods", "byol,simclr"), ("epochs", "2"), ("evaluations", "2"), ("width", "16"), ("depth", "1"),
+                 ("bootstrap", "50")]
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_experiment("ssl_collapse", quick=True, seed=3, out_dir=first, overrides=overrides)
+    run_experiment("ssl_collapse", quick=True, seed=3, out_dir=second, overrides=overrides)
+    assert (first / "ssl_collapse.json").read_bytes() != b""
+    assert _numbers(first / "ssl_collapse.json") == _numbers(second / "ssl_collapse.json")

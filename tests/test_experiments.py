@@ -361,3 +361,30 @@ def test_terminal_phase_runs_both_protocols_and_reports_against_the_published_di
             assert side in last
     for line in numbers["findings"]:  # every disagreement names the run, the metric and the numbers
         assert any(line.startswith(name + ":") for name in numbers["runs"])
+
+
+def test_ssl_collapse_measures_what_it_reports(quick_records):
+    from experiments import ssl_collapse
+    from geometry import data, embeddings
+
+    numbers = quick_records[0]["ssl_collapse"]["numbers"]
+    config = ssl_collapse.QUICK
+    x, y = data.load_digits()
+    split = data.stratified_split(x, y, config.test_fraction, seed=0)
+    for run in numbers["runs"]:
+        # the epoch-0 spectrum is the freshly built model's, recomputed here from the definition's pieces
+        model, _ = ssl_collapse.build(run["method"], run["encoder"], config, 0)
+        representation = np.asarray(ssl_collapse._embed(model, split[0])[0], np.float64)
+        expected = embeddings.embedding_spectrum(representation)
+        np.testing.assert_allclose(run["series"]["0"]["representation"]["rankme"], expected["rankme"], rtol=1e-6)
+        threshold = numbers["complete_collapse_threshold"]
+        assert run["complete_collapse"] == (run["final"]["embedding_relative_variance"] < threshold
+                                            or run["final"]["embedding_spread_vs_initialisation"] < threshold)
+        # random relu features already carry the digits: the probe on them is far above chance (0.1)
+        assert run["series"]["0"]["probe_test_accuracy"] > 0.8
+        assert 1 <= run["final"]["rankme"] <= config.dim
+    anchors = numbers["anchors"]
+    assert anchors["simclr"]["agrees"] and anchors["simclr"]["expected"] == "no complete collapse"
+    # the alignment control pulls the views together: its mean cosine rises above SimCLR's
+    final = {r["method"]: r["final"] for r in numbers["runs"]}
+    assert final["alignment"]["mean_pairwise_cosine"] > final["simclr"]["mean_pairwise_cosine"]
