@@ -212,8 +212,7 @@ def trends(series: dict[int, dict], keys=NC_KEYS, side: str = "nc_train", publis
 
 
 def run(config: Config, context) -> dict:
-    x, y = data.load_digits()
-    x = (x / 16.0).astype(np.float32)
+    x, y = data.load_digits()  # (1797, 64) float32 in [0, 1]: load_digits has already divided by 16
     split = data.stratified_split(x, y, config.test_fraction, seed=context.seed)
     context.log(f"digits: {len(split[0])} training and {len(split[2])} test images, 10 classes")
     names = [*config.activations, *(["cnn"] if config.cnn else [])]
