@@ -68,6 +68,36 @@ def _moons(rng, n):
 _MAKERS = {"linear": _linear, "circles": _circles, "xor": _xor, "spiral": _spiral, "moons": _moons}
 
 
+REGRESSION_DATASETS = ("plane", "sine_ridge", "gaussian_bump", "abs_crease")
+REGRESSION_BOX = 3.0  # inputs uniform on [−3, 3]²
+
+
+def regression_target(name: str, x: np.ndarray) -> np.ndarray:
+    """The noiseless target of a regression set at points x (N, 2), all within [−1, 1]:
+    plane (x₁ − x₂/2)/4.5; sine ridge sin(x₁ + x₂) (constant along x₁ = −x₂); Gaussian bump
+    exp(−‖x‖²/2); |x| crease |x₁ − x₂|/3 − 1 (a kink along the diagonal)."""
+    x = np.asarray(x, np.float64)
+    if name == "plane":
+        return (x[:, 0] - 0.5 * x[:, 1]) / 4.5
+    if name == "sine_ridge":
+        return np.sin(x[:, 0] + x[:, 1])
+    if name == "gaussian_bump":
+        return np.exp(-0.5 * np.sum(x**2, axis=1))
+    if name == "abs_crease":
+        return np.abs(x[:, 0] - x[:, 1]) / 3.0 - 1.0
+    raise ValueError(f"unknown regression dataset {name!r}; valid: {', '.join(REGRESSION_DATASETS)}")
+
+
+def make_regression(name: str, n: int = 400, *, noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(X (n, 2) float32 uniform on [−3, 3]², y (n,) float32 = target + noise · N(0, 1) / 2)."""
+    if name not in REGRESSION_DATASETS:
+        raise ValueError(f"unknown regression dataset {name!r}; valid: {', '.join(REGRESSION_DATASETS)}")
+    rng = np.random.default_rng([seed, REGRESSION_DATASETS.index(name)])
+    x = rng.uniform(-REGRESSION_BOX, REGRESSION_BOX, size=(n, 2))
+    y = regression_target(name, x) + 0.5 * noise * rng.normal(size=n)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
 def make_dataset(name: str, n: int = 1000, *, noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(X (n, 2) float32, y (n,) int32) of the named dataset."""
     if name not in _MAKERS:
@@ -93,8 +123,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32)
 
 
-def load_dataset(path, *, label: str | int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """A user's classification data as (X (N, d) float32, y (N,) int32 labels 0..C-1).
+def load_dataset(path, *, label: str | int = -1, targets: str = "classes") -> tuple[np.ndarray, np.ndarray]:
+    """A user's classification data as (X (N, d) float32, y (N,) int32 labels 0..C-1), or with
+    `targets="real"` regression data (y (N,) float32, any finite numbers).
 
     * CSV (``.csv``/``.txt``): a header row naming the columns, then one example per row;
       the label column is the last one, or the one `label` names (a header name or an index).
@@ -106,17 +137,21 @@ def load_dataset(path, *, label: str | int = -1) -> tuple[np.ndarray, np.ndarray
     fractional label, NaN or inf, fewer than two classes, no rows.
     """
     path = Path(path)
+    if targets not in ("classes", "real"):
+        raise ValueError(f"targets must be 'classes' or 'real', got {targets!r}")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     if path.suffix == ".npz":
-        x, y = _load_npz(path)
+        x, y = _load_npz(path, targets)
     elif path.suffix in (".csv", ".txt"):
-        x, y = _load_csv(path, label)
+        x, y = _load_csv(path, label, targets)
     else:
         raise ValueError(f"{path}: unknown format {path.suffix!r}; give a .csv (header row, label column) or a "
                          ".npz (arrays x and y)")
     if x.reshape(len(x), -1).shape[1] == 0:
         raise ValueError(f"{path}: no feature columns besides the label")
+    if targets == "real":
+        return x.astype(np.float32), y.astype(np.float32)
     classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError(f"{path}: only one class ({classes.tolist()}): a classifier needs at least two")
@@ -125,7 +160,20 @@ def load_dataset(path, *, label: str | int = -1) -> tuple[np.ndarray, np.ndarray
     return x.astype(np.float32), y.astype(np.int32)
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _real_targets(values, where) -> np.ndarray:
+    """float64 regression targets: finite and within float32's range."""
+    try:
+        numeric = np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where(0)}: targets must be numbers") from None
+    bad = np.flatnonzero(~np.isfinite(numeric) | (np.abs(numeric) > FLOAT32_MAX))
+    if bad.size:
+        raise ValueError(f"{where(int(bad[0]))}: target {numeric[bad[0]]:g} is NaN, inf or beyond float32's range "
+                         f"({bad.size} such targets)")
+    return numeric
+
+
+def _load_npz(path: Path, targets: str = "classes") -> tuple[np.ndarray, np.ndarray]:
     import zipfile
 
     try:
@@ -153,7 +201,10 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: x has values beyond float32's range (±{FLOAT32_MAX:.3g}) in {bad.size} rows "
                          f"(first rows: {bad[:5].tolist()}): rescale them")
     if np.issubdtype(y.dtype, np.complexfloating) or y.dtype == bool:
-        raise ValueError(f"{path}: y must hold integer class labels, got dtype {y.dtype}")
+        raise ValueError(f"{path}: y must hold {'integer class labels' if targets == 'classes' else 'real numbers'}, "
+                         f"got dtype {y.dtype}")
+    if targets == "real":
+        return x, _real_targets(y, lambda i: f"{path}: row {i}")
     return x, _integer_labels(y, lambda i: f"{path}: row {i}")
 
 
@@ -193,7 +244,7 @@ def _integer_labels(values, where) -> np.ndarray:
     return numeric.astype(np.int64)
 
 
-def _load_csv(path: Path, label: str | int) -> tuple[np.ndarray, np.ndarray]:
+def _load_csv(path: Path, label: str | int, targets: str = "classes") -> tuple[np.ndarray, np.ndarray]:
     import csv
 
     rows = []
@@ -246,8 +297,13 @@ def _load_csv(path: Path, label: str | int) -> tuple[np.ndarray, np.ndarray]:
         try:  # an integer literal stays an exact Python int; "1.0" or "1e3" goes through float
             labels.append(int(cells[column]) if cells[column].lstrip("+-").isdigit() else float(cells[column]))
         except ValueError:
-            raise ValueError(f"{path}: line {number}: label {cells[column]!r} is not an integer class") from None
-    y = _integer_labels(np.asarray(labels, dtype=object), lambda i: f"{path}: line {data_rows[i][0]}")
+            kind = "an integer class" if targets == "classes" else "a number"
+            raise ValueError(f"{path}: line {number}: {'label' if targets == 'classes' else 'target'} "
+                             f"{cells[column]!r} is not {kind}") from None
+    where = lambda i: f"{path}: line {data_rows[i][0]}"  # noqa: E731
+    if targets == "real":
+        return np.asarray(features, dtype=np.float64), _real_targets(labels, where)
+    y = _integer_labels(np.asarray(labels, dtype=object), where)
     return np.asarray(features, dtype=np.float64), y
 
 

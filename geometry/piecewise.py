@@ -31,7 +31,7 @@ _LINEAR = {
     "add", "sub", "neg", "add_any", "reduce_sum", "reshape", "broadcast_in_dim", "transpose", "squeeze",
     "expand_dims", "concatenate", "slice", "rev", "copy", "copy_p", "pad", "dynamic_slice",
     "dynamic_update_slice", "gather", "scatter-add", "scatter_add", "cumsum", "reduce_precision", "select_n",
-    "split", "real", "optimization_barrier", "sharding_constraint",
+    "split", "stack", "real", "optimization_barrier", "sharding_constraint",
 }
 # affine in x when at most one operand depends on x (the first one, for div)
 _BILINEAR = {"mul", "dot_general", "conv_general_dilated"}

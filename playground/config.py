@@ -13,8 +13,16 @@ import math
 from urllib.parse import parse_qs, urlencode
 
 from geometry.data import DATASETS as TOY_DATASETS
+from geometry.data import REGRESSION_DATASETS
 
-DATASETS = (*TOY_DATASETS, "digits", "csv")
+CLASSIFICATION_DATASETS = (*TOY_DATASETS, "digits", "csv")
+DATASETS = (*TOY_DATASETS, "digits", *REGRESSION_DATASETS, "csv")  # "csv": a user's file, for either problem
+PROBLEMS = ("classification", "regression")
+REGULARIZATIONS = ("none", "l1", "l2")
+# TensorFlow Playground's input features, as functions of the plane point (x₁, x₂); the URL names
+FEATURES = ("x1", "x2", "x1sq", "x2sq", "x1x2", "sinx1", "sinx2")
+LINEAR_FEATURES = ("x1", "x2")
+MAX_BATCH = 512
 # "none" is the identity (a linear layer); "yat" and "rbf" replace Dense + φ by a kernel layer
 LAYER_KINDS = ("none", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softplus", "elu", "yat", "rbf")
 KERNEL_KINDS = ("yat", "rbf")
@@ -30,7 +38,14 @@ class ConfigError(ValueError):
 class Config:
     dataset: str = "spiral"
     noise: float = 0.1
-    layers: tuple[str, ...] = ("relu", "relu", "relu", "relu")  # one kind per hidden layer: depth = len
+    problem: str = "classification"  # or "regression" (MSE; the map shows the predicted value)
+    features: tuple[str, ...] = ("x1", "x2")  # the net's inputs, functions of the plane point (FEATURES)
+    train_percent: int = 80  # share of the points trained on (per class for classification)
+    batch_size: int = 0  # 0: full batch
+    regularization: str = "none"  # "l1": rate · Σ|w|; "l2": rate · ½ Σ w² (weights, not biases)
+    regularization_rate: float = 0.0
+    discretize: bool = False  # the output map shows the decision only (regression: above / below the middle)
+    layers: tuple[str, ...] = ("relu", "relu", "relu", "relu")  # one kind per hidden layer: depth = len (0: none)
     width: int = 32
     residual: bool = False
     layernorm: bool = False
@@ -81,16 +96,33 @@ def _flag(name: str, value) -> bool:
 
 
 def _layers(value) -> tuple[str, ...]:
+    if value in ("", [], ()):  # no hidden layer: the features go straight to the readout
+        return ()
     kinds = value.split(",") if isinstance(value, str) else value
-    if not isinstance(kinds, (list, tuple)) or not kinds:
-        raise ConfigError(f"layers must be a list of 1 to {MAX_DEPTH} layer kinds, got {value!r}")
+    if not isinstance(kinds, (list, tuple)):
+        raise ConfigError(f"layers must be a list of 0 to {MAX_DEPTH} layer kinds, got {value!r}")
     kinds = tuple(str(k).strip().lower().replace("-", "_").replace(" ", "_") for k in kinds)
     unknown = [k for k in kinds if k not in LAYER_KINDS]
     if unknown:
         raise ConfigError(f"unknown activation {unknown[0]!r}; valid: {', '.join(LAYER_KINDS)}")
-    if not 1 <= len(kinds) <= MAX_DEPTH:
-        raise ConfigError(f"depth must be between 1 and {MAX_DEPTH} layers, got {len(kinds)}")
+    if not len(kinds) <= MAX_DEPTH:
+        raise ConfigError(f"depth must be between 0 and {MAX_DEPTH} layers, got {len(kinds)}")
     return kinds
+
+
+def _features(value) -> tuple[str, ...]:
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(f"features must be a list of {', '.join(FEATURES)}, got {value!r}")
+    names = tuple(str(n).strip().lower().replace("²", "sq").replace("_", "").replace(" ", "") for n in names if str(n).strip())
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise ConfigError(f"unknown feature {unknown[0]!r}; valid: {', '.join(FEATURES)}")
+    if not names:
+        raise ConfigError(f"choose at least one input feature of {', '.join(FEATURES)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"feature given twice in {','.join(names)}")
+    return tuple(n for n in FEATURES if n in names)  # one canonical order: the same net whatever the click order
 
 
 def parse(fields: dict, base: Config = Config()) -> Config:
@@ -108,8 +140,22 @@ def parse(fields: dict, base: Config = Config()) -> Config:
                 raise ConfigError(f"unknown dataset {value!r}; valid: {', '.join(DATASETS)}")
         elif name == "layers":
             value = _layers(value)
-        elif name in ("residual", "layernorm"):
+        elif name in ("residual", "layernorm", "discretize"):
             value = _flag(name, value)
+        elif name == "problem":
+            if value not in PROBLEMS:
+                raise ConfigError(f"unknown problem {value!r}; valid: {', '.join(PROBLEMS)}")
+        elif name == "regularization":
+            if value not in REGULARIZATIONS:
+                raise ConfigError(f"unknown regularization {value!r}; valid: {', '.join(REGULARIZATIONS)}")
+        elif name == "regularization_rate":
+            value = _number(name, value, float, 0.0, 10.0)
+        elif name == "features":
+            value = _features(value)
+        elif name == "train_percent":
+            value = _number(name, value, int, 10, 90)
+        elif name == "batch_size":
+            value = _number(name, value, int, 0, MAX_BATCH)
         elif name == "noise":
             value = _number(name, value, float, 0.0, 1.0)
         elif name == "width":
@@ -128,6 +174,12 @@ def parse(fields: dict, base: Config = Config()) -> Config:
             value = _number(name, value, int, 1, 100)
         values[name] = value
     config = Config(**values)
+    if config.problem == "regression" and config.dataset not in (*REGRESSION_DATASETS, "csv"):
+        raise ConfigError(f"dataset {config.dataset!r} is a classification set; for regression use one of "
+                          f"{', '.join((*REGRESSION_DATASETS, 'csv'))}")
+    if config.problem == "classification" and config.dataset not in CLASSIFICATION_DATASETS:
+        raise ConfigError(f"dataset {config.dataset!r} is a regression set; set problem=regression, or use one of "
+                          f"{', '.join(CLASSIFICATION_DATASETS)}")
     if config.probe_layer > config.depth + 1:  # a shallower net: look at its output
         config = dataclasses.replace(config, probe_layer=config.depth + 1)
     return config
@@ -137,7 +189,9 @@ def to_query(config: Config) -> str:
     """The URL query string holding every field (the page's shareable state)."""
     fields = dataclasses.asdict(config)
     fields["layers"] = ",".join(config.layers)
+    fields["features"] = ",".join(config.features)
     fields["residual"], fields["layernorm"] = int(config.residual), int(config.layernorm)
+    fields["discretize"] = int(config.discretize)
     return urlencode(fields)
 
 
@@ -152,4 +206,4 @@ def from_query(query: str) -> Config:
 
 
 def as_json(config: Config) -> dict:
-    return {**dataclasses.asdict(config), "layers": list(config.layers)}
+    return {**dataclasses.asdict(config), "layers": list(config.layers), "features": list(config.features)}

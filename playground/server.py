@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from matplotlib import colormaps
 
+from geometry.data import REGRESSION_DATASETS
 from geometry.io import to_jsonable
 from playground import config as configuration
 from playground import datasets, export, security, warp
@@ -62,6 +63,10 @@ def options() -> dict:
     lut = lambda name: np.round(colormaps[name](np.linspace(0, 1, 255))[:, :3] * 255).astype(int).tolist()  # noqa: E731
     return {
         "datasets": list(configuration.DATASETS), "layer_kinds": list(configuration.LAYER_KINDS),
+        "classification_datasets": list(configuration.CLASSIFICATION_DATASETS),
+        "regression_datasets": [*REGRESSION_DATASETS, "csv"], "problems": list(configuration.PROBLEMS),
+        "regularizations": list(configuration.REGULARIZATIONS), "features": list(configuration.FEATURES),
+        "max_batch": configuration.MAX_BATCH,
         "warp_activations": list(warp.ACTIVATIONS), "max_depth": configuration.MAX_DEPTH,
         "max_width": configuration.MAX_WIDTH, "resolutions": list(configuration.RESOLUTIONS),
         "default": configuration.as_json(configuration.Config()),
@@ -274,9 +279,11 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.BAD_REQUEST, "the file name must be 1-100 letters, digits or . _ - ( ) +")
         if not isinstance(text, str):
             raise RequestError(HTTPStatus.BAD_REQUEST, 'send the file as {"name": ..., "csv": "<the CSV text>"}')
-        x, y = datasets.parse_csv(text.encode(), name)
+        problem = self.session.numbers()["config"]["problem"]
+        x, y = datasets.parse_csv(text.encode(), name, problem)
         config = self.session.upload_data((x, y), name)
-        self._json({"rows": len(x), "features": int(x.shape[1]), "classes": int(y.max()) + 1,
+        self._json({"rows": len(x), "features": int(x.shape[1]),
+                    "classes": int(y.max()) + 1 if problem == "classification" else None,
                     "config": configuration.as_json(config), "query": configuration.to_query(config)})
 
 

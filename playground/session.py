@@ -39,6 +39,8 @@ MAX_PENDING_STEPS = 10  # single steps queued by "step" beyond those already run
 # reuses the compiled step
 OPTIMIZER = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
 MAX_HISTORY = 400  # curve points streamed with every frame
+GEOMETRY_KEYS = ("rank", "effective_rank", "jacobian_rank", "dead_units", "saturated", "cka_input", "cka_previous",
+                 "dead_units_grid", "saturated_units_grid")
 NUMBERS_EVERY = 0.4  # seconds between two per-layer tables while training runs
 REGIONS_EVERY = 1.0  # seconds between two exact partitions of the region panel while training runs
 _REGION_VERSIONS = itertools.count(1)  # one number per partition computed, across runs: the page fetches a new one
@@ -54,24 +56,50 @@ def _scaled(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.round((values - lo) / span * 254), 0, 254).astype(np.uint8)
 
 
-def encode_maps(maps: dict, classes: int) -> dict:
+def _matrix(weights) -> dict | None:
+    """A weight matrix for the page: base64 little-endian float32, row-major, with its shape."""
+    if weights is None:
+        return None
+    weights = np.ascontiguousarray(weights, dtype="<f4")
+    return {"shape": list(weights.shape), "data": base64.b64encode(weights.tobytes()).decode("ascii")}
+
+
+def encode_network(view: dict) -> dict:
+    """views.neurons for the page: maps as base64 bytes, weights as base64 float32."""
+    layers = []
+    for layer in view["layers"]:
+        entry = {**layer, "weights": _matrix(layer["weights"]),
+                 "activation": {**layer["activation"], "data": _encode(layer["activation"]["data"])}}
+        if "derivative" in layer:
+            entry["derivative"] = {**layer["derivative"], "data": _encode(layer["derivative"]["data"])}
+        layers.append(entry)
+    return {**view, "layers": layers, "readout": _matrix(view["readout"])}
+
+
+def encode_maps(maps: dict, dataset) -> dict:
     """The grid maps as base64 uint8 images plus the value range each code spans."""
+    classes = dataset.classes
     log_volume = np.asarray(maps["log_volume"], np.float64)
     finite = np.isfinite(log_volume)
     lo, hi = (np.percentile(log_volume[finite], [1, 99]).tolist() if finite.any() else (0.0, 1.0))
     volume_codes = np.where(finite, _scaled(np.where(finite, log_volume, lo), lo, hi), views.SINGULAR)
     sigma_min = np.asarray(maps["sigma_min"], np.float64)
     sigma_hi = float(np.percentile(sigma_min, 99)) or 1.0
-    confidence = np.asarray(maps["confidence"], np.float64)
     encoded = {
-        "class": {"data": _encode(maps["class"])},
-        "confidence": {"data": _encode(_scaled(confidence, 1.0 / classes, 1.0)), "lo": 1.0 / classes, "hi": 1.0},
         "log_volume": {"data": _encode(volume_codes), "lo": lo, "hi": hi,
                        "singular_fraction": float(1 - finite.mean())},
         "sigma_min": {"data": _encode(_scaled(sigma_min, 0.0, sigma_hi)), "lo": 0.0, "hi": sigma_hi},
         "rank": {"data": _encode(maps["rank"]), "lo": 0, "hi": int(np.max(maps["rank"]))},
         "regions": None,
     }
+    if "value" in maps:  # regression: the predicted value on the training targets' range
+        lo, hi = dataset.target_range
+        encoded["value"] = {"data": _encode(_scaled(np.asarray(maps["value"], np.float64), lo, hi)), "lo": lo, "hi": hi}
+    else:
+        confidence = np.asarray(maps["confidence"], np.float64)
+        encoded["class"] = {"data": _encode(maps["class"])}
+        encoded["confidence"] = {"data": _encode(_scaled(confidence, 1.0 / classes, 1.0)), "lo": 1.0 / classes,
+                                 "hi": 1.0}
     if "region_hash" in maps:
         ids, count = views.region_ids(np.asarray(maps["region_hash"]))
         encoded["regions"] = {"data": _encode(ids % 251), "count": count}
@@ -91,12 +119,49 @@ def encode_exact_regions(exact: dict | None) -> dict | None:
             "counts": _encode(exact["counts"])}
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """The training loss of a config, a `loss_fn(model, (x, y, rate))` for `training.train_step`:
+    mean cross-entropy (classification) or mean squared error (regression), plus rate · Σ|w| (L1)
+    or rate · ½ Σ w² (L2) over every layer's weight matrix (biases and kernel centres are not
+    penalised, as in TensorFlow Playground). The rate travels in the batch, so changing it
+    recompiles nothing."""
+
+    problem: str
+    regularization: str
+
+    def __call__(self, model, batch):
+        x, y, rate = batch
+        outputs = jax.vmap(model)(x)
+        if self.problem == "regression":
+            loss = jnp.mean((outputs[:, 0] - y) ** 2)
+        else:
+            loss = training.cross_entropy(outputs, y)
+        if self.regularization == "none":
+            return loss
+        weights = weight_matrices(model)
+        penalty = sum(jnp.sum(jnp.abs(w)) if self.regularization == "l1" else 0.5 * jnp.sum(w**2) for w in weights)
+        return loss + rate * penalty
+
+
+def weight_matrices(model) -> list:
+    """Every Dense layer's weight (the `weight` parameters), readout included."""
+    return [leaf.get_value() if hasattr(leaf, "get_value") else leaf.value
+            for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)) if path[-1] == "weight"]
+
+
+def weight_norm(model) -> float:
+    """‖W‖: the Frobenius norm of all weight matrices together."""
+    return float(np.sqrt(sum(float(jnp.sum(jnp.asarray(w, jnp.float32) ** 2)) for w in weight_matrices(model))))
+
+
 class Run:
     """One network on one dataset from step 0: replaced whole by a reset or a new config. Only the
     worker thread changes it; readers take its plain values (immutable pytrees, lists, dicts)."""
 
     def __init__(self, config: Config, upload, data_version: int):
-        dataset = datasets.load(config.dataset, noise=config.noise, seed=config.seed, upload=upload)
+        dataset = datasets.load(config.dataset, noise=config.noise, seed=config.seed, upload=upload,
+                                train_percent=config.train_percent, problem=config.problem)
         self.model = network.build(config, 2, dataset.classes)
         self.views = views.Views(self.model, config, dataset)
         self.config, self.data, self.data_version = config, dataset, data_version
@@ -106,15 +171,22 @@ class Run:
         self.opt_state.hyperparams["learning_rate"] = jnp.asarray(config.learning_rate, jnp.float32)
         self.step, self.history, self.message = 0, [], ""
         self.layer_rows, self.layer_time = None, 0.0
+        self.geometry_history: list[dict] = []  # the per-layer table against step (the geometry-vs-step panel)
+        self.geometry_version, self.geometry_sent = 0, -1
+        self.objective = Objective(config.problem, config.regularization)
+        self.rate = jnp.asarray(config.regularization_rate, jnp.float32)
         self.regions_time, self.exact_regions = 0.0, None  # the page's copy: GET /api/regions
         self.linear = views.linear_collapse(self.model, config)
 
     def train(self) -> None:
         x, y = self.data.x_train, self.data.y_train
+        batch_size = self.config.batch_size or None
         params, opt_state, loss = self.params, self.opt_state, None
-        for _ in range(self.config.steps_per_update):
-            params, opt_state, loss = training.train_step(self.graphdef, params, self.rest, opt_state, (x, y),
-                                                          loss_fn=training.cross_entropy_loss,
+        for offset in range(self.config.steps_per_update):
+            idx = training.batch_indices(self.step + offset, len(x), batch_size, self.config.seed)
+            batch = (x, y) if len(idx) == len(x) else (x[idx], y[idx])
+            params, opt_state, loss = training.train_step(self.graphdef, params, self.rest, opt_state,
+                                                          (*batch, self.rate), loss_fn=self.objective,
                                                           optimizer=OPTIMIZER)
         loss = float(loss)
         if not np.isfinite(loss):
@@ -124,9 +196,8 @@ class Run:
         self.params, self.opt_state = params, opt_state
         self.step += self.config.steps_per_update
         nnx.update(self.model, params)
-        train_accuracy, test_accuracy = self.views.accuracies(nnx.state(self.model))
-        history = self.history + [{"step": self.step, "loss": loss, "train_accuracy": train_accuracy,
-                                   "test_accuracy": test_accuracy}]
+        history = self.history + [{"step": self.step, "loss": loss, **self.views.scores(nnx.state(self.model)),
+                                   "weight_norm": weight_norm(self.model)}]
         if len(history) > MAX_HISTORY:  # every other record of the older half: long runs stay cheap
             half = len(history) // 2
             history = history[:half:2] + history[half:]
@@ -139,18 +210,34 @@ class Run:
         now = time.perf_counter()
         # per-layer numbers (CKA's Gram matrices dominate) at most every NUMBERS_EVERY s while
         # training runs, so the maps keep streaming at full rate; every frame of a paused net
+        network_view = views.neurons(raw, self.model, self.config)
         if self.layer_rows is None or not running or now - self.layer_time > NUMBERS_EVERY:
-            self.layer_rows, self.layer_time = self.views.layer_numbers(state), now
+            rows = self.views.layer_numbers(state)
+            for row, layer in zip(rows, network_view["layers"]):  # the marks' counts, on the same grid
+                row["dead_units_grid"] = layer["marks"].count("dead") if layer["marks"][:1] != ["kernel"] else None
+                row["saturated_units_grid"] = layer["marks"].count("saturated") \
+                    if layer["marks"][:1] != ["kernel"] else None
+            self.layer_rows, self.layer_time = rows, now
+            entry = {"step": self.step, "layers": [{key: row[key] for key in GEOMETRY_KEYS} for row in rows]}
+            history = [e for e in self.geometry_history if e["step"] != self.step] + [entry]
+            if len(history) > MAX_HISTORY:
+                half = len(history) // 2
+                history = history[:half:2] + history[half:]
+            self.geometry_history, self.geometry_version = history, self.geometry_version + 1
         # the exact partition (tens to hundreds of ms) at its own slower pace; frames carry only its
         # count and version, the polygons are fetched by the page when the version changes
         if self.views.exact and not stopping() and (
                 self.exact_regions is None or not running or now - self.regions_time > REGIONS_EVERY):
             self.exact_regions = encode_exact_regions(self.views.exact_regions(self.model))
             self.regions_time = time.perf_counter()
-        maps = encode_maps(raw, self.data.classes)
+        maps = encode_maps(raw, self.data)
         maps["exact_regions"] = None if self.exact_regions is None else {
             key: self.exact_regions[key] for key in ("count", "version", "reason") if key in self.exact_regions}
-        return {"maps": maps, "layers": self.layer_rows}
+        record = {"maps": maps, "layers": self.layer_rows, "network": encode_network(network_view),
+                  "geometry_version": self.geometry_version}
+        if self.geometry_version != self.geometry_sent:  # the page keeps the last one it got
+            record["geometry_history"], self.geometry_sent = self.geometry_history, self.geometry_version
+        return record
 
 
 class Session:
@@ -266,7 +353,7 @@ class Session:
                 "status": "running" if self.running else "paused", "message": run.message,
                 "history": run.history, "data_version": run.data_version, "layers": run.layer_rows,
                 "dataset": {"name": d.name, "upload": self.upload_name if d.name == "csv" else None,
-                            "classes": d.classes, "train_points": len(d.x_train), "test_points": len(d.x_test),
+                            "classes": d.classes, "problem": d.problem, "target_range": d.target_range, "train_points": len(d.x_train), "test_points": len(d.x_test),
                             "bounds": list(d.bounds), "axis_labels": list(d.axis_labels)},
                 "resolution": run.config.resolution, "linear_collapse": run.linear,
                 "updates_per_second": len(seconds) / sum(seconds) if seconds else None,

@@ -47,9 +47,19 @@ def test_config_round_trips_through_the_url():
     ({"width": 10**6}, "width must be in [1, 256], got 1000000"),
     ({"width": 2.5}, "width must be a whole number"),
     ({"learning_rate": "nan"}, "learning_rate must be in"),
-    ({"layers": ["relu"] * 9}, "depth must be between 1 and 8 layers, got 9"),
+    ({"layers": ["relu"] * 9}, "depth must be between 0 and 8 layers, got 9"),
+    ({"features": "x1,x3"}, "unknown feature 'x3'; valid: x1, x2, x1sq"),
+    ({"features": ""}, "choose at least one input feature"),
+    ({"problem": "regression"}, "dataset 'spiral' is a classification set; for regression use one of plane"),
+    ({"dataset": "sine_ridge"}, "dataset 'sine_ridge' is a regression set; set problem=regression"),
+    ({"problem": "ranking"}, "unknown problem 'ranking'; valid: classification, regression"),
+    ({"regularization": "l3"}, "unknown regularization 'l3'; valid: none, l1, l2"),
+    ({"regularization_rate": -1}, "regularization_rate must be in [0, 10]"),
+    ({"batch_size": 513}, "batch_size must be in [0, 512]"),
+    ({"train_percent": 95}, "train_percent must be in [10, 90]"),
+    ({"discretize": "perhaps"}, "discretize must be true or false"),
     ({"dataset": "mnist"}, "unknown dataset 'mnist'; valid: linear"),
-    ({"depth": 3}, "unknown field 'depth'; valid: dataset"),
+    ({"depth": 3}, "unknown field 'depth'; valid: batch_size, dataset"),
     ({"residual": "maybe"}, "residual must be true or false"),
     ({"resolution": 100}, "resolution must be one of 64, 96, 128, 192, 256"),
 ])
@@ -57,6 +67,17 @@ def test_config_refusals_name_the_field_and_the_range(fields, message):
     with pytest.raises(configuration.ConfigError, match=None) as caught:
         configuration.parse(fields)
     assert message in str(caught.value)
+
+
+def test_new_controls_round_trip_through_the_url():
+    config = configuration.parse({"problem": "regression", "dataset": "gaussian_bump", "features": "x2,x1x2,sinx1",
+                                  "layers": "", "batch_size": "16", "train_percent": "50", "regularization": "l1",
+                                  "regularization_rate": "0.003", "discretize": "1", "noise": "0"})
+    assert config.features == ("x2", "x1x2", "sinx1") and config.layers == () and config.probe_layer == 1
+    assert (config.batch_size, config.train_percent, config.regularization, config.discretize) == (16, 50, "l1", True)
+    assert configuration.from_query(configuration.to_query(config)) == config
+    # features come back in one canonical order, whatever order they were clicked in
+    assert configuration.parse({"features": "sinx2,x1"}).features == ("x1", "sinx2")
 
 
 def test_probe_layer_follows_a_shallower_net():
@@ -232,7 +253,7 @@ def test_encoded_maps_keep_singular_points_apart():
     maps = {"class": np.array([0, 1, 1, 0]), "confidence": np.array([0.5, 1.0, 0.75, 0.6]),
             "log_volume": np.array([-np.inf, 0.0, 1.0, 2.0]), "sigma_min": np.array([0.0, 1.0, 2.0, 3.0]),
             "rank": np.array([1, 2, 2, 2])}
-    encoded = encode_maps(maps, 2)
+    encoded = encode_maps(maps, datasets.Data("toy", *([np.zeros((1, 2))] * 4), 2, (0, 1, 0, 1), ("x", "y")))
     codes = np.frombuffer(base64.b64decode(encoded["log_volume"]["data"]), np.uint8)
     assert codes[0] == views.SINGULAR and codes[1:].max() <= 254
     assert encoded["log_volume"]["singular_fraction"] == 0.25
@@ -520,3 +541,142 @@ def test_command_line_serves_and_stops_on_ctrl_c():
     refused = subprocess.run([sys.executable, "-m", "playground", "--no-browser", "--port", "70000"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--port must be in [0, 65535]" in refused.stderr
+
+
+# ---------- TensorFlow Playground's controls and the per-neuron views ----------
+def test_regression_sets_follow_their_formulas():
+    from geometry import data
+
+    x, y = data.make_regression("sine_ridge", 300, noise=0.0, seed=4)
+    np.testing.assert_allclose(y, np.sin(x[:, 0].astype(np.float64) + x[:, 1]), atol=1e-6)
+    x, y = data.make_regression("abs_crease", 300, noise=0.0, seed=4)
+    np.testing.assert_allclose(y, np.abs(x[:, 0].astype(np.float64) - x[:, 1]) / 3 - 1, atol=1e-6)
+    x, noisy = data.make_regression("gaussian_bump", 20000, noise=0.4, seed=1)
+    residual = noisy - np.exp(-0.5 * np.sum(x.astype(np.float64) ** 2, axis=1))
+    np.testing.assert_allclose(residual.std(), 0.2, rtol=0.03)  # noise · N(0, 1) / 2; 20000 draws: 1% spread
+    assert np.all(np.abs(x) <= 3)
+
+
+def test_a_regression_csv_keeps_real_targets_and_a_classification_run_refuses_them():
+    text = _csv([[i, i % 7, (i * 3) % 11, 0.25 * i] for i in range(30)])
+    x, y = datasets.parse_csv(text, "ridge.csv", "regression")
+    np.testing.assert_allclose(y, 0.25 * np.arange(30))
+    with pytest.raises(ValueError, match="line 3: target 'oops' is not a number"):
+        datasets.parse_csv(_csv([[1, 2, 3, 0.5], [4, 5, 6, "oops"]]), "bad.csv", "regression")
+    with pytest.raises(ValueError, match="targets are real numbers"):
+        datasets.load("csv", noise=0, seed=0, upload=(x, y), problem="classification")
+
+
+@pytest.mark.parametrize("kind, rate", [("l1", 0.03), ("l2", 0.1)])
+def test_regularised_loss_is_the_data_term_plus_the_penalty(kind, rate):
+    from playground.session import Objective
+
+    config = dataclasses.replace(SMALL, regularization=kind, regularization_rate=rate)
+    model = network.build(config, 2, 3)
+    x = np.random.default_rng(2).normal(size=(16, 2)).astype(np.float32)
+    y = np.arange(16, dtype=np.int32) % 3
+    weights = [np.asarray(layer.dense.weight[...], np.float64) for layer in model.layers]
+    weights.append(np.asarray(model.readout.weight[...], np.float64))
+    penalty = sum(np.abs(w).sum() for w in weights) if kind == "l1" else sum(0.5 * (w**2).sum() for w in weights)
+    logits = np.asarray(jax.vmap(model)(x), np.float64)
+    shifted = logits - logits.max(1, keepdims=True)
+    cross_entropy = -np.mean(shifted[np.arange(16), y] - np.log(np.exp(shifted).sum(1)))
+    loss = Objective("classification", kind)(model, (x, y, jnp.float32(rate)))
+    np.testing.assert_allclose(float(loss), cross_entropy + rate * penalty, rtol=1e-5)
+    # the gradient of the penalty with respect to a weight is rate · sign(w) (L1) or rate · w (L2)
+    readout = np.asarray(model.readout.weight[...], np.float64)
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    gradient = jax.grad(lambda p: Objective("classification", kind)(nnx.merge(graph, p, rest), (x, y, jnp.float32(rate)))
+                        - Objective("classification", "none")(nnx.merge(graph, p, rest), (x, y, jnp.float32(rate))))(params)
+    expected = rate * (np.sign(readout) if kind == "l1" else readout)
+    np.testing.assert_allclose(np.asarray(gradient["readout"]["weight"][...]), expected, rtol=1e-5, atol=1e-7)
+    assert not np.any(np.asarray(gradient["readout"]["bias"][...]))  # biases are not penalised
+
+
+def test_feature_maps_are_taken_on_the_plane_through_the_chain_rule():
+    # no hidden layer, features (x1², x2², sin x1), one regression output: ∂y/∂x = w ∘ (2x1, 2x2, cos x1) by hand
+    config = configuration.parse({"problem": "regression", "dataset": "gaussian_bump", "layers": "", "resolution": 64,
+                                  "features": "x1sq,x2sq,sinx1"})
+    run = Run(config, None, 1)
+    maps = jax.device_get(run.views.maps(nnx.state(run.model), run.views.grid))
+    w = np.asarray(run.model.readout.weight[...], np.float64)[0]  # (3,)
+    g = run.views.grid.astype(np.float64)
+    J = np.stack([2 * w[0] * g[:, 0] + w[2] * np.cos(g[:, 0]), 2 * w[1] * g[:, 1]], axis=1)  # (G, 2)
+    np.testing.assert_allclose(maps["sigma_min"], np.linalg.norm(J, axis=1), rtol=1e-5, atol=1e-6)  # 1 × 2: σ = ‖J‖
+    value = w[0] * g[:, 0] ** 2 + w[1] * g[:, 1] ** 2 + w[2] * np.sin(g[:, 0]) + float(run.model.readout.bias[...][0])
+    np.testing.assert_allclose(maps["value"], value, rtol=1e-5, atol=1e-5)
+    assert not run.views.exact  # squares and sines: no exact partition, the grid's lower bound instead
+
+
+def test_per_neuron_marks_and_maps_match_a_hand_written_forward_pass():
+    config = dataclasses.replace(SMALL, layers=("relu", "tanh", "relu"), width=12, seed=3)
+    run = Run(config, None, 1)
+    for _ in range(3):
+        run.train()
+    frame = run.frame(running=False)
+    raw = jax.device_get(run.views.maps(nnx.state(run.model), run.views.grid))
+    view = views.neurons(raw, run.model, config)
+    _, pre = _reference_layers(run.model, jnp.asarray(run.views.grid))
+    for l, (layer, kind) in enumerate(zip(view["layers"], config.layers)):
+        z = np.asarray(pre[l], np.float64)
+        derivative = np.asarray(activations.get(kind).derivative(jnp.asarray(pre[l])), np.float64)
+        dead = np.all(derivative == 0, axis=0)
+        saturated = np.mean(np.abs(derivative) < views.SATURATION, axis=0) > views.SATURATED_UNIT
+        expected = ["dead" if d else "saturated" if s else "live" for d, s in zip(dead, saturated)]
+        assert layer["marks"] == expected, (l, kind)
+        if kind == "relu":
+            assert layer["marks"].count("dead") == int(np.sum(np.all(z <= 0, axis=0)))
+        row = frame["layers"][l]  # the table's grid columns count the same marks
+        assert (row["dead_units_grid"], row["saturated_units_grid"]) == (expected.count("dead"),
+                                                                          expected.count("saturated"))
+        np.testing.assert_allclose(layer["weights"], np.asarray(run.model.layers[l].dense.weight[...]), rtol=1e-6)
+    # the small maps decode to the activations on the neuron grid, within half a code step
+    outputs, _ = _reference_layers(run.model, jnp.asarray(run.views.neuron_grid))
+    for l, layer in enumerate(view["layers"]):
+        h = np.asarray(outputs[l], np.float64).T  # (units, g²)
+        lo, hi = np.array(layer["activation"]["lo"]), np.array(layer["activation"]["hi"])
+        decoded = lo[:, None] + layer["activation"]["data"] / 254 * (hi - lo)[:, None]
+        np.testing.assert_allclose(decoded, h, atol=float(np.max(hi - lo)) / 254 * 0.51 + 1e-6)
+    encoded = frame["network"]  # what the page gets: the same marks, base64 maps and float32 weights
+    assert [layer["marks"] for layer in encoded["layers"]] == [layer["marks"] for layer in view["layers"]]
+    for layer, sent in zip(view["layers"], encoded["layers"]):
+        weights = np.frombuffer(base64.b64decode(sent["weights"]["data"]), "<f4").reshape(sent["weights"]["shape"])
+        np.testing.assert_array_equal(weights, layer["weights"].astype(np.float32))
+
+
+def test_geometry_history_records_the_table_against_step_and_l2_shrinks_the_weights():
+    base = dataclasses.replace(SMALL, layers=("relu", "relu"), width=16, steps_per_update=20, learning_rate=0.03)
+    norms = {}
+    for kind, rate in (("none", 0.0), ("l2", 0.1)):
+        run = Run(dataclasses.replace(base, regularization=kind, regularization_rate=rate), None, 1)
+        for _ in range(5):
+            run.train()
+            run.frame(running=False)
+        norms[kind] = run.history[-1]["weight_norm"]
+        steps = [entry["step"] for entry in run.geometry_history]
+        assert steps == [20, 40, 60, 80, 100]
+        last = run.geometry_history[-1]["layers"]
+        assert [row["rank"] for row in last] == [row["rank"] for row in run.layer_rows]
+        expected = np.sqrt(sum(float(np.sum(np.asarray(w, np.float64) ** 2)) for w in
+                               [layer.dense.weight[...] for layer in run.model.layers] + [run.model.readout.weight[...]]))
+        np.testing.assert_allclose(run.history[-1]["weight_norm"], expected, rtol=1e-5)
+    assert norms["l2"] < 0.8 * norms["none"]
+
+
+def test_minibatches_follow_the_seeded_schedule():
+    from geometry import training
+    from playground.session import OPTIMIZER, Objective
+
+    config = dataclasses.replace(SMALL, batch_size=32, steps_per_update=4)
+    run = Run(config, None, 1)
+    run.train()
+    reference = Run(config, None, 1)
+    params, opt_state = reference.params, reference.opt_state
+    x, y = reference.data.x_train, reference.data.y_train
+    for step in range(4):
+        idx = training.batch_indices(step, len(x), 32, config.seed)
+        params, opt_state, _ = training.train_step(reference.graphdef, params, reference.rest, opt_state,
+                                                   (x[idx], y[idx], jnp.float32(0.0)),
+                                                   loss_fn=Objective("classification", "none"), optimizer=OPTIMIZER)
+    for a, b in zip(jax.tree_util.tree_leaves(run.params), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(a, b)

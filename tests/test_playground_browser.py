@@ -260,6 +260,122 @@ async function attempt(name, request) {
 </script>"""
 
 
+# ---------- TensorFlow Playground's controls and the per-neuron views ----------
+def test_every_new_control_round_trips_through_the_address(page, server):
+    query = ("?problem=regression&dataset=abs_crease&features=x1,x2,x1x2&train_percent=60&batch_size=32"
+             "&regularization=l1&regularization_rate=0.003&discretize=1&layers=relu,relu&width=8&resolution=64")
+    _open(page, server, query)
+    frame = _wait_for(page, "f.config.problem === 'regression' && f.maps && f.maps.value")
+    config = frame["config"]
+    assert (config["dataset"], config["features"], config["train_percent"], config["batch_size"]) == \
+        ("abs_crease", ["x1", "x2", "x1x2"], 60, 32)
+    assert (config["regularization"], config["regularization_rate"], config["discretize"]) == ("l1", 0.003, True)
+    # the controls show it, the address holds it
+    assert page.input_value("#problem") == "regression" and page.input_value("#dataset") == "abs_crease"
+    assert page.is_checked("#feature-x1x2") and not page.is_checked("#feature-x1sq") and page.is_checked("#discretize")
+    assert page.input_value("#regularization") == "l1" and page.input_value("#batch_size") == "32"
+    for part in ("problem=regression", "features=x1%2Cx2%2Cx1x2", "train_percent=60", "batch_size=32",
+                 "regularization=l1", "regularization_rate=0.003", "discretize=1"):
+        assert part in page.url, part
+    assert frame["dataset"]["train_points"] == 240  # 60% of 400
+    # a click changes the net and the address; a classification problem starts on its own first data set
+    page.click("#feature-sinx1")
+    _wait_for(page, "f.config.features.includes('sinx1')")
+    page.wait_for_function("location.search.includes('features=x1%2Cx2%2Cx1x2%2Csinx1')")
+    page.select_option("#problem", "classification")
+    frame = _wait_for(page, "f.config.problem === 'classification' && f.maps && f.maps.class")
+    assert frame["config"]["dataset"] == "linear"
+    page.wait_for_function("location.search.includes('problem=classification')")
+    page.fill("#batch_size", "600")
+    page.dispatch_event("#batch_size", "change")
+    page.wait_for_function("document.getElementById('error').textContent.includes('batch_size must be in [0, 512]')")
+    assert [p for p in page.problems if "status of 400" not in p] == []  # the refusal itself is a logged 400
+
+
+def test_regression_learns_a_sine_ridge(page, server):
+    # sin(x₁ + x₂) on [−3, 3]², no noise: a 2 → 16 ×2 → 1 tanh net reaches train and test MSE < 0.01 (the targets'
+    # variance is ≈ 0.5, so 98% of it explained) within a few hundred Adam steps
+    _open(page, server, "?problem=regression&dataset=sine_ridge&noise=0&layers=tanh,tanh&width=16"
+                        "&learning_rate=0.03&resolution=64&steps_per_update=10")
+    _control(page, "start")
+    frame = _wait_for(page, "f.history.length > 0 && f.history[f.history.length - 1].test_mse < 0.01 && "
+                            "f.history[f.history.length - 1].train_mse < 0.01")
+    _control(page, "pause")
+    assert "test MSE" in page.inner_text("#status")
+    assert "predicted value" in page.inner_text("#legend-decision")
+    _screenshot(page, "playground-regression.png")
+    assert page.problems == []
+
+
+def test_l2_shrinks_the_weights(page, server):
+    norms = {}
+    for rate in ("0", "0.1"):
+        _open(page, server, f"?dataset=spiral&layers=relu,relu&width=16&resolution=64&regularization=l2"
+                            f"&regularization_rate={rate}&learning_rate=0.03&steps_per_update=20")
+        _control(page, "reset")
+        _wait_for(page, "f.step === 0 && f.status === 'paused'")
+        _control(page, "start")
+        frame = _wait_for(page, "f.step >= 400")
+        _control(page, "pause")
+        record = next(h for h in frame["history"] if h["step"] >= 400)
+        norms[rate] = record["weight_norm"]
+        assert "‖W‖" in page.inner_text("#status")
+    assert norms["0.1"] < 0.5 * norms["0"], norms
+
+
+def test_feature_crosses_make_circles_separable_with_no_hidden_layer(page, server):
+    accuracy = {}
+    for features in ("x1,x2", "x1sq,x2sq"):
+        page.goto(_address(server, f"?dataset=circles&layers=&features={features}&learning_rate=0.03&resolution=64"
+                                   "&steps_per_update=20"))
+        _wait_for(page, f"f.config.features.join(',') === '{features}' && f.config.layers.length === 0 && f.maps")
+        _control(page, "reset")
+        _wait_for(page, "f.step === 0 && f.status === 'paused'")
+        _control(page, "start")
+        frame = _wait_for(page, "f.step >= 600")
+        _control(page, "pause")
+        accuracy[features] = frame["history"][-1]["test_accuracy"]
+        assert page.locator("#layers-table tbody tr").count() == 0  # no hidden layer
+    # a straight line cannot separate two rings; x₁² + x₂² = r² is a straight line in (x₁², x₂²)
+    assert accuracy["x1sq,x2sq"] >= 0.95 and accuracy["x1,x2"] <= 0.75, accuracy
+    _screenshot(page, "playground-feature-crosses.png")
+
+
+def test_per_neuron_marks_match_the_numbers_table(page, server):
+    # tanh units with large inputs saturate; relu units below zero on the whole window die
+    _open(page, server, "?dataset=spiral&layers=relu,tanh,relu&width=12&resolution=64&seed=3&learning_rate=0.1"
+                        "&steps_per_update=20")
+    _control(page, "start")
+    _wait_for(page, "f.step >= 200")
+    _control(page, "pause")
+    frame = _wait_for(page, "f.status === 'paused' && f.network && f.layers")
+    table = page.eval_on_selector_all("#layers-table tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    header = page.eval_on_selector_all("#layers-table thead th", "cells => cells.map(c => c.textContent)")
+    dead_column, saturated_column = header.index("dead (grid)"), header.index("saturated (grid)")
+    for l, (layer, row) in enumerate(zip(frame["network"]["layers"], table)):
+        assert row[dead_column] == str(layer["marks"].count("dead")), l
+        assert row[saturated_column] == str(layer["marks"].count("saturated")), l
+    marks = [m for layer in frame["network"]["layers"] for m in layer["marks"]]
+    assert marks.count("dead") + marks.count("saturated") > 0  # the marks have something to show
+    # hovering a unit shows its maps and its mark
+    unit = page.evaluate("window.playground.units.find(u => u.mark !== 'live')")
+    box = page.locator("#network-canvas").bounding_box()
+    scale = box["width"] / page.evaluate("document.getElementById('network-canvas').width")
+    page.mouse.move(box["x"] + unit["x"] * scale, box["y"] + unit["y"] * scale)
+    page.wait_for_function("!!window.playground.shownUnit")
+    shown = page.evaluate("window.playground.shownUnit")
+    assert (shown["layer"], shown["unit"], shown["mark"]) == (unit["layer"], unit["unit"], unit["mark"])
+    assert unit["mark"] in page.inner_text("#unit-title")
+    assert _canvas(page, "unit-derivative") != page.evaluate(
+        "(() => { const c = document.createElement('canvas'); c.width = c.height = 140; return c.toDataURL(); })()")
+    # the geometry-vs-step panel has one record per table, and draws the chosen metric
+    assert len(page.evaluate("window.playground.geometry")) >= 2
+    page.select_option("#geometry-metric", "dead_units_grid")
+    assert "dead units (grid)" in page.inner_text("#geometry-legend")
+    _screenshot(page, "playground-neurons.png")
+    assert page.problems == []
+
+
 @pytest.fixture
 def attack_site():
     """A page on another origin (another port of 127.0.0.1: same site, so the playground's cookie rides
