@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import webbrowser
 
@@ -30,8 +31,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\nplayground: stopped", flush=True)
     finally:
-        server.session.close()
+        server.session.close(timeout=10)
         server.server_close()
+    if server.session.worker.is_alive():
+        # the trainer is inside a compilation that cannot be interrupted; nothing is left to save (exports are
+        # written when asked for), and tearing JAX down under a running thread can hang: leave at once
+        print("playground: the trainer was still compiling; exiting without waiting for it", flush=True)
+        os._exit(0)
     return 0
 
 

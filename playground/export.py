@@ -64,13 +64,16 @@ def _to_zip(config, classes: int, state: tuple, points: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _check_meta(meta: dict) -> None:
+def _check_meta(meta: dict, problem: str = "classification") -> None:
     """The numbers config.json must hold, with their types and shapes (a tampered file otherwise
     fails deep inside with an AttributeError, KeyError or ZeroDivisionError)."""
     if meta.get("in_features") != 2:
         raise ValueError(f"in_features is {meta.get('in_features')!r}; the playground's nets take 2")
     classes = meta.get("classes")
-    if not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= datasets.MAX_CLASSES:
+    if problem == "regression":
+        if classes != 1 or isinstance(classes, bool):
+            raise ValueError(f"classes is {classes!r}; a regression net has 1 output")
+    elif not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= datasets.MAX_CLASSES:
         raise ValueError(f"classes is {classes!r}; expected a whole number in [2, {datasets.MAX_CLASSES}]")
     try:
         points = np.asarray(meta.get("check_points"), dtype=np.float64)
@@ -127,7 +130,7 @@ def load(path):
             if not isinstance(meta.get("config"), dict):
                 raise ValueError("'config' is not an object")
             config = parse(meta["config"])
-            _check_meta(meta)
+            _check_meta(meta, config.problem)
             _extract(archive, Path(folder))
         except (KeyError, ValueError, ConfigError, zipfile.BadZipFile, RecursionError) as error:
             raise CheckpointError(f"{path}: unreadable config.json ({error}); export the model again") from None

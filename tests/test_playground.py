@@ -415,11 +415,19 @@ def test_warp_reports_grid_warps_own_measure():
 
 # ---------- the server ----------
 @pytest.fixture(scope="module")
-def server():
+def _module_server():
     server = Server(0, SMALL)
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server(_module_server):
+    """The module's server, paused after each test: a run left training would take the CPU from the tests
+    after it (the Ctrl-C test's subprocess compiled so slowly under it that it missed its 60 s)."""
+    yield _module_server
+    _module_server.session.control("pause")
 
 
 def _request(server, method, path, body=None, headers=None):
@@ -516,9 +524,16 @@ def test_concurrent_exports_all_succeed_and_leave_nothing_behind(server, tmp_pat
     assert not set(Path(tempfile.gettempdir()).iterdir()) - before - {tmp_path.parent}
 
 
+def _interruptible():
+    # a test run started in the background (`cmd &` in a script) ignores SIGINT, and a child inherits that:
+    # Python then installs no KeyboardInterrupt handler and Ctrl-C would never reach the server
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_command_line_serves_and_stops_on_ctrl_c():
     process = subprocess.Popen([sys.executable, "-m", "playground", "--no-browser", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=_interruptible)
     try:
         line = process.stdout.readline()
         assert line.startswith("playground: serving http://127.0.0.1:"), line
@@ -532,7 +547,12 @@ def test_command_line_serves_and_stops_on_ctrl_c():
             assert response.status == status and b"layer-geometry playground" in response.read()
             connection.close()
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"no exit 60 s after Ctrl-C; its output: {process.stdout.read()[-3000:]}") from None
+        assert code == 0
         assert "playground: stopped" in process.stdout.read()
     finally:  # never leave the server running, whatever failed above
         process.kill()
@@ -680,3 +700,19 @@ def test_minibatches_follow_the_seeded_schedule():
                                                    loss_fn=Objective("classification", "none"), optimizer=OPTIMIZER)
     for a, b in zip(jax.tree_util.tree_leaves(run.params), jax.tree_util.tree_leaves(params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_regression_net_with_feature_crosses_exports_and_scores_by_hand(tmp_path):
+    config = configuration.parse({"problem": "regression", "dataset": "plane", "features": "x1,x2,x1x2",
+                                  "layers": "tanh", "width": 6, "resolution": 64})
+    run = Run(config, None, 1)
+    run.train()
+    state = nnx.state(run.model)
+    predicted = np.asarray(jax.vmap(run.model)(run.data.x_test), np.float64)[:, 0]
+    np.testing.assert_allclose(run.views.scores(state)["test_mse"], np.mean((predicted - run.data.y_test) ** 2),
+                               rtol=1e-5)
+    body = export.to_zip(run.config, run.data.classes, jax.device_get((run.params, run.rest)), run.data.x_train[:8])
+    (tmp_path / "regression.zip").write_bytes(body)
+    model, loaded, meta = export.load(tmp_path / "regression.zip")
+    assert loaded == config and meta["classes"] == 1
+    np.testing.assert_allclose(jax.vmap(model)(run.data.x_test), jax.vmap(run.model)(run.data.x_test), rtol=1e-6)

@@ -58,6 +58,7 @@ def page(browser, server):
     page.set_default_timeout(TIMEOUT_MS)
     yield page
     context.close()
+    server.session.control("pause")  # a run left training would slow every test after it
 
 
 def _address(server, query: str = "") -> str:
