@@ -3,7 +3,7 @@ terminal phase (zero training error), with neural collapse per epoch and per-lay
 
 Command:  python -m experiments digits [--quick]
 Writes:   figures/digits.{png,pdf,json}
-Runtime:  ~1.5 min on 2 CPU cores (quick: ~35 s); Orbax checkpoints, so a rerun restores (~10 s).
+Runtime:  ~3 min on 2 CPU cores (quick: ~35 s); Orbax checkpoints, so a rerun restores (~10 s).
 
 Data: `geometry.data.load_digits()` (1797 images of 8 × 8 pixels, 10 classes, scaled to
 [0, 1]), split 80/20 per class by `stratified_split` (seeded). Models: `geometry.models.MLP`

@@ -31,6 +31,7 @@ from geometry import training
 from geometry.functional import Static
 from geometry.io import to_jsonable
 from playground import datasets, network, views
+from playground.objective import Objective, weight_norm
 from playground.config import Config, as_json, to_query
 
 ACTIONS = ("start", "pause", "step", "reset")
@@ -117,42 +118,6 @@ def encode_exact_regions(exact: dict | None) -> dict | None:
     return {"count": exact["count"], "version": version,
             "vertices": base64.b64encode(exact["vertices"].astype("<f4").tobytes()).decode(),
             "counts": _encode(exact["counts"])}
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    """The training loss of a config, a `loss_fn(model, (x, y, rate))` for `training.train_step`:
-    mean cross-entropy (classification) or mean squared error (regression), plus rate · Σ|w| (L1)
-    or rate · ½ Σ w² (L2) over every layer's weight matrix (biases and kernel centres are not
-    penalised, as in TensorFlow Playground). The rate travels in the batch, so changing it
-    recompiles nothing."""
-
-    problem: str
-    regularization: str
-
-    def __call__(self, model, batch):
-        x, y, rate = batch
-        outputs = jax.vmap(model)(x)
-        if self.problem == "regression":
-            loss = jnp.mean((outputs[:, 0] - y) ** 2)
-        else:
-            loss = training.cross_entropy(outputs, y)
-        if self.regularization == "none":
-            return loss
-        weights = weight_matrices(model)
-        penalty = sum(jnp.sum(jnp.abs(w)) if self.regularization == "l1" else 0.5 * jnp.sum(w**2) for w in weights)
-        return loss + rate * penalty
-
-
-def weight_matrices(model) -> list:
-    """Every Dense layer's weight (the `weight` parameters), readout included."""
-    return [leaf.get_value() if hasattr(leaf, "get_value") else leaf.value
-            for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)) if path[-1] == "weight"]
-
-
-def weight_norm(model) -> float:
-    """‖W‖: the Frobenius norm of all weight matrices together."""
-    return float(np.sqrt(sum(float(jnp.sum(jnp.asarray(w, jnp.float32) ** 2)) for w in weight_matrices(model))))
 
 
 class Run:

@@ -524,16 +524,18 @@ def test_concurrent_exports_all_succeed_and_leave_nothing_behind(server, tmp_pat
     assert not set(Path(tempfile.gettempdir()).iterdir()) - before - {tmp_path.parent}
 
 
-def _interruptible():
-    # a test run started in the background (`cmd &` in a script) ignores SIGINT, and a child inherits that:
-    # Python then installs no KeyboardInterrupt handler and Ctrl-C would never reach the server
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A test run started in the background (`cmd &` in a script) ignores SIGINT, and a child inherits that: Python
+# then installs no KeyboardInterrupt handler and Ctrl-C would never reach the server. The child restores Python's
+# handler itself before running `python -m playground` (a preexec_fn would make subprocess fork a process that
+# JAX has made multithreaded, which JAX warns against and which crashed a later compilation once).
+INTERRUPTIBLE = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); sys.argv[0] = 'playground'; "
+                 "runpy.run_module('playground', run_name='__main__')")
 
 
 def test_command_line_serves_and_stops_on_ctrl_c():
-    process = subprocess.Popen([sys.executable, "-m", "playground", "--no-browser", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=_interruptible)
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, "--no-browser", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = process.stdout.readline()
         assert line.startswith("playground: serving http://127.0.0.1:"), line
@@ -589,7 +591,7 @@ def test_a_regression_csv_keeps_real_targets_and_a_classification_run_refuses_th
 
 @pytest.mark.parametrize("kind, rate", [("l1", 0.03), ("l2", 0.1)])
 def test_regularised_loss_is_the_data_term_plus_the_penalty(kind, rate):
-    from playground.session import Objective
+    from playground.objective import Objective
 
     config = dataclasses.replace(SMALL, regularization=kind, regularization_rate=rate)
     model = network.build(config, 2, 3)
@@ -685,7 +687,8 @@ def test_geometry_history_records_the_table_against_step_and_l2_shrinks_the_weig
 
 def test_minibatches_follow_the_seeded_schedule():
     from geometry import training
-    from playground.session import OPTIMIZER, Objective
+    from playground.objective import Objective
+    from playground.session import OPTIMIZER
 
     config = dataclasses.replace(SMALL, batch_size=32, steps_per_update=4)
     run = Run(config, None, 1)

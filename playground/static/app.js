@@ -349,6 +349,8 @@ async function render(frame) {
 }
 
 // ---------- the network, unit by unit ----------
+const featureLabel = (name) => name.replace("sq", "²").replace("sin", "sin ");
+
 const MARK_COLOURS = { live: "#43a047", saturated: "#fb8c00", dead: "#e53935", kernel: "#90a4ae" };
 
 function unitImage(map, unit, grid, colours) {
@@ -381,7 +383,7 @@ function drawNetwork(frame) {
   const w = canvas.width, h = canvas.height, viridis = playground.options.colormaps.viridis;
   context.clearRect(0, 0, w, h);
   // columns: the features, each hidden layer, the outputs
-  const columns = [view.features.map((name) => ({ label: name })),
+  const columns = [view.features.map((name) => ({ label: featureLabel(name) })),
     ...view.layers.map((layer, l) => Array.from({ length: Math.min(layer.units, view.drawn_units) },
       (_, u) => ({ layer: l, unit: u, mark: layer.marks[u] }))),
     Array.from({ length: view.readout.shape[0] }, (_, k) => ({ label: view.readout.shape[0] === 1 ? "output" : `class ${k}` }))];
@@ -566,7 +568,7 @@ async function main() {
     const label = document.createElement("label");
     const box = Object.assign(document.createElement("input"), { type: "checkbox", id: `feature-${name}` });
     box.addEventListener("change", () => configure());
-    label.append(box, name.replace("sq", "²").replace("sin", "sin "));
+    label.append(box, featureLabel(name));
     return label;
   }));
   fillSelect($("geometry-metric"), Object.keys(GEOMETRY_METRICS), Object.values(GEOMETRY_METRICS));
