@@ -46,18 +46,26 @@ def r_squared(x: np.ndarray, y: np.ndarray) -> float:
     return float(min(np.sum(x * y) ** 2 / denominator, 1.0)) if denominator > 0 else float("nan")  # rounding
 
 
+def bootstrap_interval(x: np.ndarray, y: np.ndarray, statistic, *, resamples: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float, int]:
+    """(low, high, resamples with a finite statistic): the percentile bootstrap interval of
+    statistic(x, y) over pairs resampled with replacement; resamples where it is not finite are left out."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(x), size=(resamples, len(x)))
+    values = np.array([statistic(x[d], y[d]) for d in draws])
+    finite = values[np.isfinite(values)]
+    tail = (1.0 - level) / 2.0
+    low, high = (np.quantile(finite, [tail, 1.0 - tail]) if len(finite) else (float("nan"), float("nan")))
+    return float(low), float(high), int(len(finite))
+
+
 def bootstrap_r_squared(x: np.ndarray, y: np.ndarray, *, resamples: int = 2000, seed: int = 0,
                         level: float = 0.95) -> dict:
     """R² with a percentile bootstrap interval over models resampled with replacement. Resamples
     where x or y is constant have no R² and are left out (their count is reported)."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(x), size=(resamples, len(x)))
-    values = np.array([r_squared(x[d], y[d]) for d in draws])
-    finite = values[np.isfinite(values)]
-    tail = (1.0 - level) / 2.0
-    low, high = (np.quantile(finite, [tail, 1.0 - tail]) if len(finite) else (float("nan"), float("nan")))
-    return {"r2": r_squared(x, y), "ci": [float(low), float(high)], "ci_width": float(high - low),
-            "level": level, "resamples": resamples, "resamples_without_r2": int(resamples - len(finite)),
+    low, high, finite = bootstrap_interval(x, y, r_squared, resamples=resamples, seed=seed, level=level)
+    return {"r2": r_squared(x, y), "ci": [low, high], "ci_width": float(high - low),
+            "level": level, "resamples": resamples, "resamples_without_r2": int(resamples - finite),
             "models": int(len(x))}
 
 

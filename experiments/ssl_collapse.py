@@ -43,6 +43,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
+from experiments._study_fits import bootstrap_interval
 from geometry import data, distributed, embeddings, io, layers, models, probe, spectra, ssl, training
 from geometry.augment import ImageAugment
 from geometry.metric import spearman
@@ -178,13 +179,10 @@ def train_run(method: str, encoder: str, strength: float, config: Config, split,
 
 
 def _bootstrap(x: np.ndarray, y: np.ndarray, statistic, resamples: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(x), size=(resamples, len(x)))
-    values = np.array([statistic(x[d], y[d]) if np.ptp(x[d]) > 0 and np.ptp(y[d]) > 0 else np.nan for d in draws])
-    finite = values[np.isfinite(values)]
-    low, high = np.quantile(finite, [0.025, 0.975]) if len(finite) else (np.nan, np.nan)
-    return {"value": float(statistic(x, y)), "ci95": [float(low), float(high)], "resamples": resamples,
-            "runs": int(len(x))}
+    # a resample with a constant column has no correlation (spearman would call it 0): left out
+    defined = lambda a, b: statistic(a, b) if np.ptp(a) > 0 and np.ptp(b) > 0 else np.nan  # noqa: E731
+    low, high, _ = bootstrap_interval(x, y, defined, resamples=resamples, seed=seed)
+    return {"value": float(statistic(x, y)), "ci95": [low, high], "resamples": resamples, "runs": int(len(x))}
 
 
 def _pearson(x, y) -> float:

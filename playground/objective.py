@@ -50,4 +50,4 @@ def weight_matrices(model) -> list:
 
 def weight_norm(model) -> float:
     """‖W‖: the Frobenius norm of all weight matrices together."""
-    return float(np.sqrt(sum(float(jnp.sum(jnp.asarray(w, jnp.float32) ** 2)) for w in weight_matrices(model))))
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(w, np.float64))) for w in weight_matrices(model))))

@@ -57,6 +57,14 @@ def _scaled(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.round((values - lo) / span * 254), 0, 254).astype(np.uint8)
 
 
+def _thinned(history: list) -> list:
+    """Past MAX_HISTORY records, every other one of the older half: long runs stay cheap to stream."""
+    if len(history) <= MAX_HISTORY:
+        return history
+    half = len(history) // 2
+    return history[:half:2] + history[half:]
+
+
 def _matrix(weights) -> dict | None:
     """A weight matrix for the page: base64 little-endian float32, row-major, with its shape."""
     if weights is None:
@@ -161,12 +169,9 @@ class Run:
         self.params, self.opt_state = params, opt_state
         self.step += self.config.steps_per_update
         nnx.update(self.model, params)
-        history = self.history + [{"step": self.step, "loss": loss, **self.views.scores(nnx.state(self.model)),
-                                   "weight_norm": weight_norm(self.model)}]
-        if len(history) > MAX_HISTORY:  # every other record of the older half: long runs stay cheap
-            half = len(history) // 2
-            history = history[:half:2] + history[half:]
-        self.history = history
+        self.history = _thinned(self.history + [{"step": self.step, "loss": loss,
+                                                 **self.views.scores(nnx.state(self.model)),
+                                                 "weight_norm": weight_norm(self.model)}])
         self.linear = views.linear_collapse(self.model, self.config)
 
     def frame(self, running: bool, stopping=lambda: False) -> dict:
@@ -179,16 +184,13 @@ class Run:
         if self.layer_rows is None or not running or now - self.layer_time > NUMBERS_EVERY:
             rows = self.views.layer_numbers(state)
             for row, layer in zip(rows, network_view["layers"]):  # the marks' counts, on the same grid
-                row["dead_units_grid"] = layer["marks"].count("dead") if layer["marks"][:1] != ["kernel"] else None
-                row["saturated_units_grid"] = layer["marks"].count("saturated") \
-                    if layer["marks"][:1] != ["kernel"] else None
+                kernel = network.is_kernel(layer["kind"])  # no φ, no marks to count
+                row["dead_units_grid"] = None if kernel else layer["marks"].count("dead")
+                row["saturated_units_grid"] = None if kernel else layer["marks"].count("saturated")
             self.layer_rows, self.layer_time = rows, now
             entry = {"step": self.step, "layers": [{key: row[key] for key in GEOMETRY_KEYS} for row in rows]}
-            history = [e for e in self.geometry_history if e["step"] != self.step] + [entry]
-            if len(history) > MAX_HISTORY:
-                half = len(history) // 2
-                history = history[:half:2] + history[half:]
-            self.geometry_history, self.geometry_version = history, self.geometry_version + 1
+            self.geometry_history = _thinned([e for e in self.geometry_history if e["step"] != self.step] + [entry])
+            self.geometry_version += 1
         # the exact partition (tens to hundreds of ms) at its own slower pace; frames carry only its
         # count and version, the polygons are fetched by the page when the version changes
         if self.views.exact and not stopping() and (

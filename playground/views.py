@@ -238,7 +238,7 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.round((values - lo[:, None]) / span[:, None] * 254).astype(np.uint8), lo, hi
 
 
-def unit_marks(dead: np.ndarray | None, saturated_share: np.ndarray | None, kind: str, width: int) -> list[str]:
+def unit_marks(dead: np.ndarray | None, saturated_share: np.ndarray | None, width: int) -> list[str]:
     """Each unit's mark: "dead" (φ′ = 0 at every grid point), "saturated" (|φ′| < SATURATION on more
     than SATURATED_UNIT of the grid), "live", or "kernel" (a kernel layer has no φ)."""
     if dead is None:
@@ -259,7 +259,7 @@ def neurons(raw: dict, model: network.Net, config: Config) -> dict:
         entry = {"kind": config.layers[l], "units": int(activation.shape[0]),
                  "marks": unit_marks(np.asarray(raw["unit_dead"][l]) if l in raw["unit_dead"] else None,
                                      np.asarray(raw["unit_saturated_share"][l]) if l in raw["unit_saturated_share"]
-                                     else None, config.layers[l], activation.shape[0]),
+                                     else None, activation.shape[0]),
                  "activation": {"data": codes, "lo": lo.tolist(), "hi": hi.tolist()},
                  "weights": None if network.is_kernel(config.layers[l]) else
                  np.asarray(dense_weight(layer.dense), np.float64)[:MAX_NEURON_MAPS, :MAX_NEURON_MAPS]}
