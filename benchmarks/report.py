@@ -143,6 +143,19 @@ def matfree_section(result: dict) -> list[str]:
                          f"{100 * h['dense_routed_fraction']:.0f}% | {h['seconds']:.1f} ({h['dense_seconds']:.1f}) | "
                          f"{100 * h['gauss_30_steps_max_relative_error']:.1f}%, "
                          f"{h['gauss_30_steps_max_error_in_standard_errors']:.1f} |")
+    chain = result.get("chain_log_volume")
+    if chain:
+        routes = chain["routes"]
+        lines += ["", f"Log volume Σ log σ at the top-{top['k']} case's points ({top['inputs']} → {top['width']} ×{top['depth']}, "
+                  "condition ~2e7: SLQ would need a depth near r there, and `log_volume`'s default routes such points to "
+                  "the dense J) by the exact per-layer split `metric.chain_log_volume` (one float32 forward pass for "
+                  "tanh′, Σ log|tanh′| per layer plus each W's log volume, float64): "
+                  f"{routes['chain_log_volume']['seconds']:.2f} s against {routes['dense_log_volume']['seconds']:.2f} s for "
+                  f"the dense route at equal accuracy (J and its SVD in float64): "
+                  f"{chain['speedup_over_float64_dense']:.0f}× (target ≥ {chain['target_speedup']:.0f}×), and "
+                  f"{chain['speedup_over_float32_dense_svd']:.0f}× the float32 dense route above; largest relative "
+                  f"difference from the float64 dense value {chain['max_relative_error']:.1e}; peak RSS "
+                  f"{routes['chain_log_volume']['peak_rss_mb']:.0f} MB against {routes['dense_log_volume']['peak_rss_mb']:.0f} MB."]
     return lines
 
 

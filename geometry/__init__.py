@@ -41,7 +41,7 @@ from geometry.data import grid, load_dataset, load_digits, make_dataset, stratif
 from geometry.functional import jit_module
 from geometry.jacobians import jacobian_field, pure_jacobian_field
 from geometry.layers import Dense, LayerNorm, Pointwise, dense_weight
-from geometry.metric import dense_layer_singular_values, pullback_metric
+from geometry.metric import chain_log_volume, dense_layer_singular_values, pullback_metric
 from geometry.models import MLP, CausalLM, KernelMLP
 from geometry.similarity import cka, cka_permutation_test
 from geometry.theory import fuss_catalan, mean_field, prob_any_dead, prob_relu_rank_deficient
@@ -54,7 +54,7 @@ __all__ = [
     "similarity", "spectra", "ssl", "theory", "training",
     # entry points
     "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "EmbeddingAccumulator", "KernelMLP", "LayerNorm", "MLP",
-    "Pointwise", "TrainConfig", "cka", "cka_permutation_test", "collapse_metrics", "dense_layer_singular_values", "dense_weight", "embedding_spectrum",
+    "Pointwise", "TrainConfig", "chain_log_volume", "cka", "cka_permutation_test", "collapse_metrics", "dense_layer_singular_values", "dense_weight", "embedding_spectrum",
     "fuss_catalan", "grid", "jacobian_field", "jit_module", "linear_probe", "load_dataset", "load_digits", "make_dataset", "mean_field",
     "prob_any_dead", "prob_relu_rank_deficient", "pullback_metric", "pure_jacobian_field", "stratified_split", "train",
 ]

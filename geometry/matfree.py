@@ -53,6 +53,7 @@ from geometry import jacobians
 from geometry.shapes import AnyArray, Shaped, shape_checked
 
 WHICH = ("largest", "smallest")
+BLOCK_STEPS = 8  # singular_values' adaptive steps grow by this many between convergence checks
 
 
 def _operators(pure, params, x):
@@ -98,17 +99,10 @@ def _orthogonalise(w, basis):
     return w
 
 
-def bidiagonalise(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int, steps: int):
-    """(alphas (s,), betas (s,)) of Golub–Kahan with full reorthogonalisation from `start` (n,):
-    B has diagonal alphas and superdiagonal betas[:-1]; betas[-1] is the residual factor β_s."""
-    dtype = start.dtype
-    v, _ = _normalise(start)
-    u, alpha0 = _normalise(matvec(v))
-    V = jnp.zeros((steps + 1, start.size), dtype).at[0].set(v)
-    U = jnp.zeros((steps, m), dtype).at[0].set(u)
-    alphas = jnp.zeros(steps, dtype).at[0].set(alpha0)
-    betas = jnp.zeros(steps, dtype)
-
+def _golub_kahan_step(matvec, rmatvec, steps: int):
+    """One step j → j + 1 of Golub–Kahan with full reorthogonalisation on the carry (U, V,
+    alphas, betas) of arrays sized for `steps`: fills V[j + 1], betas[j] and (below `steps`)
+    U[j + 1], alphas[j + 1]."""
     def step(j, carry):
         U, V, alphas, betas = carry
         w = _orthogonalise(rmatvec(U[j]) - alphas[j] * V[j], V)
@@ -122,9 +116,60 @@ def bidiagonalise(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int,
         alphas = jnp.where(last, alphas, alphas.at[jnp.minimum(j + 1, steps - 1)].set(alpha))
         return U, V, alphas, betas
 
-    carry = jax.tree_util.tree_map(lambda a: _varying_like(a, start), (U, V, alphas, betas))  # see _varying_like
-    U, V, alphas, betas = jax.lax.fori_loop(0, steps, step, carry)
+    return step
+
+
+def _golub_kahan_start(matvec, start: jax.Array, m: int, steps: int):
+    """The carry (U, V, alphas, betas) after v₁ = start/‖start‖ and u₁ = J v₁ / α₁."""
+    dtype = start.dtype
+    v, _ = _normalise(start)
+    u, alpha0 = _normalise(matvec(v))
+    carry = (jnp.zeros((steps, m), dtype).at[0].set(u), jnp.zeros((steps + 1, start.size), dtype).at[0].set(v),
+             jnp.zeros(steps, dtype).at[0].set(alpha0), jnp.zeros(steps, dtype))
+    return jax.tree_util.tree_map(lambda a: _varying_like(a, start), carry)  # see _varying_like
+
+
+def bidiagonalise(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int, steps: int):
+    """(alphas (s,), betas (s,)) of Golub–Kahan with full reorthogonalisation from `start` (n,):
+    B has diagonal alphas and superdiagonal betas[:-1]; betas[-1] is the residual factor β_s."""
+    carry = _golub_kahan_start(matvec, start, m, steps)
+    _, _, alphas, betas = jax.lax.fori_loop(0, steps, _golub_kahan_step(matvec, rmatvec, steps), carry)
     return alphas, betas
+
+
+def _leading_ritz(alphas, betas, done):
+    """Ritz values (descending) and residual bounds of the leading done × done block of B, from
+    arrays sized for more steps: the unfilled part is masked to zero, so its SVD holds the block's
+    singular values first and zeros after, and the block's residual factor is betas[done − 1]."""
+    index = jnp.arange(alphas.shape[0])
+    B = jnp.diag(jnp.where(index < done, alphas, 0.0)) + jnp.diag(jnp.where(index[:-1] < done - 1, betas[:-1], 0.0), 1)
+    P, sigma, _ = jnp.linalg.svd(B)
+    return sigma, jnp.abs(betas[done - 1] * P[done - 1, :])
+
+
+def bidiagonalise_until_converged(matvec: Callable, rmatvec: Callable, start: jax.Array, m: int, k: int, first: int,
+                                  block: int, cap: int, tol: float):
+    """(top-k Ritz values, their bounds, steps used) of Golub–Kahan from `start`, run `first` steps
+    and then `block` more at a time (the same Krylov space, extended: nothing is recomputed) until
+    the k largest have bound ≤ tol · σ_max or `cap` steps are done. Under `jax.vmap` the loop runs
+    until the slowest point of the batch stops; the others' carries are left as they were."""
+    step = _golub_kahan_step(matvec, rmatvec, cap)
+
+    def converged(carry, done):
+        sigma, bounds = _leading_ritz(carry[2], carry[3], done)
+        return jnp.all(bounds[:k] <= tol * sigma[0])
+
+    def advance(state):
+        carry, done, _ = state
+        target = jnp.minimum(done + block, cap)
+        carry = jax.lax.fori_loop(done, target, step, carry)
+        return carry, target, converged(carry, target)
+
+    carry = jax.lax.fori_loop(0, first, step, _golub_kahan_start(matvec, start, m, cap))
+    state = (carry, jnp.asarray(first), converged(carry, first))
+    carry, done, _ = jax.lax.while_loop(lambda s: (s[1] < cap) & ~s[2], advance, state)
+    sigma, bounds = _leading_ritz(carry[2], carry[3], done)
+    return sigma[:k], bounds[:k], done
 
 
 def lanczos(gram: Callable, start: jax.Array, steps: int):
@@ -173,22 +218,29 @@ def _nodes_and_weights(matvec, rmatvec, m: int, z, steps: int):
 
 @dataclasses.dataclass(frozen=True)
 class _TopSingular:
-    """x ↦ (Ritz values (k,), bounds (k,)) of J(x) from `steps` GK iterations."""
+    """x ↦ (Ritz values (k,), bounds (k,), steps used) of J(x) from `steps` GK iterations, or, with
+    `cap` > steps, from `steps` and then blocks of BLOCK_STEPS more until the k largest converge."""
 
     pure: Callable
     k: int
     steps: int
     which: str
     transpose: bool  # run on Jᵀ (when m < n: its GK space is the smaller one)
+    cap: int = 0
+    tol: float = 0.0
 
     def __call__(self, params, x, start):
         matvec, rmatvec, m, n = _oriented(self.pure, params, x, self.transpose)
+        if self.cap > self.steps:
+            return bidiagonalise_until_converged(matvec, rmatvec, start[:n], m, self.k, self.steps, BLOCK_STEPS,
+                                                 self.cap, self.tol)
         alphas, betas = bidiagonalise(matvec, rmatvec, start[:n], m, self.steps)
         P, sigma, _ = jnp.linalg.svd(_bidiagonal(alphas, betas))
         bounds = jnp.abs(betas[-1] * P[-1, :])
+        used = jnp.full((), self.steps)
         if self.which == "largest":
-            return sigma[: self.k], bounds[: self.k]
-        return sigma[::-1][: self.k], bounds[::-1][: self.k]
+            return sigma[: self.k], bounds[: self.k], used
+        return sigma[::-1][: self.k], bounds[::-1][: self.k], used
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,11 +385,15 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
 
     Returns {"values": (N, k) descending for "largest", ascending for "smallest", "bounds":
     (N, k) residual bounds (module docstring), "converged": (N, k) bool (bound ≤ tol·σ_max),
-    "steps": s}. Default s: min(r, 4k + 40) for "largest" — a margin over what the top 16 of a
-    1024-wide tanh network's Jacobian (a continuous bulk, no spectral gap) needed to converge to
-    1e-5 in float32 (72 steps; benchmarks/matfree.py measures 48–104); well-separated values
-    converge sooner, fewer steps are cheaper, and the bounds say whether they sufficed — and r = min(m, n) for "smallest" (a complete bidiagonalisation: exact). `strict=True` raises ValueError when any value has
-    not converged instead of flagging it.
+    "steps": (N,) Golub–Kahan steps used at each point}.
+
+    Steps for "largest" by default: min(r, 2k + 32) first, then BLOCK_STEPS more at a time — the
+    same Krylov space extended, nothing recomputed — until the k largest are converged or
+    min(r, 8k + 80) steps are done (r = min(m, n)); the top 16 of a 1024-wide tanh network's
+    Jacobian (a continuous bulk, no spectral gap) stop at 72 steps there
+    (benchmarks/matfree.py), well-separated values at the first check. A given `steps` runs
+    exactly that many. "smallest" runs r steps by default (a complete bidiagonalisation: exact).
+    `strict=True` raises ValueError when any value has not converged instead of flagging it.
     """
     if which not in WHICH:
         raise ValueError(f"unknown which={which!r}; valid: {', '.join(WHICH)}")
@@ -345,22 +401,27 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
     r = min(m, n)
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= r:
         raise ValueError(f"k must be an integer in [1, min(m, n) = {r}], got {k}")
-    steps = (min(r, 4 * int(k) + 40) if which == "largest" else r) if steps is None else int(steps)
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number (relative to σ_max), got {tol}")
+    adaptive = steps is None and which == "largest"
+    steps = (min(r, 2 * int(k) + 32) if which == "largest" else r) if steps is None else int(steps)
     if not k <= steps <= r:
         raise ValueError(f"steps must be in [k, min(m, n)] = [{k}, {r}], got {steps}")
     start = jax.random.normal(jax.random.key(seed), (max(m, n),), points.dtype)
-    per_point = _TopSingular(pure, int(k), steps, which, transpose=m < n)
-    values, bounds = jacobians.map_points(_WithStart(per_point), (params, start), points, chunk_size=chunk_size,
-                                          devices=devices)
+    cap = min(r, 8 * int(k) + 80) if adaptive else 0
+    per_point = _TopSingular(pure, int(k), steps, which, transpose=m < n, cap=cap, tol=float(tol))
+    values, bounds, used = jacobians.map_points(_WithStart(per_point), (params, start), points, chunk_size=chunk_size,
+                                                devices=devices)
     jacobians.check_finite_result(values, "the singular values")
     values, bounds = np.asarray(values), np.asarray(bounds)
     top = values.max(axis=1, keepdims=True) if which == "smallest" else values[:, :1]
     converged = bounds <= tol * np.maximum(top, np.finfo(values.dtype).tiny)
     if strict and not converged.all():
         bad = np.flatnonzero(~converged.all(axis=1))
-        raise ValueError(f"{bad.size} points did not converge to tol={tol} in {steps} steps (first: {bad[:5].tolist()}; "
-                         f"worst bound / σ_max {float(np.max(bounds / np.maximum(top, 1e-300))):.3g}); raise steps")
-    return {"values": values, "bounds": bounds, "converged": converged, "steps": steps}
+        raise ValueError(f"{bad.size} points did not converge to tol={tol} in {int(np.max(used))} steps (first: "
+                         f"{bad[:5].tolist()}; worst bound / σ_max {float(np.max(bounds / np.maximum(top, 1e-300))):.3g}); "
+                         "raise steps")
+    return {"values": values, "bounds": bounds, "converged": converged, "steps": np.asarray(used, int)}
 
 
 @dataclasses.dataclass(frozen=True)

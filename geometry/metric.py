@@ -106,6 +106,72 @@ def _dense_layer_singular_values(weight, derivatives, chunk_size, gram_side, ref
     return jax.lax.map(one, derivatives, batch_size=chunk_size)
 
 
+def chain_log_volume(weights, derivatives, *, layout: str = "out_in") -> dict:
+    """Σ log σ_i of the Jacobian J = D_L W_L ⋯ D_1 W_1 of a stack of dense layers with elementwise
+    activations, at many inputs, exactly and without forming J or any per-input matrix.
+
+    weights: the L layers' W_l (each as `dense_layer_singular_values` takes it: a `layers.Dense`,
+    an `nnx.Linear` or an array in `layout`), sizes n_0 → n_1 → … → n_L; derivatives: L arrays
+    (N, n_l) of φ_l'(z_l) at each input (φ' = 1 for a layer without activation).
+
+    With r = min(n_0, n_L) and every inner width n_1, …, n_{L−1} equal to r, J is a product of
+    square r × r factors, a wide first one and, if n_L > r, a tall last one, and its
+    log volume splits over the layers: for each factor with r outputs,
+    log vol(D_l W_l) = Σ_i log |d_l,i| + Σ log σ(W_l) (J Jᵀ = D W Wᵀ D, det = det D² det W Wᵀ),
+    where Σ log σ(W_l) is the same for every input and computed once (float64 SVD); a tall last
+    factor takes ½ log det(W_Lᵀ D_L² W_L) per input from `dense_layer_singular_values`. One forward
+    pass for the derivatives is then the whole per-input cost — where SLQ needs a Krylov depth near r at
+    condition numbers like 1e7 (`geometry.matfree.log_volume`). Other widths make J's rank smaller
+    than min(m, n) or the split false: ValueError naming the matrix-free and dense routes.
+
+    Returns {"values": (N,) float64 (−inf where some d_l,i = 0: J is singular), "per_layer": (N, L)
+    each factor's log volume (how much volume each layer takes away), "rounding": (N,)
+    a first-order estimate of the error from the float64 SVDs and sums (the derivatives are
+    taken as given: their own rounding is the caller's)}."""
+    if not isinstance(weights, (list, tuple)) or not isinstance(derivatives, (list, tuple)) or not weights:
+        raise ValueError("weights and derivatives must be non-empty lists, one entry per layer")
+    if len(weights) != len(derivatives):
+        raise ValueError(f"got {len(weights)} weights but {len(derivatives)} derivative arrays: one per layer")
+    def host64(name, value):  # float64 on the host whatever jax_enable_x64 says (a float64 input stays exact)
+        array = np.asarray(value, np.float64)
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} holds NaN or inf values (first at index {np.argwhere(~np.isfinite(array))[0].tolist()})")
+        return array
+
+    weights = [host64(f"weights[{i}]", layers.dense_weight(w, layout=layout)) for i, w in enumerate(weights)]
+    derivatives = [host64(f"derivatives[{i}]", d) for i, d in enumerate(derivatives)]
+    sizes = [weights[0].shape[1]] + [w.shape[0] for w in weights]
+    for i, w in enumerate(weights):
+        if w.shape[1] != sizes[i]:
+            raise ValueError(f"weights[{i}] takes {w.shape[1]} inputs but layer {i - 1} gives {sizes[i]} outputs "
+                             f"(sizes read as (out, in) with layout={layout!r})")
+    count = derivatives[0].shape[0] if derivatives[0].ndim == 2 else -1
+    for i, d in enumerate(derivatives):
+        if d.ndim != 2 or d.shape != (count, sizes[i + 1]):
+            raise ValueError(f"derivatives[{i}] must have shape (N, {sizes[i + 1]}) with the same N for every "
+                             f"layer, got {tuple(d.shape)}")
+    r = min(sizes[0], sizes[-1])
+    if any(size != r for size in sizes[1:-1]):
+        raise ValueError(f"layer sizes {sizes}: the log volume splits over the layers only when every inner width "
+                         f"equals min(n_0, n_L) = {r}; use geometry.matfree.log_volume (SLQ with its error) or "
+                         "geometry.spectra.log_volume on the dense Jacobian")
+    eps = np.finfo(np.float64).eps
+    per_layer, rounding = np.zeros((count, len(weights))), np.zeros(count)
+    with np.errstate(divide="ignore"):  # a zero derivative is a singular J: −inf, reported as such
+        for i, (w, d) in enumerate(zip(weights, derivatives)):
+            if w.shape[0] == r:  # D on the short side: its determinant factors out
+                sigma = np.linalg.svd(w, compute_uv=False)
+                logs = np.log(np.abs(d))
+                per_layer[:, i] = logs.sum(axis=1) + np.log(sigma).sum()
+                rounding += eps * (np.sum(sigma[0] / sigma) + np.abs(logs).sum(axis=1))
+            else:  # a tall last factor: ½ log det(Wᵀ D² W) at each input
+                with jax.enable_x64(True):
+                    sigma = np.asarray(dense_layer_singular_values(w, d))  # (N, r)
+                per_layer[:, i] = np.log(sigma).sum(axis=1)
+                rounding += eps * np.sum(sigma[:, :1] / sigma, axis=1)
+    return {"values": per_layer.sum(axis=1), "per_layer": per_layer, "rounding": rounding}
+
+
 def tridiagonal_bottom_eigenvectors(diagonal, off_diagonal, shifts, iterations: int = 3):
     """Orthonormal basis (k, len(shifts)) of the eigenvectors of the symmetric tridiagonal
     matrix for its eigenvalues nearest `shifts` (approximate eigenvalues, ascending).

@@ -25,10 +25,33 @@ def test_top_k_against_dense_svd_with_fewer_steps_than_the_rank():
     points = jnp.asarray(np.random.default_rng(1).normal(size=(6, 48)), jnp.float32)
     dense = _dense_singular_values(f, points)
     result = matfree.singular_values(f, points, 4, steps=24)  # 24 < r = 40: a partial bidiagonalisation
-    assert result["steps"] == 24 and result["converged"].all()
+    assert np.all(result["steps"] == 24) and result["converged"].all()
     np.testing.assert_allclose(result["values"], dense[:, :4], rtol=1e-5)
     # the reported bound is honest: every value lies within it of a true singular value
     assert np.all(np.abs(result["values"] - dense[:, :4]) <= result["bounds"] + 1e-5 * dense[:, :1])
+
+
+def test_default_steps_extend_the_krylov_space_until_the_top_k_converge(x64):
+    """The adaptive default stops each point at the first block of steps where its top k are
+    converged, and gives what a fixed run of that many steps gives (the same Krylov space)."""
+    rng = np.random.default_rng(0)
+    W1, W2 = (jnp.asarray(rng.normal(size=(160, 160)) / np.sqrt(160)) for _ in range(2))
+    f = lambda x: jnp.tanh(W2 @ jnp.tanh(W1 @ x))  # noqa: E731
+    points = jnp.asarray(rng.normal(size=(5, 160)) * np.array([0.5, 1, 2, 3, 4])[:, None])  # saturating more and more
+    dense = _dense_singular_values(f, points)
+    k, tol = 4, 1e-12
+    result = matfree.singular_values(f, points, k, tol=tol)
+    assert result["converged"].all() and len(set(result["steps"].tolist())) > 1  # points stop at different depths
+    np.testing.assert_allclose(result["values"], dense[:, :k], rtol=1e-11)
+    first = 2 * k + 32
+    for steps in set(result["steps"].tolist()):
+        at = result["steps"] == steps
+        fixed = matfree.singular_values(f, points[at], k, steps=steps, tol=tol)
+        np.testing.assert_allclose(fixed["values"], result["values"][at], rtol=1e-12)
+        np.testing.assert_allclose(fixed["bounds"], result["bounds"][at], rtol=1e-6, atol=1e-15 * float(dense[:, 0].max()))
+        if steps > first:  # one block fewer would not have been enough
+            earlier = matfree.singular_values(f, points[at], k, steps=steps - matfree.BLOCK_STEPS, tol=tol)
+            assert not earlier["converged"].all(axis=1).any()
 
 
 def test_bounds_are_honest_when_not_converged():

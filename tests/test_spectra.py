@@ -240,3 +240,59 @@ def test_tridiagonal_bottom_eigenvectors_span_a_cluster(x64):
     vectors = np.asarray(metric.tridiagonal_bottom_eigenvectors(diagonal, off_diagonal, jnp.asarray(shifts)))
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(8), atol=1e-12)
     np.testing.assert_allclose(np.linalg.eigvalsh(vectors.T @ tridiagonal @ vectors), shifts, atol=1e-12)
+
+
+def _explicit_chain(weights, derivatives):
+    """Σ log σ of D_L W_L ⋯ D_1 W_1 at each input by a float64 SVD of the product."""
+    values = []
+    for row in range(derivatives[0].shape[0]):
+        J = np.eye(weights[0].shape[1])
+        for w, d in zip(weights, derivatives):
+            J = d[row][:, None] * w @ J
+        values.append(np.sum(np.log(np.linalg.svd(J, compute_uv=False))))
+    return np.array(values)
+
+
+@pytest.mark.parametrize("sizes", [(24, 12, 12, 12), (12, 12, 12, 20), (10, 10, 10), (7, 15), (15, 7)])
+def test_chain_log_volume_equals_the_svd_of_the_product(sizes):
+    """Wide first layer, tall last layer, all square, and one layer either way: the split over the
+    layers against a float64 SVD of the explicit product (rtol 1e-10); each layer's share against
+    its own factor's SVD."""
+    rng = np.random.default_rng(7)
+    weights = [rng.normal(size=(b, a)) / np.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:])]
+    derivatives = [1 - np.tanh(2 * rng.normal(size=(9, b))) ** 2 for b in sizes[1:]]
+    result = metric.chain_log_volume(weights, derivatives)
+    np.testing.assert_allclose(result["values"], _explicit_chain(weights, derivatives), rtol=1e-10)
+    np.testing.assert_allclose(result["per_layer"].sum(axis=1), result["values"], rtol=1e-14)
+    if sizes[0] >= sizes[-1]:  # every factor has r outputs: each share is that factor's own log volume
+        for i, (w, d) in enumerate(zip(weights, derivatives)):
+            own = np.log(np.linalg.svd(d[:, :, None] * w[None], compute_uv=False)).sum(axis=1)
+            np.testing.assert_allclose(result["per_layer"][:, i], own, rtol=1e-10)
+    assert np.all(result["rounding"] < 1e-11 * np.abs(result["values"]).max())
+
+
+def test_chain_log_volume_layouts_float32_and_refusals():
+    rng = np.random.default_rng(8)
+    weights = [rng.normal(size=(6, 9)) / 3, rng.normal(size=(6, 6)) / np.sqrt(6)]
+    derivatives = [rng.uniform(0.1, 1, size=(4, 6)), rng.uniform(0.1, 1, size=(4, 6))]
+    truth = _explicit_chain(weights, derivatives)
+    kernels = [w.T for w in weights]  # Flax's (in, out)
+    np.testing.assert_allclose(metric.chain_log_volume(kernels, derivatives, layout="in_out")["values"], truth, rtol=1e-10)
+    as_float32 = metric.chain_log_volume([w.astype(np.float32) for w in weights],
+                                         [d.astype(np.float32) for d in derivatives])["values"]
+    np.testing.assert_allclose(as_float32, truth, rtol=1e-5)  # only the inputs' rounding: the work is float64
+    dead = [derivatives[0].copy(), derivatives[1]]
+    dead[0][1, 3] = 0.0  # a dead unit: J is singular there
+    values = metric.chain_log_volume(weights, dead)["values"]
+    assert values[1] == -np.inf and np.all(np.isfinite(values[[0, 2, 3]]))
+    with pytest.raises(ValueError, match="every inner width equals min"):
+        metric.chain_log_volume([rng.normal(size=(4, 9)), rng.normal(size=(6, 4))],
+                                [np.ones((2, 4)), np.ones((2, 6))])  # 9 → 4 → 6: rank 4 < min(9, 6)
+    with pytest.raises(ValueError, match=r"derivatives\[1\] must have shape \(N, 6\)"):
+        metric.chain_log_volume(weights, [derivatives[0], derivatives[1][:, :5]])
+    with pytest.raises(ValueError, match=r"weights\[1\] takes 5 inputs but layer 0 gives 6"):
+        metric.chain_log_volume([weights[0], rng.normal(size=(6, 5))], derivatives)
+    with pytest.raises(ValueError, match=r"derivatives\[0\] holds NaN"):
+        metric.chain_log_volume(weights, [np.full((4, 6), np.nan), derivatives[1]])
+    with pytest.raises(ValueError, match="one per layer"):
+        metric.chain_log_volume(weights, derivatives[:1])
