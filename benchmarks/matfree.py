@@ -19,9 +19,9 @@ Runtime:  ~5 min on 2 CPU cores (quick: ~1 min)
     error at 400 steps in float64, so it is the quadrature, not float32) and a residual one
     (h + ½ tanh(W h), depth 4, 40 steps: well conditioned, log volume near 0, so its relative
     error says little): relative error, error in standard errors, per-dimension error.
-(c) log volume at the same 3072 → 1024 ×8 points (condition ~2e7, where SLQ needs a depth near
+(c) log volume at the same 3072 → 1024 ×8 points (condition numbers 1e15–1e16 there, where SLQ needs a depth near
     r = 1024 and `log_volume`'s default hands the points to the dense route): the exact per-layer
-    split `metric.chain_log_volume` (one float32 forward pass for tanh', float64 work per layer)
+    split `metric.chain_log_volume` (one float64 forward pass for tanh', float64 work per layer)
     against the dense route at equal accuracy (J and its SVD in float64) and beside the float32
     dense route of (a); issue 28's target ≥ 10×.
 """
@@ -60,11 +60,11 @@ def mlp(n: int, width: int, depth: int, seed: int = 0, residual: bool = False):
 
 
 def _tanh_derivatives(weights, x):
-    """tanh'(z_l) at every layer for the points x (N, n): one forward pass, (N, width) per layer."""
+    """tanh'(z_l) at every layer for the points x (N, n): one float64 NumPy forward pass, (N, width) per layer."""
     derivatives = []
     for W in weights:
         z = x @ W.T
-        x = jnp.tanh(z)
+        x = np.tanh(z)
         derivatives.append(1.0 - x**2)
     return derivatives
 
@@ -73,23 +73,35 @@ def route(name: str, n: int, width: int, depth: int, points: int, k: int) -> dic
     """One route, timed after a warm-up, in this process; prints its JSON line."""
     f = mlp(n, width, depth)
     x = jax.random.normal(jax.random.key(1), (points, n))
+    extra = {}  # what a route reports beside its values
     if name == "dense":
         def run():
             J = jacobians.jacobian_field(f, x, mode="auto")
             return np.asarray(jnp.linalg.svd(J, compute_uv=False))[:, :k]
-    elif name == "dense_log_volume":  # the equal-accuracy dense route: J and its SVD in float64
+    elif name == "dense_log_volume":  # the equal-accuracy dense route: the same weights and points, J and its SVD in float64
+        weights, x = [np.asarray(W, np.float64) for W in f.weights], np.asarray(x, np.float64)
         jax.config.update("jax_enable_x64", True)
-        f = mlp(n, width, depth)
-        x = x.astype(jnp.float64)
+        weights, x = [jnp.asarray(W) for W in weights], jnp.asarray(x)
+
+        def f(h):
+            for W in weights:
+                h = jnp.tanh(W @ h)
+            return h
 
         def run():
             J = jacobians.jacobian_field(f, x, mode="auto")
-            return np.sum(np.log(np.asarray(jnp.linalg.svd(J, compute_uv=False))), axis=1)
-    elif name == "chain_log_volume":  # float32 forward pass for the derivatives, float64 per-layer split
-        derivatives = jax.jit(_tanh_derivatives)
+            sigma = np.asarray(jnp.linalg.svd(J, compute_uv=False))
+            # a backward-stable SVD moves each σ_i by ~eps σ_max: log σ_i by eps σ_max / σ_i (first order)
+            extra["rounding"] = (np.finfo(np.float64).eps * np.sum(sigma[:, :1] / sigma, axis=1)).tolist()
+            extra["condition_numbers"] = (sigma[:, 0] / sigma[:, -1]).tolist()
+            return np.sum(np.log(sigma), axis=1)
+    elif name == "chain_log_volume":  # tanh' by a float64 forward pass (NumPy), then the per-layer split
+        weights, x = [np.asarray(W, np.float64) for W in f.weights], np.asarray(x, np.float64)
 
         def run():
-            return metric.chain_log_volume(f.weights, [np.asarray(d) for d in derivatives(f.weights, x)])["values"]
+            result = metric.chain_log_volume(weights, _tanh_derivatives(weights, x))
+            extra["rounding"] = result["rounding"].tolist()
+            return result["values"]
     else:
         steps = {}
 
@@ -107,7 +119,7 @@ def route(name: str, n: int, width: int, depth: int, points: int, k: int) -> dic
     values = run()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    extra = {} if name in ("dense", "dense_log_volume", "chain_log_volume") else {"steps": steps["used"], "converged": steps["converged"],
+    extra = extra if name in ("dense", "dense_log_volume", "chain_log_volume") else {"steps": steps["used"], "converged": steps["converged"],
                                         "sweep": steps_sweep(f, x, k, steps["used"], min(n, width))}
     return {"route": name, "seconds": seconds, "peak_rss_mb": peak, "values": np.asarray(values).tolist(), **extra}
 
@@ -212,8 +224,16 @@ def main() -> None:
         volume_rows[name] = json.loads(output.stdout.strip().splitlines()[-1])
         print(f"{name:17s} {volume_rows[name]['seconds']:8.2f} s   peak {volume_rows[name]['peak_rss_mb']:7.0f} MB", flush=True)
     truth, chain = np.array(volume_rows["dense_log_volume"]["values"]), np.array(volume_rows["chain_log_volume"]["values"])
+    dense_rounding, chain_rounding = (np.array(volume_rows[name]["rounding"]) for name in ("dense_log_volume",
+                                                                                            "chain_log_volume"))
     chain_volume = {"routes": {name: {key: row[key] for key in ("seconds", "peak_rss_mb")} for name, row in volume_rows.items()},
                     "max_relative_error": float(np.max(np.abs(chain - truth) / np.abs(truth))),
+                    # at condition numbers near 1/eps the float64 dense SVD is itself off: its rounding estimate beside the gap
+                    "condition_number_range": [min(volume_rows["dense_log_volume"]["condition_numbers"]),
+                                               max(volume_rows["dense_log_volume"]["condition_numbers"])],
+                    "max_difference_over_dense_rounding": float(np.max(np.abs(chain - truth) / dense_rounding)),
+                    "max_dense_rounding_relative": float(np.max(dense_rounding / np.abs(truth))),
+                    "max_chain_rounding_relative": float(np.max(chain_rounding / np.abs(chain))),
                     "speedup_over_float64_dense": volume_rows["dense_log_volume"]["seconds"]
                     / volume_rows["chain_log_volume"]["seconds"],
                     "speedup_over_float32_dense_svd": rows["dense"]["seconds"] / volume_rows["chain_log_volume"]["seconds"],

@@ -146,16 +146,21 @@ def matfree_section(result: dict) -> list[str]:
     chain = result.get("chain_log_volume")
     if chain:
         routes = chain["routes"]
+        low, high = chain.get("condition_number_range", [float("nan")] * 2)
         lines += ["", f"Log volume Σ log σ at the top-{top['k']} case's points ({top['inputs']} → {top['width']} ×{top['depth']}, "
-                  "condition ~2e7: SLQ would need a depth near r there, and `log_volume`'s default routes such points to "
-                  "the dense J) by the exact per-layer split `metric.chain_log_volume` (one float32 forward pass for "
-                  "tanh′, Σ log|tanh′| per layer plus each W's log volume, float64): "
+                  f"condition numbers of J {low:.1e}–{high:.1e}: SLQ would need a depth near r there, and `log_volume`'s "
+                  "default routes such points to the dense J) by the exact per-layer split `metric.chain_log_volume` (one "
+                  "float64 forward pass for tanh′, Σ log|tanh′| per layer plus each W's log volume): "
                   f"{routes['chain_log_volume']['seconds']:.2f} s against {routes['dense_log_volume']['seconds']:.2f} s for "
-                  f"the dense route at equal accuracy (J and its SVD in float64): "
+                  f"the dense route at equal precision (the same weights, J and its SVD in float64): "
                   f"{chain['speedup_over_float64_dense']:.0f}× (target ≥ {chain['target_speedup']:.0f}×), and "
-                  f"{chain['speedup_over_float32_dense_svd']:.0f}× the float32 dense route above; largest relative "
-                  f"difference from the float64 dense value {chain['max_relative_error']:.1e}; peak RSS "
-                  f"{routes['chain_log_volume']['peak_rss_mb']:.0f} MB against {routes['dense_log_volume']['peak_rss_mb']:.0f} MB."]
+                  f"{chain['speedup_over_float32_dense_svd']:.0f}× the float32 dense route above; peak RSS "
+                  f"{routes['chain_log_volume']['peak_rss_mb']:.0f} MB against {routes['dense_log_volume']['peak_rss_mb']:.0f} MB. "
+                  f"The two differ by up to {chain['max_relative_error']:.1e} (relative)"
+                  + (f", {chain['max_difference_over_dense_rounding']:.2f}× the dense SVD's own first-order rounding "
+                     f"estimate (up to {chain['max_dense_rounding_relative']:.1e} relative at these condition numbers; "
+                     f"the split's, from well-conditioned factors: {chain['max_chain_rounding_relative']:.1e})."
+                     if "max_difference_over_dense_rounding" in chain else ".")]
     return lines
 
 

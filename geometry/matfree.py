@@ -99,10 +99,10 @@ def _orthogonalise(w, basis):
     return w
 
 
-def _golub_kahan_step(matvec, rmatvec, steps: int):
+def _golub_kahan_step(matvec, rmatvec, steps: int, guard_last: bool = True):
     """One step j → j + 1 of Golub–Kahan with full reorthogonalisation on the carry (U, V,
-    alphas, betas) of arrays sized for `steps`: fills V[j + 1], betas[j] and (below `steps`)
-    U[j + 1], alphas[j + 1]."""
+    alphas, betas) of arrays sized for `steps`: fills V[j + 1], betas[j] and (below `steps`, or
+    always without `guard_last`, whose caller leaves a spare row) U[j + 1], alphas[j + 1]."""
     def step(j, carry):
         U, V, alphas, betas = carry
         w = _orthogonalise(rmatvec(U[j]) - alphas[j] * V[j], V)
@@ -111,6 +111,8 @@ def _golub_kahan_step(matvec, rmatvec, steps: int):
         betas = betas.at[j].set(beta)
         z = _orthogonalise(matvec(v_next) - beta * U[j], U)
         u_next, alpha = _normalise(z)
+        if not guard_last:
+            return U.at[j + 1].set(u_next), V, alphas.at[j + 1].set(alpha), betas
         last = j + 1 >= steps  # the final step only needs β_s
         U = jnp.where(last, U, U.at[jnp.minimum(j + 1, steps - 1)].set(u_next))
         alphas = jnp.where(last, alphas, alphas.at[jnp.minimum(j + 1, steps - 1)].set(alpha))
@@ -151,9 +153,12 @@ def bidiagonalise_until_converged(matvec: Callable, rmatvec: Callable, start: ja
                                   block: int, cap: int, tol: float):
     """(top-k Ritz values, their bounds, steps used) of Golub–Kahan from `start`, run `first` steps
     and then `block` more at a time (the same Krylov space, extended: nothing is recomputed) until
-    the k largest have bound ≤ tol · σ_max or `cap` steps are done. Under `jax.vmap` the loop runs
-    until the slowest point of the batch stops; the others' carries are left as they were."""
-    step = _golub_kahan_step(matvec, rmatvec, cap)
+    the k largest have bound ≤ tol · σ_max or `cap` steps are done (cap − first a multiple of
+    block). Under `jax.vmap` the loop runs until the slowest point of the batch stops, the others'
+    carries left as they were; each block has a fixed trip count and the arrays a spare row, so
+    no step selects between whole carries (a per-step select over U and V doubled the time)."""
+    step = _golub_kahan_step(matvec, rmatvec, cap + 1, guard_last=False)  # a spare row: step cap − 1 writes row cap
+    carry = _golub_kahan_start(matvec, start, m, cap + 1)
 
     def converged(carry, done):
         sigma, bounds = _leading_ritz(carry[2], carry[3], done)
@@ -161,11 +166,10 @@ def bidiagonalise_until_converged(matvec: Callable, rmatvec: Callable, start: ja
 
     def advance(state):
         carry, done, _ = state
-        target = jnp.minimum(done + block, cap)
-        carry = jax.lax.fori_loop(done, target, step, carry)
-        return carry, target, converged(carry, target)
+        carry = jax.lax.fori_loop(0, block, lambda i, c: step(done + i, c), carry)
+        return carry, done + block, converged(carry, done + block)
 
-    carry = jax.lax.fori_loop(0, first, step, _golub_kahan_start(matvec, start, m, cap))
+    carry = jax.lax.fori_loop(0, first, step, carry)
     state = (carry, jnp.asarray(first), converged(carry, first))
     carry, done, _ = jax.lax.while_loop(lambda s: (s[1] < cap) & ~s[2], advance, state)
     sigma, bounds = _leading_ritz(carry[2], carry[3], done)
@@ -388,8 +392,8 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
     "steps": (N,) Golub–Kahan steps used at each point}.
 
     Steps for "largest" by default: min(r, 2k + 32) first, then BLOCK_STEPS more at a time — the
-    same Krylov space extended, nothing recomputed — until the k largest are converged or
-    min(r, 8k + 80) steps are done (r = min(m, n)); the top 16 of a 1024-wide tanh network's
+    same Krylov space extended, nothing recomputed — until the k largest are converged or about
+    min(r, 4k + 40) steps are done (r = min(m, n); the former fixed default); the top 16 of a 1024-wide tanh network's
     Jacobian (a continuous bulk, no spectral gap) stop at 72 steps there
     (benchmarks/matfree.py), well-separated values at the first check. A given `steps` runs
     exactly that many. "smallest" runs r steps by default (a complete bidiagonalisation: exact).
@@ -408,7 +412,7 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
     if not k <= steps <= r:
         raise ValueError(f"steps must be in [k, min(m, n)] = [{k}, {r}], got {steps}")
     start = jax.random.normal(jax.random.key(seed), (max(m, n),), points.dtype)
-    cap = min(r, 8 * int(k) + 80) if adaptive else 0
+    cap = steps + BLOCK_STEPS * ((min(r, 4 * int(k) + 40) - steps) // BLOCK_STEPS) if adaptive else 0
     per_point = _TopSingular(pure, int(k), steps, which, transpose=m < n, cap=cap, tol=float(tol))
     values, bounds, used = jacobians.map_points(_WithStart(per_point), (params, start), points, chunk_size=chunk_size,
                                                 devices=devices)
