@@ -496,7 +496,9 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
     Steps: with `steps=None` they start at 32 and double, for the points whose quadrature
     error exceeds tol · max(|value|, r) (r = min(m, n)), until it does not; a point whose next
     round would cost more Jacobian products (2 · probes · steps) than the r of its dense
-    Jacobian is computed from that instead (exact up to rounding, and cheaper there). A fixed
+    Jacobian is computed from that instead (exact up to rounding, and cheaper there), and so is a
+    point whose quadrature converged but whose probes' standard error is above the tolerance,
+    where the probes that would bring it there, probes · (SE / room)², cost more than r. A fixed
     `steps` runs once and reports. SLQ pays off for Jacobians too large to form, or when 32
     steps suffice.
 
@@ -535,6 +537,17 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
     used, rigorous = np.zeros(count, int), np.zeros(count, bool)
     todo, current = np.arange(count), first
     gram = np.zeros(count, bool)
+
+    def dense_route(at):  # exact up to rounding: no quadrature, no sampling
+        exact, rounding = (np.asarray(a, np.float64) for a in jacobians.map_points(
+            _DenseLogVolume(pure), params, points[at], chunk_size=chunk_size, devices=devices))
+        if not np.all(np.isfinite(exact)):
+            raise ValueError("the Jacobian is singular at some points: its log volume is -inf")
+        for key, value in (("values", exact), ("lower", exact - rounding), ("upper", exact + rounding)):
+            out[key][at] = value
+        out["standard_error"][at], out["quadrature_error"][at] = 0.0, rounding  # no probes; rounding only
+        used[at], rigorous[at], gram[at] = 0, True, False
+
     while todo.size:
         def rules_of(kernel, at):
             per_point = _WithStart(kernel(pure, current, m < n))
@@ -574,15 +587,17 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
         # the next round costs 2 · P · s Jacobian products per point, the dense J about r (plus an SVD):
         # where the round costs more, the exact route is also the cheaper one
         if todo.size and (2 * probes * current >= r or current >= r // 2):
-            exact, rounding = (np.asarray(a, np.float64) for a in jacobians.map_points(
-                _DenseLogVolume(pure), params, points[todo], chunk_size=chunk_size, devices=devices))
-            if not np.all(np.isfinite(exact)):
-                raise ValueError("the Jacobian is singular at some points: its log volume is -inf")
-            for key, value in (("values", exact), ("lower", exact - rounding), ("upper", exact + rounding)):
-                out[key][todo] = value
-            out["standard_error"][todo], out["quadrature_error"][todo] = 0.0, rounding  # no probes; rounding only
-            used[todo], rigorous[todo], gram[todo] = 0, True, False  # exact arithmetic aside: no quadrature, no sampling
+            dense_route(todo)
             break
+    if steps is None:
+        # the quadrature has converged but the probes' standard error has not: the probes needed,
+        # P · (SE / room)², cost 2 · P' · s products; where the dense J (r products) is cheaper, use it
+        room = tol * np.maximum(np.abs(out["values"]), r) - out["quadrature_error"]
+        short = (used > 0) & (out["standard_error"] > np.maximum(room, 0.0))
+        needed = probes * (out["standard_error"] / np.maximum(room, 1e-300)) ** 2
+        cheaper = np.flatnonzero(short & (2 * needed * np.maximum(used, 1) >= r))
+        if cheaper.size:
+            dense_route(cheaper)
     total = out["quadrature_error"] + out["standard_error"]
     converged = total <= tol * np.maximum(np.abs(out["values"]), r)
     if strict and not converged.all():
