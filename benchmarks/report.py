@@ -103,14 +103,14 @@ def modes_section(result: dict) -> list[str]:
 def matfree_section(result: dict) -> list[str]:
     top, volume = result["top_k"], result["log_volume"]
     lines = [f"Top-{top['k']} singular values of the input Jacobian of a tanh MLP {top['inputs']} → {top['width']} "
-             f"×{top['depth']} at {top['points']} points: speedup {top['speedup']:.1f}× (target ≥ "
+             f"×{top['depth']} at {top['points']} points (every route timed as the best of {top.get('repeats', 1)} runs): speedup {top['speedup']:.1f}× (target ≥ "
              f"{top['target_speedup']:.0f}×), max relative difference {top['max_relative_difference']:.1e} (target ≤ "
              f"{top['target_relative_difference']:.0e}).", "", "| route | seconds | peak RSS (MB) |", "|---|---:|---:|"]
     lines += [f"| {name} | {row['seconds']:.2f} | {row['peak_rss_mb']:.0f} |" for name, row in top["routes"].items()]
     free = top["routes"]["matfree"]
     lines += ["", f"Golub–Kahan steps used: {free.get('steps')} (all values converged: {free.get('converged')}).", ""]
     if "steps_sweep" in top:
-        lines += ["Fixed step counts (same points): how few steps reach 1e-4 and which the residual bound certifies "
+        lines += ["Fixed step counts (same points, one timed run each): how few steps reach 1e-4 and which the residual bound certifies "
                   f"(converged: bound ≤ {top['tol']:g} σ_max).", "",
                   "| steps | seconds | speedup | max relative difference | max bound / σ_max | converged |",
                   "|---:|---:|---:|---:|---:|---|"]
