@@ -156,9 +156,14 @@ def bidiagonalise_until_converged(matvec: Callable, rmatvec: Callable, start: ja
     the k largest have bound ≤ tol · σ_max or `cap` steps are done (cap − first a multiple of
     block). Under `jax.vmap` the loop runs until the slowest point of the batch stops, the others'
     carries left as they were; each block has a fixed trip count and the arrays a spare row, so
-    no step selects between whole carries (a per-step select over U and V doubled the time)."""
-    step = _golub_kahan_step(matvec, rmatvec, cap + 1, guard_last=False)  # a spare row: step cap − 1 writes row cap
-    carry = _golub_kahan_start(matvec, start, m, cap + 1)
+    no step selects between whole carries (a per-step select over U and V doubled the time), and
+    the first steps orthogonalise against arrays sized for them alone."""
+    # every step reorthogonalises against all rows of U and V, zero or not, and that memory traffic is most of a
+    # step's cost beside the products: the first steps run on arrays sized for them, padded only to extend
+    carry = _golub_kahan_start(matvec, start, m, first + 1)  # a spare row: step j writes row j + 1 unguarded
+    carry = jax.lax.fori_loop(0, first, _golub_kahan_step(matvec, rmatvec, first + 1, guard_last=False), carry)
+    carry = tuple(jnp.pad(a, [(0, cap - first)] + [(0, 0)] * (a.ndim - 1)) for a in carry)
+    step = _golub_kahan_step(matvec, rmatvec, cap + 1, guard_last=False)
 
     def converged(carry, done):
         sigma, bounds = _leading_ritz(carry[2], carry[3], done)
@@ -169,7 +174,6 @@ def bidiagonalise_until_converged(matvec: Callable, rmatvec: Callable, start: ja
         carry = jax.lax.fori_loop(0, block, lambda i, c: step(done + i, c), carry)
         return carry, done + block, converged(carry, done + block)
 
-    carry = jax.lax.fori_loop(0, first, step, carry)
     state = (carry, jnp.asarray(first), converged(carry, first))
     carry, done, _ = jax.lax.while_loop(lambda s: (s[1] < cap) & ~s[2], advance, state)
     sigma, bounds = _leading_ritz(carry[2], carry[3], done)
