@@ -397,8 +397,8 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
 
     Steps for "largest" by default: min(r, 2k + 32) first, then BLOCK_STEPS more at a time — the
     same Krylov space extended, nothing recomputed — until the k largest are converged or about
-    min(r, 4k + 40) steps are done (r = min(m, n); the former fixed default); the top 16 of a 1024-wide tanh network's
-    Jacobian (a continuous bulk, no spectral gap) stop at 72 steps there
+    min(r, 4k + 40) steps are done (r = min(m, n); the former fixed default). The top 16 of a
+    1024-wide tanh network's Jacobian (a continuous bulk, no spectral gap) stop at 72 steps
     (benchmarks/matfree.py), well-separated values at the first check. A given `steps` runs
     exactly that many. "smallest" runs r steps by default (a complete bidiagonalisation: exact).
     `strict=True` raises ValueError when any value has not converged instead of flagging it.
