@@ -12,6 +12,7 @@ and every module attribute not documented in its module's docstring, is private.
 from geometry import (
     activations,
     augment,
+    chain,
     collapse,
     data,
     distributed,
@@ -49,7 +50,7 @@ from geometry.training import CheckpointError, TrainConfig, train
 
 __all__ = [
     # modules
-    "activations", "augment", "collapse", "data", "distributed", "embeddings", "free_probability", "functional",
+    "activations", "augment", "chain", "collapse", "data", "distributed", "embeddings", "free_probability", "functional",
     "jacobians", "kernels", "layers", "matfree", "metric", "models", "plane", "probe", "regions", "shapes",
     "similarity", "spectra", "ssl", "theory", "training",
     # entry points
