@@ -46,18 +46,23 @@ REPEATS = 3  # each route is timed as the best of this many runs after the one t
 TOL = 2e-5  # convergence: residual bound ≤ TOL · σ_max, tighter than the 1e-4 relative accuracy asked of each value
 
 
-def mlp(n: int, width: int, depth: int, seed: int = 0, residual: bool = False):
-    keys = jax.random.split(jax.random.key(seed), depth)
-    sizes = (n, *(width,) * depth)
-    weights = [jax.random.normal(k, (sizes[i + 1], sizes[i])) / np.sqrt(sizes[i]) for i, k in enumerate(keys)]
-
+def tanh_stack(weights, residual: bool = False):
+    """x ↦ tanh(W_L ⋯ tanh(W_1 x)), or with `residual` h + ½ tanh(W h) where W is square; f.weights
+    holds the matrices (the structured route, metric.chain_log_volume, reads them)."""
     def f(x):
         for W in weights:
             x = x + 0.5 * jnp.tanh(W @ x) if residual and W.shape[0] == W.shape[1] else jnp.tanh(W @ x)
         return x
 
-    f.weights = weights  # the structured route (metric.chain_log_volume) reads them
+    f.weights = weights
     return f
+
+
+def mlp(n: int, width: int, depth: int, seed: int = 0, residual: bool = False):
+    keys = jax.random.split(jax.random.key(seed), depth)
+    sizes = (n, *(width,) * depth)
+    weights = [jax.random.normal(k, (sizes[i + 1], sizes[i])) / np.sqrt(sizes[i]) for i, k in enumerate(keys)]
+    return tanh_stack(weights, residual)
 
 
 def _tanh_derivatives(weights, x):
@@ -82,12 +87,7 @@ def route(name: str, n: int, width: int, depth: int, points: int, k: int) -> dic
     elif name == "dense_log_volume":  # the equal-accuracy dense route: the same weights and points, J and its SVD in float64
         weights, x = [np.asarray(W, np.float64) for W in f.weights], np.asarray(x, np.float64)
         jax.config.update("jax_enable_x64", True)
-        weights, x = [jnp.asarray(W) for W in weights], jnp.asarray(x)
-
-        def f(h):
-            for W in weights:
-                h = jnp.tanh(W @ h)
-            return h
+        f, x = tanh_stack([jnp.asarray(W) for W in weights]), jnp.asarray(x)
 
         def run():
             J = jacobians.jacobian_field(f, x, mode="auto")
@@ -168,14 +168,7 @@ def log_volume_case(n: int, depth: int, points: int, probes: int, residual: bool
 def tanh_net(sizes, scale: float, seed: int):
     """x ↦ tanh(W_L ⋯ tanh(W_1 x)), W_l ~ N(0, scale² / fan_in) (layer sizes as the issue's cases)."""
     keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
-    weights = [scale * jax.random.normal(k, (b, a)) / np.sqrt(a) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
-
-    def f(x):
-        for W in weights:
-            x = jnp.tanh(W @ x)
-        return x
-
-    return f
+    return tanh_stack([scale * jax.random.normal(k, (b, a)) / np.sqrt(a) for k, a, b in zip(keys, sizes[:-1], sizes[1:])])
 
 
 def honest_log_volume(sizes, scale: float, points: int, probes: int, seed: int = 0) -> dict:

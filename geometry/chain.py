@@ -66,10 +66,11 @@ def log_volume(model, points, activation, *, layers=None, rtol: float = 1e-5, mo
     if any("@" in key for key in keys):
         raise ValueError(f"layers called inside a scan ({', '.join(k for k in keys if '@' in k)}) share one weight "
                          "array per iteration; the split takes separately stored layers")
-    received = probe.inputs(model, points, list(keys), chunk_size=chunk_size, model_kwargs=model_kwargs)
-    returned = probe.outputs(model, points, list(keys), chunk_size=chunk_size, model_kwargs=model_kwargs)
-    pure, params = jacobians.as_pure_function(model, None, model_kwargs=model_kwargs)
-    final = jacobians.map_points(pure, params, points, chunk_size=chunk_size)
+    # one forward pass gives the model's output and what each selected layer receives and returns
+    graphdef, state, method = probe._split(model, model_kwargs)
+    final, records = jacobians.map_points(probe.Recorder(graphdef, method, keys), state, points, chunk_size=chunk_size)
+    received = {key: records[key][0] for key in keys}
+    returned = {key: records[key][1] for key in keys}
 
     def require(gap, where):
         if not gap <= rtol:

@@ -144,8 +144,8 @@ def _leading_ritz(alphas, betas, done):
     arrays sized for more steps: the unfilled part is masked to zero, so its SVD holds the block's
     singular values first and zeros after, and the block's residual factor is betas[done − 1]."""
     index = jnp.arange(alphas.shape[0])
-    B = jnp.diag(jnp.where(index < done, alphas, 0.0)) + jnp.diag(jnp.where(index[:-1] < done - 1, betas[:-1], 0.0), 1)
-    P, sigma, _ = jnp.linalg.svd(B)
+    leading = _bidiagonal(jnp.where(index < done, alphas, 0.0), jnp.where(index < done - 1, betas, 0.0))
+    P, sigma, _ = jnp.linalg.svd(leading)
     return sigma, jnp.abs(betas[done - 1] * P[done - 1, :])
 
 
@@ -243,8 +243,7 @@ class _TopSingular:
             return bidiagonalise_until_converged(matvec, rmatvec, start[:n], m, self.k, self.steps, BLOCK_STEPS,
                                                  self.cap, self.tol)
         alphas, betas = bidiagonalise(matvec, rmatvec, start[:n], m, self.steps)
-        P, sigma, _ = jnp.linalg.svd(_bidiagonal(alphas, betas))
-        bounds = jnp.abs(betas[-1] * P[-1, :])
+        sigma, bounds = _leading_ritz(alphas, betas, self.steps)  # the whole B: nothing masked
         used = jnp.full((), self.steps)
         if self.which == "largest":
             return sigma[: self.k], bounds[: self.k], used
@@ -599,7 +598,7 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
         room = tol * np.maximum(np.abs(out["values"]), r) - out["quadrature_error"]
         short = (used > 0) & (out["standard_error"] > np.maximum(room, 0.0))
         needed = probes * (out["standard_error"] / np.maximum(room, 1e-300)) ** 2
-        cheaper = np.flatnonzero(short & (2 * needed * np.maximum(used, 1) >= r))
+        cheaper = np.flatnonzero(short & (2 * needed * used >= r))
         if cheaper.size:
             dense_route(cheaper)
     total = out["quadrature_error"] + out["standard_error"]

@@ -17,7 +17,7 @@ import jax.scipy.linalg  # eigh_tridiagonal, solve_triangular
 import numpy as np
 
 from geometry import layers
-from geometry.shapes import AnyArray, Float, Shaped, as_float_array, shape_checked
+from geometry.shapes import AnyArray, Float, Shaped, as_float_array, real_numeric, shape_checked
 
 
 def _finite(name: str, value, minimum_rows: int = 1) -> jax.Array:
@@ -25,6 +25,18 @@ def _finite(name: str, value, minimum_rows: int = 1) -> jax.Array:
     array = as_float_array(name, value, finite=True)
     if array.ndim and (array.shape[0] < minimum_rows or 0 in array.shape):
         raise ValueError(f"{name} must hold at least {minimum_rows} non-empty rows, got shape {tuple(array.shape)}")
+    return array
+
+
+def _host_float64(name: str, value) -> np.ndarray:
+    """value as a float64 NumPy array whatever jax_enable_x64 says (a float64 input stays exact),
+    refusing non-real data and NaN/inf like `_finite`."""
+    array = np.asarray(value)
+    if not real_numeric(array.dtype):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} holds NaN or inf values (first at index {np.argwhere(~np.isfinite(array))[0].tolist()})")
     return array
 
 
@@ -132,14 +144,8 @@ def chain_log_volume(weights, derivatives, *, layout: str = "out_in") -> dict:
         raise ValueError("weights and derivatives must be non-empty lists, one entry per layer")
     if len(weights) != len(derivatives):
         raise ValueError(f"got {len(weights)} weights but {len(derivatives)} derivative arrays: one per layer")
-    def host64(name, value):  # float64 on the host whatever jax_enable_x64 says (a float64 input stays exact)
-        array = np.asarray(value, np.float64)
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{name} holds NaN or inf values (first at index {np.argwhere(~np.isfinite(array))[0].tolist()})")
-        return array
-
-    weights = [host64(f"weights[{i}]", layers.dense_weight(w, layout=layout)) for i, w in enumerate(weights)]
-    derivatives = [host64(f"derivatives[{i}]", d) for i, d in enumerate(derivatives)]
+    weights = [_host_float64(f"weights[{i}]", layers.dense_weight(w, layout=layout)) for i, w in enumerate(weights)]
+    derivatives = [_host_float64(f"derivatives[{i}]", d) for i, d in enumerate(derivatives)]
     sizes = [weights[0].shape[1]] + [w.shape[0] for w in weights]
     for i, w in enumerate(weights):
         if w.shape[1] != sizes[i]:
