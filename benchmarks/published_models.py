@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks._common import RESULTS, machine, result_name, timed
-from geometry import jacobians, probe
+from geometry import batching, jacobians, probe
 from geometry.io import write_json
 
 
@@ -145,12 +145,12 @@ def recompilation() -> dict:
     model = Cached(nnx.Rngs(2))
     x = jnp.ones((8, 4))
     jacobians.jacobian_field(model, x, model_kwargs={"bias": jnp.zeros(4), "scale": 1.0})
-    before = jacobians._mapped._cache_size()
+    before = batching.mapped._cache_size()
     for value in range(5):
         jacobians.jacobian_field(model, x, model_kwargs={"bias": jnp.full(4, 0.1 * value), "scale": 1.0})
-    arrays = jacobians._mapped._cache_size() - before
+    arrays = batching.mapped._cache_size() - before
     jacobians.jacobian_field(model, x, model_kwargs={"bias": jnp.zeros(4), "scale": 2.0})
-    static = jacobians._mapped._cache_size() - before - arrays
+    static = batching.mapped._cache_size() - before - arrays
     return {"compilations_for_5_new_array_values": arrays, "compilations_for_a_new_python_float": static}
 
 

@@ -41,22 +41,19 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import flax.errors
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
-
+from geometry import batching
+from geometry.batching import DEFAULT_CHUNK_SIZE, POINT_AXIS, CompilerFaultError, is_traced, map_points
 from geometry.functional import StaticKey
 from geometry.shapes import AnyArray, Shaped, as_float_array, shape_checked
 
 MODES = ("auto", "forward", "reverse")
-POINT_AXIS = "points"  # the name of the 1-D device mesh axis the points are split over
-DEFAULT_CHUNK_SIZE = 4096  # points per vmapped batch; ~tens of MB for a width-256, depth-8 MLP
 # cost of one reverse-mode cotangent in units of one forward-mode tangent: the median over tanh
 # MLPs n → 256 → 256 → m, n, m ∈ {4, 16, 64, 256}, was 1.03 (benchmarks/modes.py; CPU, jax 0.10.2;
 # 0.76–1.58 case by case). Forward when n ≤ REVERSE_COST · m.
@@ -65,10 +62,6 @@ REVERSE_COST = 1.0
 
 class ModelStateError(ValueError):
     """The model changed its own state while being evaluated (BatchNorm statistics, dropout RNG)."""
-
-
-def _is_tracer(value) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -278,7 +271,7 @@ def check_points(points, *, differentiable: bool = True) -> jax.Array:
         raise ValueError("points must have a leading point axis, shape (N, *input_shape); got a scalar")
     if points.size == 0:
         raise ValueError(f"points is empty: shape {tuple(points.shape)}")
-    if jnp.issubdtype(points.dtype, jnp.inexact) and not _is_tracer(points):
+    if jnp.issubdtype(points.dtype, jnp.inexact) and not is_traced(points):
         finite_rows = np.all(np.isfinite(np.asarray(points)).reshape(points.shape[0], -1), axis=1)
         if not finite_rows.all():
             bad = np.flatnonzero(~finite_rows)
@@ -351,16 +344,46 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+class JacobianParts(NamedTuple):
+    """What `jacobian_at` returns when asked for more than the Jacobian (a pytree: it maps and jits).
+
+    Attributes:
+      value: J (or `reduce(J)`), one point's.
+      finite: (2,) bools [J finite, fn(x) finite], or None when not asked for.
+      sketch: J·V, each leaf's (m, SKETCH_COLUMNS) product with a fixed random V, when J was
+        reduced (the canary compares it, since a reduction can be an ill-conditioned function of
+        J, a condition number), else None.
+    """
+
+    value: Any
+    finite: Any = None
+    sketch: Any = None
+
+
+SKETCH_COLUMNS = 2
+
+
+def sketch(jac, n: int):
+    """Each leaf J of `jac`, as an (m, n) matrix, times a fixed (n, SKETCH_COLUMNS) Gaussian V:
+    a fingerprint of J that two right programs compute alike up to rounding."""
+    def one(J):
+        probe = jax.random.normal(jax.random.key(0), (n, SKETCH_COLUMNS), J.dtype)
+        return J.reshape(-1, n) @ probe
+    return jax.tree_util.tree_map(one, jac)
+
+
 def jacobian_at(fn, x, mode: str, reduce: Callable | None = None, as_matrix: bool = False,
-                with_finite: bool = False):
+                with_finite: bool = False, with_sketch: bool = False):
     """∂fn(x)/∂x at one point in `mode`, optionally flattened to (m, n) matrices and reduced.
 
-    `with_finite`: return (result, finite) with finite = [J finite, fn(x) finite] (2,) bools,
-    taken on J itself before `reduce` (whose inf can be a documented value, a singular J's
-    condition number) and on the output too (log at a negative point has a finite J but a NaN
-    value), inside the same compiled pass rather than over the whole field on the host.
+    Returns J (or `reduce(J)`), or `JacobianParts` when `with_finite` or `with_sketch` asks for
+    more: `finite` = [J finite, fn(x) finite] (2,) bools, taken on J itself before `reduce`
+    (whose inf can be a documented value, a singular J's condition number) and on the output too
+    (log at a negative point has a finite J but a NaN value), inside the same compiled pass
+    rather than over the whole field on the host; `sketch` (with a `reduce`) = `sketch(J)`.
     """
     transform = jax.jacfwd if mode == "forward" else jax.jacrev
+    finite = None
     if with_finite:
         jac, value = transform(lambda u: (lambda y: (y, y))(fn(u)), has_aux=True)(x)
         # an unreduced J is returned whole and checked after the map (`raise_nonfinite(field=)`), in
@@ -370,26 +393,37 @@ def jacobian_at(fn, x, mode: str, reduce: Callable | None = None, as_matrix: boo
         finite = jnp.stack([jac_finite, _all_finite(value)])
     else:
         jac = transform(fn)(x)
+    n = math.prod(x.shape)
     if as_matrix:
-        n = math.prod(x.shape)
         jac = jax.tree_util.tree_map(lambda J: J.reshape(-1, n), jac)
     result = jac if reduce is None else jax.tree_util.tree_map(reduce, jac)
-    return (result, finite) if with_finite else result
+    if not (with_finite or with_sketch):
+        return result
+    return JacobianParts(result, finite, sketch(jac, n) if with_sketch and reduce is not None else None)
+
+
+def parts_view(parts: JacobianParts):
+    """What the canary compares of a `JacobianParts`: the sketch when J was reduced, else J."""
+    return parts.value if parts.sketch is None else parts.sketch
 
 
 @dataclasses.dataclass(frozen=True)
 class PerPointJacobian:
-    """x ↦ ∂pure(params, x)/∂x in one mode, optionally flattened to (m, n) and reduced."""
+    """x ↦ ∂pure(params, x)/∂x in one mode, optionally flattened to (m, n) and reduced; with
+    `with_finite`, a `JacobianParts` (finite flags, and a sketch of J when reduced)."""
 
     pure: Callable
     mode: str
     reduce: Callable | None = None
     as_matrix: bool = False
-    with_finite: bool = False  # also the (2,) finite flags of `jacobian_at`
+    with_finite: bool = False
 
     def __call__(self, params, x):
         return jacobian_at(functools.partial(self.pure, params), x, self.mode, self.reduce, self.as_matrix,
-                           self.with_finite)
+                           self.with_finite, self.with_finite)
+
+    def canary_view(self, output):
+        return parts_view(output) if self.with_finite else output
 
 
 def per_point_jacobian(pure, params, example, *, mode="auto", reduce=None, as_matrix=False, batched=False,
@@ -406,59 +440,6 @@ def per_point_jacobian(pure, params, example, *, mode="auto", reduce=None, as_ma
         raise ValueError("f returns an empty output: there is no Jacobian to take")
     return PerPointJacobian(pure, resolve_mode(mode, math.prod(example.shape), out_size), reduce, as_matrix,
                             with_finite)
-
-
-def _local_map(per_point, params, points, chunk_size):
-    if chunk_size >= points.shape[0]:
-        return jax.vmap(per_point, in_axes=(None, 0))(params, points)
-    return jax.lax.map(lambda x: per_point(params, x), points, batch_size=chunk_size)
-
-
-_mapped = jax.jit(_local_map, static_argnames=("per_point", "chunk_size"))
-
-
-@functools.partial(jax.jit, static_argnames=("per_point", "chunk_size", "mesh"))
-def _sharded(per_point, params, points, chunk_size, mesh):
-    # each device walks its own slice of the points in chunks: memory per device is set by
-    # the chunk, and no device waits on another (the points are independent)
-    local = functools.partial(_local_map, per_point, chunk_size=chunk_size)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(POINT_AXIS)), out_specs=P(POINT_AXIS))(params, points)
-
-
-def map_points(per_point: Callable, params, points: jax.Array, *, chunk_size: int | None = None,
-               devices: Sequence[jax.Device] | None = None):
-    """per_point(params, x) at every point: vmapped in chunks, sharded over devices, jitted.
-
-    `per_point` must be hashable (a frozen dataclass, a module-level function): the
-    compiled program is cached on it. Under an outer trace it is inlined there instead.
-    """
-    chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    count = points.shape[0]
-    if _is_tracer((params, points)):
-        return _local_map(per_point, params, points, min(chunk_size, count))
-    devices = list(jax.devices() if devices is None else devices)
-    if len(devices) == 1:
-        return _mapped(per_point, params, points, min(chunk_size, count))
-    mesh = Mesh(np.asarray(devices), (POINT_AXIS,))
-    padded = -(-count // len(devices)) * len(devices)
-    if padded > count:  # repeat the last point; its extra results are dropped below
-        points = jnp.concatenate([points, jnp.broadcast_to(points[-1:], (padded - count, *points.shape[1:]))])
-    # devices of several processes (jax.distributed, `geometry.distributed`): the inputs go in from
-    # host memory (identical on every process; arrays on one process's device cannot be sent to
-    # another's), each process computes its share, and every one gets the whole field back
-    processes = any(d.process_index != jax.process_index() for d in devices)
-    if processes:
-        points, params = jax.device_get((points, params))
-    points = jax.device_put(points, NamedSharding(mesh, P(POINT_AXIS)))
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    result = _sharded(per_point, params, points, min(chunk_size, padded // len(devices)), mesh)
-    if processes:
-        from jax.experimental import multihost_utils
-
-        result = jax.tree_util.tree_map(jnp.asarray, multihost_utils.process_allgather(result, tiled=True))
-    return jax.tree_util.tree_map(lambda leaf: leaf[:count], result)
 
 
 class ForwardModeUnavailable(UserWarning):
@@ -505,7 +486,7 @@ def _finite_rows(tree) -> jax.Array:
 
 def check_finite_result(result, what: str = "the Jacobian") -> None:
     """ValueError naming the points where any leaf of `result` (leading point axis) is not finite."""
-    if _is_tracer(result) or not jax.tree_util.tree_leaves(result):
+    if is_traced(result) or not jax.tree_util.tree_leaves(result):
         return
     bad_rows = ~np.asarray(_finite_rows(result))
     if bad_rows.any():
@@ -515,7 +496,7 @@ def check_finite_result(result, what: str = "the Jacobian") -> None:
 def raise_nonfinite(finite, what: str = "the Jacobian", field=None) -> None:
     """ValueError naming the points whose (N, 2) flags [J finite, output finite] are not both true;
     `field`: the unreduced Jacobians, whose finiteness `jacobian_at` left to this check."""
-    if _is_tracer(finite) or _is_tracer(field):
+    if is_traced(finite) or is_traced(field):
         return
     finite = np.array(finite).reshape(-1, 2)
     if field is not None:
@@ -534,9 +515,9 @@ def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None,
     """The shared route: the Jacobian field of a pure function pure(params, x) over checked points."""
     example = jax.ShapeDtypeStruct(points.shape[1:], points.dtype)
     per_point = per_point_jacobian(pure, params, example, mode=mode, reduce=reduce, as_matrix=as_matrix,
-                                   batched=batched, shapes=shapes, with_finite=check_finite)
+                                   batched=batched, shapes=shapes, with_finite=True)
     try:
-        result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
+        result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices, what="the Jacobian")
     except TypeError as error:
         if per_point.mode != "forward" or not _is_custom_vjp_error(error):
             raise
@@ -547,11 +528,10 @@ def field_of(pure, params, points, *, mode="auto", chunk_size=None, reduce=None,
         warnings.warn(f"{layer} defines its derivative with jax.custom_vjp (no forward mode): mode='auto' uses "
                       "reverse mode for this model", ForwardModeUnavailable, stacklevel=3)
         per_point = dataclasses.replace(per_point, mode="reverse")
-        result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices)
+        result = map_points(per_point, params, points, chunk_size=chunk_size, devices=devices, what="the Jacobian")
     if check_finite:
-        result, finite = result
-        raise_nonfinite(finite, field=result if reduce is None else None)
-    return result
+        raise_nonfinite(result.finite, field=result.value if reduce is None else None)
+    return result.value
 
 
 @shape_checked
@@ -614,6 +594,6 @@ def pure_jacobian_field(f, example, *, mode: str = "auto", params=None, chunk_si
     chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
 
     def field_fn(params, points):
-        return _local_map(per_point, params, points, min(chunk, points.shape[0]))
+        return batching.local_map(per_point, params, points, min(chunk, points.shape[0]))
 
     return field_fn, params

@@ -249,6 +249,10 @@ class _TopSingular:
             return sigma[: self.k], bounds[: self.k], used
         return sigma[::-1][: self.k], bounds[::-1][: self.k], used
 
+    @staticmethod
+    def canary_view(output):  # the Ritz values; their bounds are rounding-level residuals
+        return output[0]
+
 
 @dataclasses.dataclass(frozen=True)
 class _Nodes:
@@ -336,6 +340,10 @@ class _LogQuadraticGram:
             return jnp.sum(z[:n] ** 2) * jnp.stack(_log_rules_gram(alphas, betas, lower_squared, n))
 
         return jax.vmap(one)(probes)
+
+    @staticmethod
+    def canary_view(output):  # the Gauss and Gauss–Radau estimates, not the rounding estimate
+        return output[..., :2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,6 +451,10 @@ class _WithStart:
         params, extra = params_and_extra
         return self.per_point(params, x, jax.tree_util.tree_map(lambda e: _varying_like(e, x), extra))
 
+    def canary_view(self, output):
+        view = getattr(self.per_point, "canary_view", None)
+        return output if view is None else view(output)
+
 
 def _probes(probes: int, steps: int | None, default_steps: int, m: int, n: int, seed: int, dtype):
     """(steps, Rademacher probes (P, max(m, n))) after checking both."""
@@ -480,7 +492,11 @@ class _DenseLogVolume:
         J = jacobians.jacobian_at(functools.partial(self.pure, params), x, "forward", as_matrix=True)
         sigma = jnp.linalg.svd(J, compute_uv=False)
         rounding = jnp.finfo(sigma.dtype).eps * jnp.sum(sigma[0] / sigma)
-        return jnp.sum(jnp.log(sigma)), rounding
+        return jnp.sum(jnp.log(sigma)), rounding, jacobians.sketch(J, J.shape[1])
+
+    @staticmethod
+    def canary_view(output):  # a sketch of J: the log determinant of a near-singular J is ill-conditioned
+        return output[2]
 
 
 @shape_checked
@@ -543,7 +559,7 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
 
     def dense_route(at):  # exact up to rounding: no quadrature, no sampling
         exact, rounding = (np.asarray(a, np.float64) for a in jacobians.map_points(
-            _DenseLogVolume(pure), params, points[at], chunk_size=chunk_size, devices=devices))
+            _DenseLogVolume(pure), params, points[at], chunk_size=chunk_size, devices=devices)[:2])
         if not np.all(np.isfinite(exact)):
             raise ValueError("the Jacobian is singular at some points: its log volume is -inf")
         for key, value in (("values", exact), ("lower", exact - rounding), ("upper", exact + rounding)):

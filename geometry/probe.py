@@ -451,7 +451,6 @@ class _WrtJacobians(StaticKey):
     reduce: Callable | None
     as_matrix: bool
     model_output: bool = False  # differentiate the model's own output instead of the recorded layers'
-    with_finite: bool = False
 
     def __call__(self, state, x):
         def selected(delta):
@@ -459,7 +458,10 @@ class _WrtJacobians(StaticKey):
             return output if self.model_output else {key: records[key][1] for key in self.recorder.keys}
 
         delta = jnp.zeros(self.wrt_shape.shape, self.wrt_shape.dtype)
-        return jacobians.jacobian_at(selected, delta, self.mode, self.reduce, self.as_matrix, self.with_finite)
+        return jacobians.jacobian_at(selected, delta, self.mode, self.reduce, self.as_matrix, True, True)
+
+    def canary_view(self, output):
+        return jacobians.parts_view(output)
 
 
 def _wrt_call(found: Plan, wrt: str) -> tuple[str, int, jax.ShapeDtypeStruct]:
@@ -513,13 +515,12 @@ def _wrt_field(recorder, found, state, points, wrt, shapes, *, mode, chunk_size,
     """The field of the recorded layers' outputs (or of the model output) by the output of layer `wrt`."""
     path, index, wrt_shape = _wrt_call(found, wrt)
     resolved = jacobians.resolve_mode(mode, math.prod(wrt_shape.shape), jacobians.output_size(shapes))
-    per_point = _WrtJacobians(recorder, path, index, wrt_shape, resolved, reduce, as_matrix, model_output,
-                              check_finite)
-    field = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)
+    per_point = _WrtJacobians(recorder, path, index, wrt_shape, resolved, reduce, as_matrix, model_output)
+    parts = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices,
+                                 what=f"the Jacobian with respect to {wrt!r}")
     if check_finite:
-        field, finite = field
-        jacobians.raise_nonfinite(finite, field=field if reduce is None else None)
-    return field
+        jacobians.raise_nonfinite(parts.finite, field=parts.value if reduce is None else None)
+    return parts.value
 
 
 def _output_field_wrt(model, points, wrt: str, *, mode="auto", chunk_size=None, reduce=None, devices=None,
@@ -548,19 +549,21 @@ class _LocalJacobians(StaticKey):
     modes: tuple[str, ...]
     reduce: Callable | None
     as_matrix: bool
-    with_finite: bool = False  # also (2,) flags: every local J finite, every layer output finite
 
     def __call__(self, state, x):
         _, _, calls, _ = self.recorder.run(state, x)
-        result, flags = {}, []
+        values, flags, sketches = {}, [], {}
         for key, mode in zip(self.recorder.keys, self.modes):
             args, _, _, (graphdef, snapshot) = calls[key]
-            result[key] = jacobians.jacobian_at(_LayerAt(graphdef, snapshot, self.recorder.batched), args[0], mode,
-                                                self.reduce, self.as_matrix, self.with_finite)
-            if self.with_finite:
-                result[key], finite = result[key]
-                flags.append(finite)
-        return (result, jnp.all(jnp.stack(flags), axis=0)) if self.with_finite else result
+            parts = jacobians.jacobian_at(_LayerAt(graphdef, snapshot, self.recorder.batched), args[0], mode,
+                                          self.reduce, self.as_matrix, True, True)
+            values[key], sketches[key] = parts.value, parts.sketch
+            flags.append(parts.finite)
+        return jacobians.JacobianParts(values, jnp.all(jnp.stack(flags), axis=0),
+                                       None if self.reduce is None else sketches)
+
+    def canary_view(self, output):
+        return jacobians.parts_view(output)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -603,12 +606,12 @@ def local_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=Non
     points = jacobians.check_points(points, differentiable=False)
     recorder, state, _, modes = _local_setup(model, points, layers, mode, batched, model_kwargs)
     keys = recorder.keys
-    per_point = _LocalJacobians(recorder, modes, reduce, as_matrix, check_finite)
-    field = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices)
+    per_point = _LocalJacobians(recorder, modes, reduce, as_matrix)
+    parts = jacobians.map_points(per_point, state, points, chunk_size=chunk_size, devices=devices,
+                                 what="a local Jacobian")
     if check_finite:
-        field, finite = field
-        jacobians.raise_nonfinite(finite, "a local Jacobian", field=field if reduce is None else None)
-    return _ordered(field, keys)
+        jacobians.raise_nonfinite(parts.finite, "a local Jacobian", field=parts.value if reduce is None else None)
+    return _ordered(parts.value, keys)
 
 
 PAIRS = ("diagonal", "last_row")

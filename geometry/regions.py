@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geometry import jacobians, piecewise, polygons
+from geometry import batching, jacobians, piecewise, polygons
 from geometry import plane as plane_module
 
 
@@ -290,6 +290,13 @@ class _SlicedModel:
         with self._context():
             out = _forms(self.pure, self.input_shape, tuple(int(i) for i in candidates), self.state, self.origin,
                          self.basis, jnp.asarray(padded, jnp.int32), jnp.int32(level))
+            if batching.canary_enabled():  # the first and last rows again, compiled without vmap
+                for row in sorted({0, rows - 1}):
+                    one = _form(self.pure, self.input_shape, tuple(int(i) for i in candidates), self.state,
+                                self.origin, self.basis, jnp.asarray(choices[row], jnp.int32), jnp.int32(level))
+                    for batched, single in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(one)):
+                        batching.assert_agree(np.asarray(batched[row]), np.asarray(single),
+                                              f"the affine form of region candidate {row}")
         (value_out, value_cand), (grad_out, grad_cand) = jax.tree_util.tree_map(
             lambda a: np.asarray(a, np.float64)[:rows], out)
         return (np.concatenate([grad_out, value_out[..., None]], axis=-1),
@@ -317,19 +324,25 @@ def _at(input_shape, origin, basis, c):
     return (origin + c @ basis).reshape(input_shape)
 
 
-@functools.partial(jax.jit, static_argnames=("pure", "input_shape", "span"))
-def _forms(pure, input_shape, span, state, origin, basis, choices, level):
+def _form_at(pure, input_shape, span, state, origin, basis, choice, level):
+    """(value, gradient) on the plane at its origin with the switches below `level` forced to `choice`."""
     def on_plane(c, choice):
         outs, candidates, _ = piecewise.run(pure, state, _at(input_shape, origin, basis, c), choice, level)
         value = (jnp.concatenate([o.reshape(-1) for o in outs]), candidates[span[0]:span[1]])
         return value, value
 
-    def one(choice):
-        zero = jnp.zeros(2, origin.dtype)
-        gradient, value = jax.jacfwd(on_plane, has_aux=True)(zero, choice)
-        return value, gradient
+    zero = jnp.zeros(2, origin.dtype)
+    gradient, value = jax.jacfwd(on_plane, has_aux=True)(zero, choice)
+    return value, gradient
 
-    return jax.vmap(one)(choices)
+
+# one choice compiled without vmap: the canary's independent route for `_forms`
+_form = jax.jit(_form_at, static_argnames=("pure", "input_shape", "span"))
+
+
+@functools.partial(jax.jit, static_argnames=("pure", "input_shape", "span"))
+def _forms(pure, input_shape, span, state, origin, basis, choices, level):
+    return jax.vmap(lambda choice: _form_at(pure, input_shape, span, state, origin, basis, choice, level))(choices)
 
 
 @functools.partial(jax.jit, static_argnames=("pure", "input_shape"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import jacobians, probe, spectra
+from geometry import batching, jacobians, probe, spectra
 
 MODES = ("forward", "reverse", "auto")
 
@@ -118,10 +118,10 @@ def test_same_module_twice_does_not_recompile():
     model = SmallCNN(nnx.Rngs(1))
     points = np.random.default_rng(4).normal(size=(3, 8, 8, 1)).astype(np.float32)
     jacobians.jacobian_field(model, points)
-    before = jacobians._mapped._cache_size()
+    before = batching.mapped._cache_size()
     model.linear.kernel[...] = model.linear.kernel[...] * 2  # new values, same structure
     jacobians.jacobian_field(model, points)
-    assert jacobians._mapped._cache_size() == before
+    assert batching.mapped._cache_size() == before
 
 
 def test_unhashable_graphdef_works_like_nnx_jit():

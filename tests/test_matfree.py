@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import jacobians, matfree, models
+from geometry import batching, jacobians, matfree, models
 
 
 def _mlp_function(seed=0, n=48, width=64, m=40):
@@ -259,11 +259,11 @@ def test_a_new_seed_reuses_the_compiled_program():
     points = jnp.zeros((2, 32), jnp.float32)
     matfree.log_volume(f, points, steps=8, seed=0)
     matfree.singular_values(f, points, 2, seed=0)
-    before = jacobians._mapped._cache_size()
+    before = batching.mapped._cache_size()
     for seed in (1, 2):
         matfree.log_volume(f, points, steps=8, seed=seed)
         matfree.singular_values(f, points, 2, seed=seed)
-    assert jacobians._mapped._cache_size() == before
+    assert batching.mapped._cache_size() == before
 
 
 def test_strict_log_volume_raises_when_the_tolerance_is_not_met():

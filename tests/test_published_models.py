@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import jacobians, matfree, probe
+from geometry import batching, jacobians, matfree, probe
 
 
 class TinyViT(nnx.Module):
@@ -164,10 +164,10 @@ def test_token_ids_stay_integers_and_wrt_embeddings_matches_a_hand_written_pass(
             model.embed(t))
         np.testing.assert_allclose(local["attention"][i], block, rtol=1e-5, atol=1e-6)
     # new segment ids (array values) reuse the compiled function
-    before = jacobians._mapped._cache_size()
+    before = batching.mapped._cache_size()
     probe.input_jacobian_field(model, tokens, ["attention", "unembed"], wrt="embed",
                                model_kwargs={"cache": cache, "segment_ids": jnp.array([0, 1, 1, 1])})
-    assert jacobians._mapped._cache_size() == before
+    assert batching.mapped._cache_size() == before
 
 
 def test_wrt_errors_name_the_layers():
