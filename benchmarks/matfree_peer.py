@@ -22,7 +22,6 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._common import result_name, write_result
@@ -49,7 +48,8 @@ def _peer_log_volume(f, steps: int, probes: int, symmetric: bool = False):
 
         if symmetric:
             transpose = jax.linear_transpose(matvec, like)
-            gram = (lambda v: transpose(matvec(v))[0])  # (JᵀJ or J Jᵀ) v
+            def gram(v):  # (JᵀJ or J Jᵀ) v
+                return transpose(matvec(v))[0]
             integrand = funm.monte_carlo_funm_sym_logdet(decomp.tridiag_sym(steps))
             sampler = stochtrace.sampler_signs(like, num=probes)
             mean, sem = stochtrace.estimator_monte_carlo_mean_and_sem(integrand, sampler)(gram, key)

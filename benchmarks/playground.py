@@ -29,10 +29,9 @@ import jax
 from flax import nnx
 
 from benchmarks._common import result_name, timed, write_result
-from playground import security
+from playground import security, views
 from playground.config import Config
 from playground.server import Server
-from playground import views
 from playground.session import Run, encode_maps, encode_network
 
 TARGET_FRAMES_PER_SECOND = 10.0

@@ -264,12 +264,45 @@ def regions_section(result: dict) -> list[str]:
                         "scale at random points inside every region."]
 
 
+def canary_section(result: dict) -> list[str]:
+    lines = [f"The canary recomputes at most {result['sample_points']} points per call unbatched and compares "
+             "(geometry.batching). Best of the repeated calls, compilation excluded; the first call "
+             "compiles the unbatched program too.", "",
+             "| route | canary off (s) | canary on (s) | overhead | first call off (s) | first call on (s) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in result["rows"].items():
+        lines.append(f"| {name} | {row['seconds_off']:.4f} | {row['seconds_on']:.4f} | {100 * row['overhead']:+.1f}% | "
+                     f"{row['first_call_seconds_off']:.2f} | {row['first_call_seconds_on']:.2f} |")
+    return lines
+
+
+def activations_section(result: dict) -> list[str]:
+    rows = result["rows"]
+    return [f"Zoo-style MLP 784 → 256 → 256 → 10 with inline relus, {result['config']['points']} points; found: "
+            f"{', '.join(f'{k} ({v})' for k, v in result['found'].items())}.", "",
+            "| step | seconds | first call (s) |", "|---|---:|---:|",
+            *[f"| {name} | {row['seconds']:.4f} | {row['first_call_seconds']:.2f} |" for name, row in rows.items()],
+            "", f"activation_stats / forward pass: **{result['ratio']:.2f}** (target ≤ {result['target']})."]
+
+
+def layer_report_section(result: dict) -> list[str]:
+    mlp, vit = result["mlp"], result["vit"]
+    return [f"geometry.report of a zoo-style MLP 784 → 256 → 256 → 10 at {result['config']['points']} points: "
+            f"{mlp['report']['seconds']:.2f} s against {mlp['fields']['seconds']:.2f} s for its all-layer input "
+            f"fields, **{mlp['ratio']:.2f}×** (target ≤ {mlp['target']:g}×). The examples' image transformer at "
+            f"{result['config']['images']} digits: **{vit['seconds_first_call']:.1f} s**, first call included "
+            f"(target < {vit['target_seconds']:g} s)."]
+
+
 SECTIONS = {"jacobians": ("Jacobian fields", jacobians_section), "modes": ("Autodiff modes", modes_section),
             "memory": ("Memory", memory_section), "wide_layers": ("Wide layers", wide_section),
             "matfree": ("Matrix-free spectra", matfree_section), "playground": ("Playground stream", playground_section),
             "published_models": ("Published-model routes", published_models_section),
             "matfree_peer": ("Log volume beside the matfree package", matfree_peer_section),
-            "regions": ("Exact linear regions", regions_section)}
+            "regions": ("Exact linear regions", regions_section),
+            "canary": ("The compiler canary's cost", canary_section),
+            "activations": ("Finding the activations", activations_section),
+            "layer_report": ("The per-layer report", layer_report_section)}
 
 
 def main() -> None:
@@ -277,7 +310,8 @@ def main() -> None:
              "regenerate the JSON with `python -m benchmarks.jacobians`, `python -m benchmarks.modes`, "
              "`python -m benchmarks.memory`, `python -m benchmarks.wide_layers`, `python -m benchmarks.matfree`, "
              "`python -m benchmarks.playground`, `python -m benchmarks.published_models`, "
-             "`python -m benchmarks.matfree_peer` and `python -m benchmarks.regions` on each machine.", ""]
+             "`python -m benchmarks.matfree_peer`, `python -m benchmarks.regions`, `python -m benchmarks.canary`, "
+             "`python -m benchmarks.activations` and `python -m benchmarks.layer_report` on each machine.", ""]
     platforms = {json.loads(path.read_text())["machine"]["device"].split(":")[0] for path in RESULTS.glob("*.json")}
     if platforms <= {"cpu"}:
         lines += ["No accelerator results yet (no GPU was available where these were run): run the "

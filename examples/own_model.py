@@ -1,16 +1,20 @@
 """Analyse your own model: per-layer geometry of a user-written NNX CNN and a Linen MLP on digits.
 
 Command:  python -m examples.own_model [--quick]
-Prints:   test accuracy, then per layer at the test points: numerical rank, effective rank and
-          median condition number of ∂(layer output)/∂x, the rank-deficient fraction, and
-          linear CKA between consecutive layers. Returns the same numbers as a dict.
+Prints:   test accuracy, then per layer — and per activation, found in the computation — at the
+          test points: numerical rank, effective rank and median condition number of
+          ∂(layer output)/∂x, the rank-deficient fraction, linear CKA between consecutive rows, and
+          for activations the dead and saturated fractions of their units. Returns the same as a dict.
 Runtime:  ~40 s on 2 CPU cores (quick: ~15 s)
 
 Nothing here is special to the library: the two models are written as a user would write
 them, and the library reaches into them from outside.
 * The NNX CNN is probed by path: `probe.input_jacobian_field(cnn, x)` differentiates every
-  top-level layer's output (conv1, conv2, head) with respect to the image in one pass, in
-  the cheaper autodiff mode, and `reduce=` keeps only the singular values.
+  top-level layer's output with respect to the image in one pass, in the cheaper autodiff
+  mode, and `reduce=` keeps only the singular values. Its relus are inline `nnx.relu` calls,
+  found in the computation: the rows are conv1, relu, conv2, relu#1, head, so the rank after
+  each relu (what the activation does to the geometry) is a row of its own, with
+  `probe.activation_stats`' dead and saturated fractions beside it.
 * The Linen MLP is an f(params, x): its intermediates come from Linen's own
   `capture_intermediates`, and `jacobian_field(f, x, params=variables)` takes the Jacobian of
   that whole dict of per-layer outputs.
@@ -86,9 +90,10 @@ def train_linen(model, x, y, steps: int, seed: int):
     return variables
 
 
-def layer_table(sigma: dict, out_sizes: dict, in_size: int, features: dict) -> dict:
-    """Per layer: rank statistics of its input Jacobian and CKA with the previous layer's features."""
-    rows, previous = {}, None
+def layer_table(sigma: dict, out_sizes: dict, in_size: int, features: dict, units: dict | None = None) -> dict:
+    """Per layer: rank statistics of its input Jacobian and CKA with the previous layer's features;
+    for activations (`units`, probe.activation_stats) the dead and saturated fractions too."""
+    rows, previous, units = {}, None, units or {}
     for name, s in sigma.items():
         stats = spectra.summarize_singular_values(s, (out_sizes[name], in_size), s.dtype)
         full = min(out_sizes[name], in_size)
@@ -101,6 +106,8 @@ def layer_table(sigma: dict, out_sizes: dict, in_size: int, features: dict) -> d
             "condition_number_median": float(np.median(condition)),
             "rank_deficient_fraction": float(np.mean(np.asarray(stats["numerical_rank"]) < full)),
             "cka_with_previous": None if previous is None else float(similarity.cka(previous, h)),
+            "dead_fraction": units[name]["dead_fraction"] if name in units else None,
+            "saturated_fraction": units[name]["saturated_fraction"] if name in units else None,
         }
         previous = h
     return rows
@@ -121,7 +128,8 @@ def main(config: Config = Config()) -> dict:
     found = probe.plan(cnn, images(x_test)[0])
     out_sizes = {k: math.prod(found.outputs[k].shape) for k in sigma}
     results["nnx_cnn"] = {"test_accuracy": training.accuracy(cnn, images(x_test), y_test),
-                          "layers": layer_table(sigma, out_sizes, 64, probe.outputs(cnn, images(x_test)))}
+                          "layers": layer_table(sigma, out_sizes, 64, probe.outputs(cnn, images(x_test)),
+                                                probe.activation_stats(cnn, images(x_test)))}
 
     mlp = LinenMLP()
     variables = train_linen(mlp, jnp.asarray(x_train), jnp.asarray(y_train), config.mlp_steps, config.seed)
@@ -142,12 +150,14 @@ def report(results: dict) -> None:
     for model, result in results.items():
         print(f"\n{model}: test accuracy {result['test_accuracy']:.3f}")
         print(f"  {'layer':10s} {'J shape':>10s} {'rank':>6s} {'eff. rank':>9s} {'cond.':>9s} {'deficient':>9s} "
-              f"{'CKA prev':>8s}")
+              f"{'CKA prev':>8s} {'dead':>6s} {'saturated':>9s}")
         for name, row in result["layers"].items():
             cka = "" if row["cka_with_previous"] is None else f"{row['cka_with_previous']:.3f}"
+            dead = "" if row["dead_fraction"] is None else f"{row['dead_fraction']:.2f}"
+            saturated = "" if row["saturated_fraction"] is None else f"{row['saturated_fraction']:.2f}"
             print(f"  {name:10s} {str(tuple(row['shape'])):>10s} {row['numerical_rank_median']:6.0f} "
                   f"{row['effective_rank_median']:9.2f} {row['condition_number_median']:9.3g} "
-                  f"{row['rank_deficient_fraction']:9.2f} {cka:>8s}")
+                  f"{row['rank_deficient_fraction']:9.2f} {cka:>8s} {dead:>6s} {saturated:>9s}")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,14 @@ def _size(shape) -> int:
     return int(np.prod(shape.shape))
 
 
+def vit(config: Config = Config()):
+    """(the image transformer in eval mode, its call's keyword arguments): a factory for
+    `python -m geometry.report examples.published_model:vit --data digits --shape 8,8,1`."""
+    model = ImageTransformer(config.width, config.depth, 10, nnx.Rngs(0))
+    model.eval()
+    return model, {"rngs": nnx.Rngs(1)}
+
+
 def analyse_image_transformer(config: Config) -> dict:
     model = ImageTransformer(config.width, config.depth, 10, nnx.Rngs(0))
     model.eval()  # Dropout off: a Jacobian of a deterministic function

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
+
 from geometry import plotting, spectra, theory
 
 

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import ClassifierSpec, by_name, trained_classifier
 from experiments import linear_collapse
+from experiments._classifiers import ClassifierSpec, by_name, trained_classifier
 from experiments.similarity import mean_pairwise_cosine
 from geometry import jacobians, probe, spectra
 

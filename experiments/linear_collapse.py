@@ -32,8 +32,15 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._classifiers import (ClassifierSpec, by_name, class_colours, decision_to_keep, decision_values,
-                                      draw_decision, trained_classifier)
+from experiments._classifiers import (
+    ClassifierSpec,
+    by_name,
+    class_colours,
+    decision_to_keep,
+    decision_values,
+    draw_decision,
+    trained_classifier,
+)
 from geometry import jacobians, plane, plotting, spectra
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "gelu", "silu")  # identity is "none"

@@ -111,14 +111,14 @@ def measure(model: models.CausalLM, text: data.TextData, config: Config) -> dict
 
     accumulator = collapse.CollapseAccumulator(len(text.vocabulary), model.width, min_count=config.min_count)
     train = list(batches(text.train_inputs, text.train_targets, config.eval_batch))
-    for tokens, targets in train:  # pass 1
-        accumulator.add_means(np.asarray(last_layer_features(model, tokens)), targets.ravel())
-    for tokens, targets in train:  # pass 2
-        accumulator.add_variability(np.asarray(last_layer_features(model, tokens)), targets.ravel())
+    for batch_inputs, targets in train:  # pass 1
+        accumulator.add_means(np.asarray(last_layer_features(model, batch_inputs)), targets.ravel())
+    for batch_inputs, targets in train:  # pass 2
+        accumulator.add_variability(np.asarray(last_layer_features(model, batch_inputs)), targets.ravel())
     head_weight, head_bias = np.asarray(model.head.weight[...]), np.asarray(model.head.bias[...])  # (V, d), (V,)
     loss_sum, entropy_sum = 0.0, 0.0
-    for tokens, targets in batches(text.validation_inputs, text.validation_targets, config.eval_batch):  # pass 3
-        features, loss, entropy = evaluate(state, tokens, targets)
+    for batch_inputs, targets in batches(text.validation_inputs, text.validation_targets, config.eval_batch):  # pass 3
+        features, loss, entropy = evaluate(state, batch_inputs, targets)
         accumulator.add_decisions(np.asarray(features).reshape(-1, model.width), targets.ravel(), head_weight, head_bias)
         loss_sum, entropy_sum = loss_sum + float(loss), entropy_sum + np.asarray(entropy, dtype=np.float64)
     windows = len(text.validation_inputs)

@@ -30,8 +30,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import EllipseCollection
 
-from experiments._classifiers import (ClassifierSpec, class_colours, decision_to_keep, decision_values, display_name,
-                                      draw_decision, trained_classifier)
+from experiments._classifiers import (
+    ClassifierSpec,
+    class_colours,
+    decision_to_keep,
+    decision_values,
+    display_name,
+    draw_decision,
+    trained_classifier,
+)
 from geometry import data, jacobians, metric, plane, plotting, probe, spectra
 
 PIECEWISE_LINEAR = ("relu", "leaky_relu")

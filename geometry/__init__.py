@@ -1,7 +1,8 @@
 """layer-geometry: what activation functions do to the geometry of neural-network layers.
 
+`geometry.report(model, points)` is the front door: a per-layer table (pandas) and a figure.
 The public API is the modules below and, for the most used entry points, the names
-re-exported here (DESIGN.md lists them). Everything whose name starts with an underscore,
+re-exported here (the README's "Library" table lists them). Everything whose name starts with an underscore,
 and every module attribute not documented in its module's docstring, is private.
 
     from geometry import jacobian_field, probe, spectra
@@ -10,35 +11,47 @@ and every module attribute not documented in its module's docstring, is private.
 """
 
 from geometry import (
+    activation_stats,
     activations,
     augment,
+    batching,
+    calling,
+    capture,
     chain,
     collapse,
     data,
+    discovery,
     distributed,
     embeddings,
     free_probability,
     functional,
+    identification,
     jacobians,
     kernels,
+    krylov,
     layers,
+    local,
     matfree,
     metric,
     models,
+    partitions,
     plane,
     probe,
+    recording,
     regions,
+    report,
     shapes,
     similarity,
     spectra,
     ssl,
     theory,
     training,
+    weights,
 )
 from geometry.activations import NAMES as ACTIVATIONS
 from geometry.collapse import CollapseAccumulator, collapse_metrics
-from geometry.embeddings import EmbeddingAccumulator, embedding_spectrum, linear_probe
 from geometry.data import grid, load_dataset, load_digits, make_dataset, stratified_split
+from geometry.embeddings import EmbeddingAccumulator, embedding_spectrum, linear_probe
 from geometry.functional import jit_module
 from geometry.jacobians import jacobian_field, pure_jacobian_field
 from geometry.layers import Dense, LayerNorm, Pointwise, dense_weight
@@ -50,9 +63,10 @@ from geometry.training import CheckpointError, TrainConfig, train
 
 __all__ = [
     # modules
-    "activations", "augment", "chain", "collapse", "data", "distributed", "embeddings", "free_probability", "functional",
-    "jacobians", "kernels", "layers", "matfree", "metric", "models", "plane", "probe", "regions", "shapes",
-    "similarity", "spectra", "ssl", "theory", "training",
+    "activation_stats", "activations", "augment", "batching", "calling", "capture", "chain", "collapse", "data", "discovery", "distributed", "embeddings", "free_probability", "functional",
+    "identification", "jacobians", "kernels", "krylov", "layers", "local", "matfree", "metric", "models", "partitions", "plane", "probe", "recording",
+    "regions", "report", "shapes",
+    "similarity", "spectra", "ssl", "theory", "training", "weights",
     # entry points
     "ACTIVATIONS", "CausalLM", "CheckpointError", "CollapseAccumulator", "Dense", "EmbeddingAccumulator", "KernelMLP", "LayerNorm", "MLP",
     "Pointwise", "TrainConfig", "chain_log_volume", "cka", "cka_permutation_test", "collapse_metrics", "dense_layer_singular_values", "dense_weight", "embedding_spectrum",

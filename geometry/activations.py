@@ -9,7 +9,8 @@ the `activations` experiment:
 * ``smooth``: φ is continuously differentiable (C¹), i.e. φ' has no jump.
   ELU with α = 1 is C¹ (its second derivative jumps at 0); ReLU and leaky ReLU are not.
 
-GELU is the exact (erf) form. GELU and SiLU are NOT monotone: both dip below zero
+"gelu" is the exact (erf) form, "gelu_tanh" the tanh approximation (`jax.nn.gelu`'s default,
+`approximate=True`). GELU and SiLU are NOT monotone: both dip below zero
 for negative inputs (min φ' ≈ −0.13 and ≈ −0.10), so neither can be a homeomorphism
 argument's "strictly monotone" activation.
 
@@ -57,6 +58,19 @@ def _gelu(z):
 def _gelu_derivative(z):
     # d/dz [z Φ(z)] = Φ(z) + z ϕ(z), ϕ the standard normal density
     return 0.5 * (1.0 + erf(z / _SQRT_2)) + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+
+
+_TANH_GELU_C = 0.7978845608028654  # √(2/π)
+
+
+def _gelu_tanh(z):
+    return 0.5 * z * (1.0 + jnp.tanh(_TANH_GELU_C * (z + 0.044715 * z ** 3)))
+
+
+def _gelu_tanh_derivative(z):
+    # u = c (z + 0.044715 z³): d/dz [½ z (1 + tanh u)] = ½ (1 + tanh u) + ½ z (1 − tanh² u) c (1 + 3·0.044715 z²)
+    t = jnp.tanh(_TANH_GELU_C * (z + 0.044715 * z ** 3))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _TANH_GELU_C * (1.0 + 3 * 0.044715 * z * z)
 
 
 def _silu_derivative(z):
@@ -136,19 +150,29 @@ _REGISTRY: dict[str, Activation] = {
     )
 }
 
-NAMES: tuple[str, ...] = tuple(_REGISTRY)
+NAMES: tuple[str, ...] = tuple(_REGISTRY)  # the activations the experiments sweep
+
+# known to `get` but not swept: jax.nn.gelu(approximate=True), the form GPT-2 and BERT use, up to 1e-3
+# from the exact GELU (`geometry.discovery` tells the two apart in a model's computation)
+_EXTRA: dict[str, Activation] = {
+    "gelu_tanh": Activation("gelu_tanh", fn=_gelu_tanh, derivative=_gelu_tanh_derivative, strictly_monotone=False,
+                            smooth=True),
+}
 
 
 def get(name: str | Activation) -> Activation:
     """The activation called `name` (an `Activation` is returned unchanged).
 
-    ``leaky_relu_<slope>`` (e.g. ``leaky_relu_0.2``) gives leaky ReLU with that slope.
+    ``leaky_relu_<slope>`` (e.g. ``leaky_relu_0.2``) gives leaky ReLU with that slope;
+    ``"gelu_tanh"`` the tanh-approximate GELU (not in `NAMES`, which the experiments sweep).
     Raises ValueError listing the valid names for anything else.
     """
     if isinstance(name, Activation):
         return name
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name in _EXTRA:
+        return _EXTRA[name]
     if isinstance(name, str) and name.startswith("leaky_relu_"):
         try:
             slope = float(name.removeprefix("leaky_relu_"))
@@ -157,7 +181,7 @@ def get(name: str | Activation) -> Activation:
         if slope is not None and slope > 0:
             return leaky_relu(slope)
     raise ValueError(
-        f"unknown activation {name!r}; valid names: {', '.join(NAMES)} "
+        f"unknown activation {name!r}; valid names: {', '.join(NAMES + tuple(_EXTRA))} "
         "(or leaky_relu_<slope> with slope > 0)"
     )
 

@@ -11,8 +11,9 @@ Every derivative this library returns is computed through it.
 (errors of 18–37 % at whole points, no warning). So after every mapped call outside a trace,
 `map_points` recomputes a small deterministic sample of the points — the first, the last
 and the first of every chunk, at most `CANARY_MAX_POINTS` — through an independent route:
-the same `per_point` compiled *unbatched* for one point (`jax.jit(per_point)`, no `vmap`),
-and compares every floating-point leaf. Where
+the same `per_point` compiled *unbatched* for one point (`jax.jit(per_point)`, no `vmap`, and
+with XLA's backend optimisations off: another pipeline, half the compilation time), and compares
+every floating-point leaf. Where
 
     ‖batched − unbatched‖ > rtol · ‖unbatched‖ + atol     (per leaf, per sampled point)
 
@@ -118,9 +119,29 @@ def _call_one(per_point, params, x):
     return per_point(params, x)
 
 
-unbatched = jax.jit(_call_one, static_argnames=("per_point",))
-"""`unbatched(per_point, params, x)`: per_point at one point, compiled without `vmap` — the
-canary's independent route."""
+_ONE = jax.jit(_call_one, static_argnames=("per_point",))
+# the independent route is compiled by another pipeline too: XLA's backend optimisations off. It halves
+# the compilation the check costs (the first call of each model structure pays it) and makes a fault
+# shared by the two programs less likely still.
+UNBATCHED_COMPILER_OPTIONS = {"xla_backend_optimization_level": "0"}
+_COMPILED: dict = {}  # (per_point, abstract params and point) -> executable, the latest 64 (memory maps)
+
+
+def unbatched(per_point, params, x):
+    """per_point(params, x) at one point, compiled without `vmap` and without XLA's backend
+    optimisations — the canary's independent route (cached per per_point and shapes)."""
+    leaves, treedef = jax.tree_util.tree_flatten((params, x))
+    key = (per_point, treedef, tuple((jnp.shape(leaf), str(jnp.result_type(leaf))) for leaf in leaves))
+    try:
+        executable = _COMPILED.get(key)
+    except TypeError:  # an unhashable per_point: compile it the ordinary way
+        return _ONE(per_point, params, x)
+    if executable is None:
+        executable = _ONE.lower(per_point, params, x).compile(compiler_options=UNBATCHED_COMPILER_OPTIONS)
+        if len(_COMPILED) >= 64:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = executable
+    return executable(params, x)
 
 
 def _mismatch(batched: np.ndarray, reference: np.ndarray, rtol: float, atol: float) -> tuple[float, bool]:
@@ -154,6 +175,8 @@ def check_sample(per_point: Callable, params, points: jax.Array, result, chunk_s
     """Recompute `sample_indices` of the points by `unbatched` and compare with `result`
     (the batched values, leading point axis); `CompilerFaultError` on disagreement.
 
+    A `per_point` with `canary_max_points = 1` is checked at the last point only (Krylov
+    iterations, whose unbatched run costs about as much as the batched one over all points).
     A `per_point` with a method `canary_view(output)` says which part of its output is compared
     (the same function serves a batched output and one point's): e.g. a sketch J·V of a
     Jacobian that the caller reduces to an ill-conditioned number, or Ritz values but not the
@@ -166,6 +189,8 @@ def check_sample(per_point: Callable, params, points: jax.Array, result, chunk_s
     if not checked:
         return
     indices = sample_indices(count, chunk_size)
+    if getattr(per_point, "canary_max_points", None) == 1:
+        indices = indices[-1:]  # the last point: in the remainder chunk when chunked, a program path of its own
     rows = [_rows(leaf, indices) for _, leaf in checked]  # (S, ...) each, on the host
     sampled_points = _rows(points, indices)
     for s, i in enumerate(indices):
@@ -173,10 +198,11 @@ def check_sample(per_point: Callable, params, points: jax.Array, result, chunk_s
         reference_leaves = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(reference)[0]}
         for (path, _), leaf_rows in zip(checked, rows):
             assert_agree(leaf_rows[s], reference_leaves[jax.tree_util.keystr(path)],
-                         f"{what or 'the result'} at point {i} ({_leaf_name(path)})")
+                         f"{what or 'the result'} at point {i} ({_leaf_name(path)})",
+                         getattr(per_point, "canary_rtol_floor", 0.0))
 
 
-def assert_agree(batched, reference, where: str) -> None:
+def assert_agree(batched, reference, where: str, rtol_floor: float = 0.0) -> None:
     """Raise `CompilerFaultError` when one point's value from a batched program and the same
     value from an unbatched one differ beyond the canary's tolerance for the reference's dtype.
 
@@ -184,12 +210,13 @@ def assert_agree(batched, reference, where: str) -> None:
       batched: the value the batched (vmapped) program computed at one point.
       reference: the same value from the independent unbatched route.
       where: what and where, for the message ("the Jacobian at point 3 (['layers/0'])").
+      rtol_floor: the least relative tolerance (Krylov estimates carry their own rounding).
     """
     batched, reference = np.asarray(batched), np.asarray(reference)
     dtype = reference.dtype
     if not np.issubdtype(dtype, np.inexact):
         return
-    rtol = canary_rtol(dtype)
+    rtol = max(canary_rtol(dtype), rtol_floor)
     atol = 1000 * float(np.finfo(dtype).tiny)
     relative, bad = _mismatch(batched, reference, rtol, atol)
     if bad:

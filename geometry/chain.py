@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geometry import activations, jacobians, metric, probe
+from geometry import activations, jacobians, metric, recording
 from geometry import layers as layer_types
 
 
@@ -40,6 +40,18 @@ def _mismatch(got, expected) -> float:
     return float(np.max(np.abs(got - expected)) / max(float(np.max(np.abs(expected))), 1e-30))
 
 
+def _what_runs(found, before: str, after: str, named) -> str:
+    """What the computation applies between two layers, from the activations found in it (empty if none)."""
+    order = list(found.keys)
+    between = [found.identified[k] for k in order[order.index(before) + 1:order.index(after)] if k in found.identified]
+    if not between:
+        return ""
+    forms = {"gelu": "the exact (erf) GELU, activation='gelu'",
+             "gelu_tanh": "the tanh-approximate GELU (jax.nn.gelu's default), activation='gelu_tanh'"}
+    told = "; ".join(forms.get(name, f"activation={name!r}") for name in between)
+    return f" (the model applies {', '.join(between)} there, not {named}: {told})"
+
+
 def log_volume(model, points, activation, *, layers=None, rtol: float = 1e-5, model_kwargs=None,
                chunk_size: int | None = None) -> dict:
     """Σ log σ_i of each point's Jacobian of `model` by the exact per-layer split (module docstring).
@@ -54,7 +66,7 @@ def log_volume(model, points, activation, *, layers=None, rtol: float = 1e-5, mo
         raise ValueError(f"the per-layer split needs flat points (N, n), got shape {tuple(points.shape)}; "
                          "use geometry.matfree.log_volume for other shapes")
     phi, phi_prime = _derivative(activation)
-    found = probe.plan(model, points[0], model_kwargs=model_kwargs)
+    found = recording.plan(model, points[0], model_kwargs=model_kwargs)
     if layers is None:
         dense = (nnx.Linear, layer_types.Dense)
         keys = tuple(k for k in found.keys if found.types[k] is not None and issubclass(found.types[k], dense))
@@ -62,13 +74,13 @@ def log_volume(model, points, activation, *, layers=None, rtol: float = 1e-5, mo
             raise ValueError(f"the model calls no nnx.Linear or geometry Dense layer (it calls: "
                              f"{', '.join(found.keys) or 'nothing'}); name its dense layers with layers=")
     else:
-        keys = probe.select(found, layers)
+        keys = recording.select(found, layers)
     if any("@" in key for key in keys):
         raise ValueError(f"layers called inside a scan ({', '.join(k for k in keys if '@' in k)}) share one weight "
                          "array per iteration; the split takes separately stored layers")
     # one forward pass gives the model's output and what each selected layer receives and returns
-    graphdef, state, method = probe._split(model, model_kwargs)
-    final, records = jacobians.map_points(probe.Recorder(graphdef, method, keys), state, points, chunk_size=chunk_size)
+    graphdef, state, method = recording.split_model(model, model_kwargs)
+    final, records = jacobians.map_points(recording.Recorder(graphdef, method, keys), state, points, chunk_size=chunk_size)
     received = {key: records[key][0] for key in keys}
     returned = {key: records[key][1] for key in keys}
 
@@ -79,14 +91,15 @@ def log_volume(model, points, activation, *, layers=None, rtol: float = 1e-5, mo
                              "layers; use geometry.matfree.log_volume or geometry.spectra.log_volume")
 
     require(_mismatch(received[keys[0]], points), f"{keys[0]} does not receive the model's input")
+    named = getattr(activation, "name", activation)
     for before, after in zip(keys, keys[1:]):
         require(_mismatch(received[after], phi(returned[before])),
-                f"{after} does not receive {getattr(activation, 'name', activation)} of what {before} returns")
+                f"{after} does not receive {named} of what {before} returns{_what_runs(found, before, after, named)}")
     last = returned[keys[-1]]
     output_activation = _mismatch(final, phi(last)) <= rtol
     if not output_activation:
         require(_mismatch(final, last), f"the model returns neither {keys[-1]}'s output nor the activation of it")
-    modules = probe._callable_modules(model)
+    modules = recording.callable_modules(model)
     weights = [layer_types.dense_weight(modules[key]) for key in keys]
     derivatives = [phi_prime(returned[key]) for key in keys[:-1]]
     derivatives.append(phi_prime(last) if output_activation else jnp.ones_like(last))

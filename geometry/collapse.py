@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from geometry import collapse_studies, layers
-from geometry.collapse_studies import _pairs  # one definition for both conventions
+from geometry.collapse_studies import pairs  # one definition for both conventions
 from geometry.shapes import AnyArray, Shaped, real_numeric, shape_checked
 
 PINV_RTOL = 1e-10
@@ -126,16 +126,16 @@ def metrics_from_statistics(counts, means, within_sq, within_cov, included, W=No
     squared_norms = np.sum(centred**2, axis=1)  # centred: the same distances, less cancellation
     mean_distances = squared_norms[:, None] + squared_norms[None, :] - 2.0 * centred @ centred.T  # (C, C)
     coincide = mean_distances <= 1e-12 * max(float(squared_norms.max()), np.finfo(np.float64).tiny)  # to rounding
-    if np.any(_pairs(coincide)):
+    if np.any(pairs(coincide)):
         first, second = np.argwhere(np.triu(coincide, 1))[0]
         labels = np.flatnonzero(included)
         raise ValueError(f"classes {labels[first]} and {labels[second]} have identical means: CDNV and the NC2 angles "
                          "are undefined (no separation to measure)")
-    cdnv = float(np.mean(_pairs(variances[:, None] + variances[None, :]) / (2.0 * _pairs(mean_distances))))
+    cdnv = float(np.mean(pairs(variances[:, None] + variances[None, :]) / (2.0 * pairs(mean_distances))))
 
     norms = np.linalg.norm(centred, axis=1)
     unit = centred / norms[:, None]
-    cosines = _pairs(unit @ unit.T)
+    cosines = pairs(unit @ unit.T)
     unit_distances = np.sqrt(np.maximum(2.0 - 2.0 * cosines, np.finfo(np.float64).tiny))
     result = {
         "nc1": nc1,

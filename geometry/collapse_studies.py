@@ -58,7 +58,7 @@ def check_convention(convention: str) -> None:
                          "(see geometry.collapse_studies)")
 
 
-def _pairs(matrix: np.ndarray) -> np.ndarray:
+def pairs(matrix: np.ndarray) -> np.ndarray:
     """Entries above the diagonal of a (C, C) matrix: one per unordered pair."""
     return matrix[np.triu_indices(matrix.shape[0], k=1)]
 
@@ -96,15 +96,15 @@ def linguistic_collapse(counts, means, within_sq, included, W=None, decided=None
     mean_distances2 = np.clip(squared[:, None] + squared[None, :] - 2.0 * mu @ mu.T, 0.0, None)  # (C, C)
     norms = np.linalg.norm(centred, axis=1)
     scale = max(float(np.max(squared)), np.finfo(np.float64).tiny)
-    if np.any(_pairs(mean_distances2) <= 1e-24 * scale) or np.any(norms**2 <= 1e-24 * scale):
+    if np.any(pairs(mean_distances2) <= 1e-24 * scale) or np.any(norms**2 <= 1e-24 * scale):
         # the study's code would return inf (or log 0) here; a number nobody can compare is refused instead
         raise ValueError("two included classes have the same mean, or a class mean equals the global mean: the "
                          "study's CDNV (÷‖μ_c − μ_c'‖⁴) and log norms are undefined")
     unit = _unit(centred)
-    unit_distances = np.sqrt(np.clip(_pairs(2.0 - 2.0 * unit @ unit.T), 0.0, None))
-    inner = _pairs(centred @ centred.T)
+    unit_distances = np.sqrt(np.clip(pairs(2.0 - 2.0 * unit @ unit.T), 0.0, None))
+    inner = pairs(centred @ centred.T)
     with np.errstate(divide="ignore"):  # unit vectors can still coincide: −log 0 = inf, reported as such
-        cdnv_pairs = _pairs(variances[:, None] + variances[None, :]) / 2.0 / _pairs(mean_distances2) ** 2
+        cdnv_pairs = pairs(variances[:, None] + variances[None, :]) / 2.0 / pairs(mean_distances2) ** 2
         log_kernel = -np.log(unit_distances)
         log_norms = np.log(norms)
     result = {

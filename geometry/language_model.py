@@ -16,6 +16,7 @@ metrics and attention entropy come from the same forward pass as the logits.
 from __future__ import annotations
 
 import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx

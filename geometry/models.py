@@ -27,8 +27,7 @@ from flax import nnx
 from geometry import activations
 from geometry.kernel_models import KernelMLP, RBFDense, YatDense  # noqa: F401  (every model, one namespace)
 from geometry.language_model import CausalLM  # noqa: F401
-from geometry.layers import (INITS, Dense, LayerNorm, Pointwise, gaussian, init_weight,  # noqa: F401
-                             leading_axes, orthogonal)
+from geometry.layers import INITS, Dense, LayerNorm, Pointwise, gaussian, init_weight, leading_axes, orthogonal  # noqa: F401
 
 NORMS = (None, "layernorm")
 

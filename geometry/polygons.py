@@ -97,7 +97,7 @@ def split_by_argmax(vertices, counts, forms, tolerance, min_area):
     be cut; cells = (parent, choice, vertices, counts), one row per non-empty cell (area >
     min_area) of the polygons that are cut, in parent order then choice order.
     """
-    R, k = forms.shape[0], forms.shape[1]
+    k = forms.shape[1]
     mask = valid(counts, vertices.shape[1])
     tol = tolerance[:, None]
     if k == 2:  # one line: the sign of f₀ − f₁ at the vertices

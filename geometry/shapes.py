@@ -74,7 +74,7 @@ def as_float_array(name: str, value, *, finite: bool = False) -> jax.Array:
 def real_numeric(dtype) -> bool:
     """Whether arrays of `dtype` hold real numbers: not bool, not complex (whose imaginary part a
     conversion to float would drop), not strings or objects."""
-    return dtype != bool and np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+    return np.dtype(dtype) != np.dtype(bool) and np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
 
 
 def _as_float_array(name: str, value) -> jax.Array:

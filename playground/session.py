@@ -15,8 +15,8 @@ server keeps serving.
 from __future__ import annotations
 
 import base64
-import itertools
 import dataclasses
+import itertools
 import json
 import threading
 import time
@@ -31,8 +31,8 @@ from geometry import training
 from geometry.functional import Static
 from geometry.io import to_jsonable
 from playground import datasets, network, views
-from playground.objective import Objective, weight_norm
 from playground.config import Config, as_json, to_query
+from playground.objective import Objective, weight_norm
 
 ACTIONS = ("start", "pause", "step", "reset")
 MAX_PENDING_STEPS = 10  # single steps queued by "step" beyond those already run

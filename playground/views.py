@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from geometry import activations, data, jacobians, probe, regions, similarity, spectra
-from geometry.layers import dense_weight
 from geometry.functional import StaticKey
+from geometry.layers import dense_weight
 from playground import network
 from playground.config import Config
 from playground.datasets import Data

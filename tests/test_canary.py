@@ -2,13 +2,13 @@
 and raises on disagreement. Faults are injected into the batched program (independent of the
 installed jaxlib), and the real jaxlib 0.10.2 fault is reproduced in plain JAX (compiler_fault.py)."""
 
+import compiler_fault
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-import compiler_fault
 from geometry import batching, chain, jacobians, matfree, models, probe, regions, spectra
 
 

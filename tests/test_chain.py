@@ -1,6 +1,5 @@
 """geometry.chain.log_volume: the per-layer split found in the model, against dense Jacobians."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -12,7 +12,6 @@ import pytest
 
 from experiments import _classifiers, _runner
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -16,7 +16,12 @@ def test_own_model_example_quick():
         results = own_model.main(own_model.QUICK)
     assert results["nnx_cnn"]["test_accuracy"] >= 0.8
     assert results["linen_mlp"]["test_accuracy"] >= 0.8
-    assert list(results["nnx_cnn"]["layers"]) == ["conv1", "conv2", "head"]
+    cnn_rows = results["nnx_cnn"]["layers"]
+    assert list(cnn_rows) == ["conv1", "relu", "conv2", "relu#1", "head"]  # the inline relus are rows
+    for name in ("relu", "relu#1"):  # a relu cannot raise the rank of what it receives
+        assert cnn_rows[name]["numerical_rank_median"] <= cnn_rows["conv1" if name == "relu" else "conv2"][
+            "numerical_rank_median"]
+        assert 0 < cnn_rows[name]["dead_fraction"] < 1 and cnn_rows[name]["saturated_fraction"] == 0
     assert list(results["linen_mlp"]["layers"]) == ["Dense_0", "Dense_1", "Dense_2"]
     for result in results.values():
         for row in result["layers"].values():

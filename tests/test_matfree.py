@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import batching, jacobians, matfree, models
+from geometry import batching, jacobians, krylov, matfree, models
 
 
 def _mlp_function(seed=0, n=48, width=64, m=40):
@@ -302,7 +302,7 @@ def test_lanczos_on_the_gram_matrix_agrees_with_golub_kahan_and_hands_over_when_
     assert gram["lanczos_on_gram"].all()
     assert not matfree.log_volume(f, points, steps=20)["lanczos_on_gram"].any()  # the default: Golub–Kahan
     pure, params, prepared, m, n = matfree._prepare(f, points, None)
-    _, signs = matfree._probes(32, 20, 32, m, n, 0, prepared.dtype)
+    _, signs = krylov.probes(32, 20, 32, m, n, 0, prepared.dtype)
     lower = jnp.asarray(0.0, jnp.float32)
     by_gram = np.asarray(matfree._LogQuadraticGram(pure, 20, False)(params, prepared[0], (signs, lower)), np.float64)
     by_gk = np.asarray(matfree._LogQuadratic(pure, 20, False)(params, prepared[0], (signs, lower)), np.float64)

@@ -299,7 +299,7 @@ def test_regression_learns_a_sine_ridge(page, server):
     _open(page, server, "?problem=regression&dataset=sine_ridge&noise=0&layers=tanh,tanh&width=16"
                         "&learning_rate=0.03&resolution=64&steps_per_update=10")
     _control(page, "start")
-    frame = _wait_for(page, "f.history.length > 0 && f.history[f.history.length - 1].test_mse < 0.01 && "
+    _wait_for(page, "f.history.length > 0 && f.history[f.history.length - 1].test_mse < 0.01 && "
                             "f.history[f.history.length - 1].train_mse < 0.01")
     _control(page, "pause")
     assert "test MSE" in page.inner_text("#status")

@@ -46,15 +46,17 @@ def test_user_model_fields_equal_hand_products(mode, x64):
     model = UserMLP(nnx.Rngs(0), sow=True)
     model = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), model)
     points = np.random.default_rng(0).normal(size=(6, 5))
-    assert probe.layers(model, points[0]) == ["fc1", "fc2", "head", "h1"]
+    # the inline tanh calls are found in the computation and listed where they run
+    assert probe.layers(model, points[0]) == ["fc1", "tanh", "fc2", "tanh#1", "head", "h1"]
     field = probe.input_jacobian_field(model, points, mode=mode)
-    assert list(field) == ["fc1", "fc2", "head", "h1"]
+    assert list(field) == ["fc1", "tanh", "fc2", "tanh#1", "head", "h1"]
     local = probe.local_jacobian_field(model, points, ["fc1", "fc2", "head"], mode=mode)
     for i, x in enumerate(points):
         expected, sown = _hand_products(model, x)
         for key, J in expected.items():
             np.testing.assert_allclose(field[key][i], J, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(field["h1"][i], sown, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(field["tanh"][i], sown, rtol=1e-12, atol=1e-15)  # h1 is tanh's output
         np.testing.assert_allclose(local["fc1"][i], model.fc1.kernel[...].T, rtol=1e-13)
         np.testing.assert_allclose(local["fc2"][i], model.fc2.kernel[...].T, rtol=1e-13)
         np.testing.assert_allclose(local["head"][i], model.head.kernel[...].T, rtol=1e-13)

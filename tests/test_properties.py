@@ -19,6 +19,7 @@ from hypothesis.extra import numpy as hnp
 from geometry import activations, collapse, data, kernels, metric, similarity, spectra, theory
 from geometry.jacobians import jacobian_field
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _nan_inputs_are_the_point():
     """NaN goes in on purpose here; the outputs are checked for it explicitly instead."""

@@ -150,7 +150,8 @@ def test_token_ids_stay_integers_and_wrt_embeddings_matches_a_hand_written_pass(
     segment_ids = jnp.array([0, 0, 1, 1])
     tokens = np.array([[1, 2, 3, 4], [5, 0, 7, 10], [9, 9, 2, 1]], dtype=np.int32)
     kwargs = {"cache": cache, "segment_ids": segment_ids}
-    assert probe.layers(model, tokens[0], model_kwargs=kwargs) == ["embed", "attention", "attention/qkv", "unembed"]
+    assert probe.layers(model, tokens[0], model_kwargs=kwargs) == ["embed", "attention", "attention/qkv",
+                                                                   "attention:softmax", "unembed"]
     field = probe.input_jacobian_field(model, tokens, ["attention", "unembed"], wrt="embed", model_kwargs=kwargs)
     assert field["unembed"].shape == (3, 4, 11, 4, 6)
     for i, t in enumerate(tokens):
@@ -241,7 +242,7 @@ def test_batched_is_accepted_by_every_entry_point():
 
     model = BatchFirst(nnx.Rngs(4))
     points = _points((3, 2, 3), seed=5)
-    assert probe.layers(model, points[0], batched=True) == ["linear"]
+    assert probe.layers(model, points[0], batched=True) == ["linear", "tanh"]  # the inline tanh, found
     dense = jacobians.jacobian_field(model, points, batched=True, as_matrix=True)
     top = matfree.singular_values(model, points, 2, batched=True)
     np.testing.assert_allclose(top["values"], np.linalg.svd(np.asarray(dense), compute_uv=False)[:, :2], rtol=1e-4)

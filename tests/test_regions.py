@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from geometry import data, models, piecewise, plane, regions
+from geometry import data, models, plane, regions
 
 
 def _tangent_lines(k: int, spread: float = 0.8):
