@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks._common import parse_args, result_name, timed, write_result
+from benchmarks.activations import ZooMLP  # the same model as the activations benchmark
 from geometry import data, probe, report, spectra
 
 
@@ -34,15 +35,6 @@ class Config:
 
 
 QUICK = Config(points=200, images=16, repeats=2)
-
-
-class ZooMLP(nnx.Module):
-    def __init__(self, rngs):
-        self.fc1, self.fc2, self.fc3 = nnx.Linear(784, 256, rngs=rngs), nnx.Linear(256, 256, rngs=rngs), \
-            nnx.Linear(256, 10, rngs=rngs)
-
-    def __call__(self, x):
-        return self.fc3(nnx.relu(self.fc2(nnx.relu(self.fc1(x)))))
 
 
 def main(config: Config) -> dict:

@@ -153,7 +153,6 @@ class _Walker:
         self.events: list = []  # Found and Marker, in program order
         self.gated: set = set()
         self.absorbed: set = set()  # values inside a found softmax (its exp), not activations of their own
-        self.made_by: dict = {}  # var -> the primitive that made it
         self.statistics: set = set()  # values computed from reductions of x alone
         self.known: dict = {}
 
@@ -193,8 +192,6 @@ class _Walker:
         for index, eqn in enumerate(jaxpr.eqns):
             self.position += 1
             self.positions[id(eqn)] = self.position
-            for var in eqn.outvars:
-                self.made_by[var] = eqn.primitive.name
             inputs = [v for v in eqn.invars if not isinstance(v, jex.Literal) and v in root]
             # a statistic: made by a reduction, or from statistics alone (a LayerNorm's variance,
             # max(0, E x² − (E x)²), and its rsqrt): no activation acts on one

@@ -45,7 +45,6 @@ import math
 import sys
 import time
 import types
-from typing import Any
 
 import jax
 import numpy as np
@@ -143,11 +142,6 @@ class Report:
         return figure
 
 
-@dataclasses.dataclass
-class _Kernel:
-    kernel: Any = None
-
-
 def _cell(value) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4g}"
@@ -160,12 +154,14 @@ def _param_count(module) -> int:
 
 def _kernel_columns(module) -> dict:
     if isinstance(module, layer_types.Dense):  # the library's own dense layer stores W as (out, in)
-        module = dataclasses.replace(_Kernel(), kernel=np.asarray(layer_types.dense_weight(module)))
-    kernel = getattr(module, "kernel", None) if module is not None else None
+        kernel = layer_types.dense_weight(module)
+    else:
+        kernel = getattr(module, "kernel", None) if module is not None else None
+        kernel = kernel[...] if isinstance(kernel, nnx.Variable) else kernel
     if kernel is None:
         return {"weight_stable_rank": np.nan, "weight_alpha": np.nan, "weight_alpha_error": np.nan,
                 "weight_note": "no kernel"}
-    kernel = np.asarray(kernel[...] if hasattr(kernel, "__getitem__") else kernel)
+    kernel = np.asarray(kernel)
     if kernel.ndim < 2:
         return {"weight_stable_rank": np.nan, "weight_alpha": np.nan, "weight_alpha_error": np.nan,
                 "weight_note": f"kernel of shape {kernel.shape} is no matrix"}
