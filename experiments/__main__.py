@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import jax
@@ -39,15 +41,33 @@ import jax
 from experiments import EXPERIMENTS
 from geometry import distributed
 
+SUBCOMMANDS = {
+    "all": "run every experiment below, in this order",
+    "verify": "check every file DIR/MANIFEST.json lists against its recorded SHA-256 (exit 1 naming each "
+              "missing or changed file)",
+    "plot NAME ...": "redraw figures from DIR/NAME.json (and .npz) without computing anything",
+}
+
+
+def summary(docstring: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, joined onto one line (never cut mid-sentence)."""
+    paragraph = " ".join((docstring or "").strip().split("\n\n")[0].split())
+    end = re.search(r"[.?!](\s|$)", paragraph)
+    return paragraph[: end.end()].strip() if end else paragraph
+
 
 def _listing() -> str:
     from experiments._runner import load
 
-    lines = []
-    for name in EXPERIMENTS:
-        doc = (load(name).__doc__ or "").strip().splitlines()
-        lines.append(f"  {name:22s} {doc[0] if doc else ''}")
-    return "experiments (run with `python -m experiments NAME ... [--quick]`, or `all`):\n" + "\n".join(lines)
+    width = max(map(len, [*EXPERIMENTS, *SUBCOMMANDS])) + 2
+    lines = ["usage: python -m experiments [NAME ... | all] [--quick | --scale gpu] [--seed S] [--out DIR] "
+             "[--set KEY=VALUE ...]   (--help: every option)", "", "subcommands:"]
+    for heading, entries in (("subcommands", SUBCOMMANDS),
+                             ("experiments", {name: summary(load(name).__doc__) for name in EXPERIMENTS})):
+        lines += ["", f"{heading}:"] if heading == "experiments" else []
+        lines += [textwrap.fill(text, 110, break_on_hyphens=False, initial_indent=f"  {name:{width}s}", subsequent_indent=" " * (width + 2))
+                  for name, text in entries.items()]
+    return "\n".join(lines)
 
 
 def _scales() -> set[str]:
@@ -143,10 +163,13 @@ def _with_dataset(args, names: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="experiment names, or 'all'")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments", description=__doc__.split("\n\n", 1)[1].strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_listing().split("\n", 2)[2])
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="experiment names, 'all', 'verify' or 'plot NAME ...' (below); none: list them")
     parser.add_argument("--quick", action="store_true", help="small variant (CI-sized)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**32) (default 0)")
     parser.add_argument("--out", help="output directory (default: figures, or figures/dataset-NAME with --dataset)")
     parser.add_argument("--scale", choices=sorted(_scales()), help="a larger config for an accelerator")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

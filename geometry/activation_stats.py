@@ -21,19 +21,24 @@ QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
 
 def activations(model, example, *, batched: bool = False, model_kwargs=None) -> dict[str, str]:
-    """{key: what the activation computes} for every activation one forward pass applies, in call order.
+    """What each activation one forward pass applies computes, in call order.
 
     Args:
-      model: an nnx.Module or a bound method of one.
-      example: one point (or a ShapeDtypeStruct).
-      batched: the model is written batch-first (called on x[None]).
-      model_kwargs: keyword arguments of the call, held fixed.
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        example: one point (or a `jax.ShapeDtypeStruct`).
+        batched: the model is written batch-first (called on x[None]).
+        model_kwargs: keyword arguments of the call, held fixed.
 
     Returns:
-      Keys as `probe.layers` lists them (found activations "scope:name", activation layers by
-      their path); names as `geometry.discovery` identifies them ("relu", "leaky_relu_0.2",
-      "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "softmax", ..., "elementwise" when the
-      map is none of those).
+        {key: name}: keys as `probe.layers` lists them (found activations "scope:name", activation
+        layers by their path); names as `geometry.discovery` identifies them ("relu",
+        "leaky_relu_0.2", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "softmax", ...,
+        "elementwise" when the map is none of those).
+
+    Raises:
+        ValueError: an example that does not fit the model (with the `batched=True` hint), or a
+            model that changes its state while traced (call `model.eval()`).
     """
     found = recording.plan(model, example, batched=batched, model_kwargs=model_kwargs)
     return dict(found.identified)
@@ -81,22 +86,34 @@ def activation_stats(model, points, layers=None, *, saturation: float = 0.05, ba
                      model_kwargs=None, chunk_size=None, devices=None) -> dict[str, dict]:
     """Dead, saturated and live fractions of each activation's units over the points.
 
+    Fractions are over all units and points: dead = φ'(z) = 0 exactly (a relu below 0),
+    saturated = 0 < |φ'(z)| < saturation (tanh or sigmoid far from 0, gelu and silu deep in their
+    negative tails), live the rest.
+
     Args:
-      model: an nnx.Module or a bound method of one (any model the probe takes).
-      points: (N, *input_shape) inputs (token ids stay integers).
-      layers: which activations (a key, glob, `activations.Activation` type or list); None: all.
-      saturation: the threshold s in (0, 1]: a unit is saturated where 0 < |φ'(z)| < s.
-      batched, model_kwargs, chunk_size, devices: as everywhere in the probe.
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        points: (N, *input_shape) inputs, one example per row; integer token ids stay integers.
+        layers: which activations (a key, glob, `activations.Activation` type or list); None: all.
+        saturation: the threshold s in (0, 1]: a unit is saturated where 0 < |φ'(z)| < s.
+        batched: the model is written batch-first: it is called on x[None] per point.
+        model_kwargs: keyword arguments of every call (`rngs=`, a KV cache, segment ids), held fixed
+            and the same for every point; graph nodes among them are copied per call.
+        chunk_size: points per vmapped batch (default `jacobians.DEFAULT_CHUNK_SIZE`): memory is
+            bounded by the chunk.
+        devices: the devices to spread the points over (default: every device JAX sees).
 
     Returns:
-      {key: {"name", "dead_fraction", "saturated_fraction", "live_fraction",
-      "derivative_quantiles" ({q: quantile of φ'(z)} for q in `QUANTILES`), "saturation",
-      "units" (units per point)}}, in call order. Fractions are over all units and points:
-      dead = φ'(z) = 0 exactly (a relu below 0), saturated = 0 < |φ'(z)| < saturation
-      (tanh or sigmoid far from 0, gelu and silu deep in their negative tails), live the rest.
+        {key: {"name", "dead_fraction", "saturated_fraction", "live_fraction",
+        "derivative_quantiles" ({q: quantile of φ'(z)} for q in `QUANTILES`), "saturation",
+        "units" (units per point)}}, in call order.
 
     Raises:
-      ValueError: saturation outside (0, 1] or not finite; a selector naming no activation.
+        ValueError: saturation outside (0, 1] or not finite; a selector naming no activation; and
+            what every probe function refuses (points that do not fit, state changed under a
+            transform).
+        batching.CompilerFaultError: the batched derivatives disagree with their unbatched
+            recomputation (a compiler fault).
     """
     if isinstance(saturation, bool) or not isinstance(saturation, (int, float)) or not 0 < saturation <= 1:
         raise ValueError(f"saturation must be a number in (0, 1] (the |φ'| below which a unit counts as "

@@ -161,11 +161,21 @@ _EXTRA: dict[str, Activation] = {
 
 
 def get(name: str | Activation) -> Activation:
-    """The activation called `name` (an `Activation` is returned unchanged).
+    """The activation called `name`.
 
     ``leaky_relu_<slope>`` (e.g. ``leaky_relu_0.2``) gives leaky ReLU with that slope;
     ``"gelu_tanh"`` the tanh-approximate GELU (not in `NAMES`, which the experiments sweep).
-    Raises ValueError listing the valid names for anything else.
+
+    Args:
+        name: a name in `NAMES`, ``leaky_relu_<slope>``, ``"gelu_tanh"``, or an `Activation`
+            (returned unchanged).
+
+    Returns:
+        The `Activation`: φ, its hand-written φ', and the declared facts `strictly_monotone` and
+        `smooth` (C¹).
+
+    Raises:
+        ValueError: an unknown name, listing the valid ones.
     """
     if isinstance(name, Activation):
         return name

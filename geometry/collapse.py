@@ -201,15 +201,42 @@ def _check_head(W, bias, num_classes: int, dim: int, layout: str = "out_in"):
 def collapse_metrics(H: Shaped[AnyArray, "N d"], y: Shaped[AnyArray, "N"], W=None, bias=None, *, num_classes: int | None = None, min_count: int = DEFAULT_MIN_COUNT,
                      H_eval=None, y_eval=None, layout: str = "out_in", convention: str = "default",
                      pinv_rtol: float = PINV_RTOL) -> dict:
-    """Collapse metrics of features H (N, d) with labels y (N,), all in memory.
+    """Neural-collapse metrics of penultimate features, all in memory (`CollapseAccumulator` streams
+    the same in three passes).
 
-    W and bias are the linear head (needed for nc3, unc3, nc4): an `nnx.Linear` or
-    `geometry.layers.Dense` (bias taken from it), or a weight array read in `layout` —
-    "out_in", (num_classes, d), the default, or "in_out", (d, num_classes) as a Flax kernel. nc4 is
-    measured on (H_eval, y_eval) when given (validation tokens; only those whose label is
-    an included class), otherwise on H. `convention` names whose definitions to use:
-    "default" (module docstring) or "linguistic_collapse" (`geometry.collapse_studies`).
-    `pinv_rtol`: Σ_B⁺'s relative eigenvalue cut-off (torch.linalg.pinv's is d · eps).
+    Definitions (module docstring): nc1 = Tr(Σ_W Σ_B⁺)/C; cdnv (Galanti et al.); nc2_equinorm
+    (CoV of ‖μ_c − μ_G‖), nc2_equiangle (std of the cosines between centred means); gnc2; nc3
+    (‖W/‖W‖_F − M̄/‖M̄‖_F‖_F, Papyan et al.) and unc3; nc4 (nearest-class-mean decisions against the
+    head's). Classes with fewer than `min_count` samples are left out and listed.
+
+    Args:
+        H: (N, d) features.
+        y: (N,) integer labels.
+        W: the linear head, needed for nc3, unc3 and nc4: an `nnx.Linear`, a `geometry.layers.Dense`
+            (bias taken from it) or a weight array read in `layout`. None: those metrics are None.
+        bias: (C,) head bias when W is an array (None: no bias).
+        num_classes: C (None: max(y) + 1).
+        min_count: classes with fewer samples are excluded (≥ 1).
+        H_eval: (N', d) features nc4 is measured on (validation tokens), only those whose label is an
+            included class; None: H.
+        y_eval: (N',) labels of H_eval.
+        layout: "out_in" ((C, d), the default) or "in_out" ((d, C), a Flax kernel) for an array W.
+        convention: "default" (this library's definitions) or "linguistic_collapse" (Wu & Papyan's
+            code definitions, `geometry.collapse_studies`).
+        pinv_rtol: relative eigenvalue cut-off of Σ_B⁺ (torch.linalg.pinv's is d · eps).
+
+    Returns:
+        dict: "nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "gnc2", "gnc2_std", "nc3", "unc3",
+        "nc4" (floats; nc3 / unc3 / nc4 None without W), "mean_cosine" and "simplex_cosine" (the
+        centred means' mean cosine and the simplex ETF's −1/(C−1)), "global_mean", "pinv_kept" and
+        "pinv_rtol" (Σ_B⁺'s eigenvalues kept and its cut-off), "classes" / "classes_excluded" and
+        "tokens" / "tokens_excluded" (what was included); with `convention="linguistic_collapse"`
+        the study's CSV columns instead.
+
+    Raises:
+        ValueError: shapes that disagree (H and y, W and d or C), non-integer or negative labels,
+            NaN or inf in H or W, fewer than two included classes, an unknown convention (or layout, with W),
+            or a pinv_rtol / min_count out of range.
     """
     if not (np.isfinite(pinv_rtol) and 0 <= pinv_rtol < 1):
         raise ValueError(f"pinv_rtol must be in [0, 1), got {pinv_rtol}")

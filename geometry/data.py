@@ -99,7 +99,21 @@ def make_regression(name: str, n: int = 400, *, noise: float = 0.0, seed: int = 
 
 
 def make_dataset(name: str, n: int = 1000, *, noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(X (n, 2) float32, y (n,) int32) of the named dataset."""
+    """A two-dimensional toy classification set, deterministic for a seed.
+
+    Args:
+        name: "linear", "circles", "xor", "spiral" (two arms) or "moons".
+        n: number of points (a positive integer).
+        noise: standard deviation of Gaussian noise added to the coordinates (finite, ≥ 0).
+        seed: random seed (a non-negative integer).
+
+    Returns:
+        (X, y): X (n, 2) float32 points, y (n,) int32 labels in {0, 1}.
+
+    Raises:
+        ValueError: an unknown name (the valid ones are listed), a negative or non-finite noise,
+            or a seed that is not a non-negative integer.
+    """
     if name not in _MAKERS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if isinstance(n, bool) or not math.isfinite(n) or int(n) != n or not 1 <= n <= 10**8:
@@ -114,9 +128,16 @@ def make_dataset(name: str, n: int = 1000, *, noise: float = 0.0, seed: int = 0)
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled handwritten digits: X (1797, 64) float32 in [0, 1] (8×8 images,
-    row-major, grey levels 0..16 divided by 16), y (1797,) int32 in 0..9. Nothing is downloaded:
-    the data ship inside scikit-learn. Reshape X to (-1, 8, 8, 1) for image models."""
+    """scikit-learn's bundled handwritten digits (nothing is downloaded: the data ship inside
+    scikit-learn).
+
+    Returns:
+        (X, y): X (1797, 64) float32 in [0, 1] (8×8 images, row-major, grey levels 0..16 divided by
+        16; reshape to (-1, 8, 8, 1) for image models), y (1797,) int32 in 0..9.
+
+    Raises:
+        ImportError: scikit-learn is not installed (it is a dependency of this package).
+    """
     from sklearn.datasets import load_digits as sklearn_digits  # a heavy import, only when asked for
 
     digits = sklearn_digits()
@@ -124,17 +145,29 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_dataset(path, *, label: str | int = -1, targets: str = "classes") -> tuple[np.ndarray, np.ndarray]:
-    """A user's classification data as (X (N, d) float32, y (N,) int32 labels 0..C-1), or with
-    `targets="real"` regression data (y (N,) float32, any finite numbers).
+    """A user's data set from a CSV or NPZ file, checked cell by cell.
 
-    * CSV (``.csv``/``.txt``): a header row naming the columns, then one example per row;
-      the label column is the last one, or the one `label` names (a header name or an index).
-      Every other cell must be a finite number.
+    * CSV (``.csv``/``.txt``): a header row naming the columns, then one example per row; the label
+      column is the last one, or the one `label` names. Every other cell must be a finite number.
     * NPZ (``.npz``): arrays ``x`` (N, ...) and ``y`` (N,).
-    Labels must be integers; they are kept as they are when they are 0..C-1 and otherwise
-    mapped to 0..C-1 in sorted order. Errors name the file and the line (CSV, counting the
-    header as line 1) or the row: a non-numeric or empty cell, a ragged row, a missing or
-    fractional label, NaN or inf, fewer than two classes, no rows.
+
+    Labels must be integers; they are kept when they are 0..C-1 and otherwise mapped to 0..C-1 in
+    sorted order.
+
+    Args:
+        path: the file (str or path-like).
+        label: the label column of a CSV: a header name, or an integer index (default -1: the last).
+        targets: "classes" (integer labels) or "real" (regression targets, any finite numbers).
+
+    Returns:
+        (X, y): X (N, d) float32; y (N,) int32 labels 0..C-1, or float32 targets with
+        `targets="real"`.
+
+    Raises:
+        ValueError: naming the file and the line (CSV, counting the header as line 1) or the row: a
+            non-numeric or empty cell, a ragged row, a missing or fractional label, NaN or inf, fewer
+            than two classes, no rows, or an unsupported file type.
+        FileNotFoundError: no such file.
     """
     path = Path(path)
     if targets not in ("classes", "real"):
@@ -331,10 +364,20 @@ def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, *
 
 
 def grid(bounds: tuple[float, float, float, float] = (-2.5, 2.5, -2.5, 2.5), resolution: int = 200):
-    """Points of a regular grid: (resolution², 2) float32, row-major from (xmin, ymin).
+    """Points of a regular grid over a rectangle, row-major from (xmin, ymin).
 
-    Reshape per-point values to (resolution, resolution) for `imshow(origin="lower",
-    extent=bounds)`.
+    Reshape per-point values to (resolution, resolution) for
+    `imshow(origin="lower", extent=bounds)`.
+
+    Args:
+        bounds: (xmin, xmax, ymin, ymax), finite, with xmin < xmax and ymin < ymax.
+        resolution: points per side (≥ 2).
+
+    Returns:
+        (resolution², 2) float32 points.
+
+    Raises:
+        ValueError: bounds that are not four finite numbers in increasing pairs, or resolution < 2.
     """
     if len(bounds) != 4 or not all(math.isfinite(b) for b in bounds) or bounds[0] >= bounds[1] or bounds[2] >= bounds[3]:
         raise ValueError(f"bounds must be finite (xmin, xmax, ymin, ymax) with xmin < xmax and ymin < ymax, got {bounds}")

@@ -311,30 +311,44 @@ def jacobian_field(f, points: Shaped[AnyArray, "N *input"], *, mode: str = "auto
                    reduce: Callable | None = None, devices: Sequence[jax.Device] | None = None,
                    batched: bool = False, as_matrix: bool = False, check_finite: bool = True, model_kwargs=None,
                    wrt: str | None = None):
-    """The Jacobian of f at every point: (N, *out_shape, *in_shape), what `jax.jacobian` gives per point.
+    """The Jacobian of f at every point, what `jax.jacobian` gives per point, chunked, sharded
+    over the devices and checked by the compiler canary.
 
     Args:
-      f: an `nnx.Module`, a module's bound method, a function of one example x, or
-        `f(params, x)` together with `params=`. Pytree outputs give a pytree of fields.
-      points: (N, *input_shape) finite floating-point inputs (integer points, e.g. token ids,
-        need `wrt=`).
-      mode: "forward" (jacfwd), "reverse" (jacrev) or "auto" (see the module docstring).
-      params: the parameters of `f(params, x)` (e.g. Linen variables); new values reuse the
-        compiled function.
-      chunk_size: points per vmapped batch (default `DEFAULT_CHUNK_SIZE`); memory is
-        bounded by the chunk. Pass `len(points)` to vmap everything at once.
-      reduce: applied to each point's Jacobian (to each leaf, for pytree outputs) inside the
-        chunked loop (e.g. `geometry.spectra.singular_values`): only its result is kept.
-      devices: the devices to spread the points over (default: all of `jax.devices()`).
-      batched: f expects a leading batch axis (written batch-first): it is called on x[None].
-      as_matrix: each point's Jacobian reshaped to (prod(out_shape), prod(in_shape)), the form
-        the spectra take, before `reduce`.
-      check_finite: raise ValueError when the Jacobian is NaN or inf at a finite point.
-      model_kwargs: keyword arguments of every call (`rngs=`, `deterministic=`, a KV cache,
-        segment ids), held fixed and the same for every point (`as_pure_function`).
-      wrt: the path of one layer of the module f (`probe.layers` lists them): the derivative
-        of f's output with respect to that layer's output instead, (N, *out_shape, *wrt_shape),
-        f still run from its own points (so token ids stay integers; e.g. wrt="embed").
+        f: an `nnx.Module`, a module's bound method, a function of one example x, or
+            `f(params, x)` together with `params=`. Pytree outputs give a pytree of fields.
+        points: (N, *input_shape) finite floating-point inputs (integer points, e.g. token ids,
+            need `wrt=`).
+        mode: "forward" (jacfwd), "reverse" (jacrev) or "auto": forward when the input has at most
+            `REVERSE_COST` times as many entries as the output, reverse otherwise.
+        params: the parameters of `f(params, x)` (e.g. Linen variables); new values reuse the
+            compiled function.
+        chunk_size: points per vmapped batch (default `DEFAULT_CHUNK_SIZE`); memory is bounded by
+            the chunk. Pass `len(points)` to vmap everything at once.
+        reduce: applied to each point's Jacobian (to each leaf, for pytree outputs) inside the
+            chunked loop (e.g. `geometry.spectra.singular_values`): only its result is kept.
+        devices: the devices to spread the points over (default: all of `jax.devices()`).
+        batched: f expects a leading batch axis (written batch-first): it is called on x[None].
+        as_matrix: each point's Jacobian reshaped to (prod(out_shape), prod(in_shape)), the form
+            the spectra take, before `reduce`.
+        check_finite: raise ValueError when the Jacobian is NaN or inf at a finite point.
+        model_kwargs: keyword arguments of every call (`rngs=`, `deterministic=`, a KV cache,
+            segment ids), held fixed and the same for every point.
+        wrt: the path of one layer of the module f (`probe.layers` lists them): the derivative of
+            f's output with respect to that layer's output instead, (N, *out_shape, *wrt_shape), f
+            still run from its own points (so token ids stay integers; e.g. `wrt="embed"`).
+
+    Returns:
+        (N, *out_shape, *in_shape) Jacobians (a pytree of them for pytree outputs), or what
+        `reduce` returns per point, stacked over the N points.
+
+    Raises:
+        ValueError: an unknown mode, empty or non-finite points, an empty output, a two-argument f
+            without `params=`, points that do not fit f (with the `batched=True` hint), a model
+            that changes its state under the transform (call `model.eval()`), a `wrt` that names no
+            single layer, or a Jacobian that is NaN or inf at finite points (`check_finite`).
+        batching.CompilerFaultError: the batched computation disagrees with the same function
+            compiled unbatched at the points the canary recomputes (a compiler fault).
     """
     if wrt is not None:
         if module_and_method(f)[0] is None or params is not None:

@@ -175,10 +175,6 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
                     devices=None, batched: bool = False, model_kwargs=None) -> dict:
     """The k largest (or smallest) singular values of each point's Jacobian without forming it.
 
-    Returns {"values": (N, k) descending for "largest", ascending for "smallest", "bounds":
-    (N, k) residual bounds (module docstring), "converged": (N, k) bool (bound ≤ tol·σ_max),
-    "steps": (N,) Golub–Kahan steps used at each point}.
-
     Steps for "largest" by default: min(r, 2k + 32) first, then BLOCK_STEPS more at a time — the
     same Krylov space extended, nothing recomputed — until the k largest are converged or about
     min(r, 4k + 40) steps are done (r = min(m, n); the former fixed default). The top 16 of a
@@ -186,6 +182,33 @@ def singular_values(f, points: Shaped[AnyArray, "N *input"], k: int, *, which: s
     (benchmarks/matfree.py), well-separated values at the first check. A given `steps` runs
     exactly that many. "smallest" runs r steps by default (a complete bidiagonalisation: exact).
     `strict=True` raises ValueError when any value has not converged instead of flagging it.
+
+    Args:
+        f: an `nnx.Module`, a bound method, a function of one example x, or `f(params, x)` with
+            `params=` (e.g. one layer from `probe.layer_function`); its output is flattened.
+        points: (N, *input_shape) finite floating-point inputs.
+        k: how many singular values (1 ≤ k ≤ min(m, n)).
+        which: "largest" or "smallest".
+        params: the parameters of `f(params, x)`.
+        steps: Golub–Kahan steps (None: adaptive for "largest", r for "smallest").
+        tol: a value is converged when its residual bound ≤ tol · σ_max (finite, > 0).
+        strict: raise instead of flagging values that have not converged.
+        seed: seeds the probes and start vectors (a new seed reuses the compiled program).
+        chunk_size: points per vmapped batch (memory is bounded by the chunk).
+        devices: the devices to spread the points over (default: every device JAX sees).
+        batched: f is written batch-first: it is called on x[None].
+        model_kwargs: keyword arguments of every call, held fixed.
+
+    Returns:
+        dict: "values" (N, k), descending for "largest", ascending for "smallest"; "bounds" (N, k)
+        residual bounds (module docstring); "converged" (N, k) bool (bound ≤ tol · σ_max); "steps"
+        (N,) the Golub–Kahan steps used at each point.
+
+    Raises:
+        ValueError: k or steps out of range, an unknown `which`, a tol that is not finite and
+            positive, non-finite points, or (with `strict=True`) a value that has not converged.
+        batching.CompilerFaultError: the batched computation disagrees with its unbatched
+            recomputation at the points the canary checks (a compiler fault).
     """
     if which not in WHICH:
         raise ValueError(f"unknown which={which!r}; valid: {', '.join(WHICH)}")
@@ -286,10 +309,36 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
     exact, and "auto" pays for both routes wherever it hands over — hence the default.
     "lanczos_on_gram" (N,) says which kernel each point's value came from.
 
-    Returns {"values", "standard_error", "quadrature_error", "total_error", "lower", "upper",
-    "steps" (N,) (0 for the dense route, whose error is its rounding), "rigorous" (N,),
-    "converged" (N,), "lanczos_on_gram" (N,), "probes", "tol"};
-    a numerically singular J is a ValueError (its log volume is -inf)."""
+    Args:
+        f: an `nnx.Module`, a bound method, a function of one example x, or `f(params, x)` with
+            `params=` (e.g. one layer from `probe.layer_function`); its output is flattened.
+        points: (N, *input_shape) finite floating-point inputs.
+        params: the parameters of `f(params, x)`.
+        probes: Rademacher probes per point (≥ 1).
+        steps: quadrature steps (None: adaptive from 32, doubling until the tolerance is met).
+        tol: relative tolerance of the total error, against max(|value|, r).
+        sigma_min_lower: a proven lower bound on every point's σ_min, making the Gauss–Radau end
+            of the bracket rigorous (None: estimated from the Ritz values).
+        strict: raise where total_error > tol · max(|value|, r) instead of reporting it.
+        seed: seeds the probes and start vectors (a new seed reuses the compiled program).
+        kernel: "bidiagonal" (Golub–Kahan on J), "gram" (Lanczos on the Gram matrix) or "auto".
+        chunk_size: points per vmapped batch (memory is bounded by the chunk).
+        devices: the devices to spread the points over (default: every device JAX sees).
+        batched: f is written batch-first: it is called on x[None].
+        model_kwargs: keyword arguments of every call, held fixed.
+
+    Returns:
+        dict: "values", "standard_error", "quadrature_error", "total_error", "lower", "upper"
+        (N,); "steps" (N,) (0 for the dense route, whose error is its rounding); "rigorous",
+        "converged", "lanczos_on_gram" (N,) bool; "probes"; "tol".
+
+    Raises:
+        ValueError: a numerically singular J (its log volume is −inf), probes / steps / tol /
+            sigma_min_lower out of range, an unknown kernel, non-finite points, or (with
+            `strict=True`) a point beyond the tolerance.
+        batching.CompilerFaultError: the batched computation disagrees with its unbatched
+            recomputation at the points the canary checks (a compiler fault).
+    """
     pure, params, points, m, n = _prepare(f, points, params, batched, model_kwargs)
     r = min(m, n)
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
@@ -380,9 +429,30 @@ def log_volume(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: 
 @shape_checked
 def frobenius_norm_squared(f, points: Shaped[AnyArray, "N *input"], *, params=None, probes: int = 32, seed: int = 0,
                            chunk_size: int | None = None, devices=None, batched: bool = False, model_kwargs=None) -> dict:
-    """‖J‖_F² = tr JᵀJ at each point by Hutchinson's estimator E_z ‖J z‖² (z Rademacher):
-    {"values": (N,), "standard_error": (N,), "total_error": (N,), "probes"}. Each probe's ‖J z‖² is
-    computed exactly (no quadrature), so the whole error is the probes' standard error."""
+    """‖J‖_F² = tr JᵀJ at each point by Hutchinson's estimator E_z ‖J z‖² (z Rademacher). Each
+    probe's ‖J z‖² is computed exactly (no quadrature), so the whole error is the probes'
+    standard error.
+
+    Args:
+        f: an `nnx.Module`, a bound method, a function of one example x, or `f(params, x)` with
+            `params=` (e.g. one layer from `probe.layer_function`); its output is flattened.
+        points: (N, *input_shape) finite floating-point inputs.
+        params: the parameters of `f(params, x)`.
+        probes: Rademacher probes per point (≥ 2, for a standard error).
+        seed: seeds the probes and start vectors (a new seed reuses the compiled program).
+        chunk_size: points per vmapped batch (memory is bounded by the chunk).
+        devices: the devices to spread the points over (default: every device JAX sees).
+        batched: f is written batch-first: it is called on x[None].
+        model_kwargs: keyword arguments of every call, held fixed.
+
+    Returns:
+        dict: "values" (N,), "standard_error" (N,), "total_error" (N,), "probes".
+
+    Raises:
+        ValueError: probes out of range, or non-finite points.
+        batching.CompilerFaultError: the batched computation disagrees with its unbatched
+            recomputation at the points the canary checks (a compiler fault).
+    """
     frobenius, _ = _per_probe(lambda pure, steps, transpose: _Hutchinson(pure), f, points, params, probes, 1, 1,
                               seed, chunk_size, devices, batched, model_kwargs)
     standard_error = frobenius.std(axis=1, ddof=1) / math.sqrt(probes)
@@ -406,8 +476,27 @@ def spectral_density(f, x: Shaped[AnyArray, "*input"], *, params=None, probes: i
     bandwidth, and shrinks as steps grow. "total_error" = standard_error + quadrature_error.
     Polynomial moments Σ τ_j² θ_j^k of degree k < 2s are exact per probe (no quadrature error).
 
-    Returns {"grid", "density" (G,), "standard_error", "quadrature_error", "total_error" (G,),
-    "nodes" (P, s), "weights" (P, s), "probes", "steps"}."""
+    Args:
+        f: an `nnx.Module`, a bound method, a function of one example x, or `f(params, x)` with
+            `params=` (e.g. one layer from `probe.layer_function`); its output is flattened.
+        x: ONE input point (*input_shape).
+        params: the parameters of `f(params, x)`.
+        probes: Rademacher probes (≥ 1).
+        steps: Lanczos steps per probe (None: min(r, 64)).
+        grid: (G,) values of λ the density is evaluated at (None: 200 points over the nodes).
+        bandwidth: the Gaussian smoothing width (None: 2% of the node range; finite, > 0).
+        seed: seeds the probes and start vectors (a new seed reuses the compiled program).
+        batched: f is written batch-first: it is called on x[None].
+        model_kwargs: keyword arguments of the call, held fixed.
+
+    Returns:
+        dict: "grid" (G,), "density" (G,), "standard_error", "quadrature_error", "total_error"
+        (G,), "nodes" (P, s), "weights" (P, s), "probes", "steps".
+
+    Raises:
+        ValueError: probes, steps or bandwidth out of range, a grid that is not finite, or a
+            non-finite point.
+    """
     x = jnp.asarray(x)
     pure, params, points, m, n = _prepare(f, x[None], params, batched, model_kwargs)
     steps, signs = krylov.probes(probes, steps, 40, m, n, seed, points.dtype)

@@ -42,7 +42,19 @@ def _host_float64(name: str, value) -> np.ndarray:
 
 @shape_checked
 def pullback_metric(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch n n"]:
-    """Jᵀ J for J of shape (..., m, n): a (..., n, n) symmetric PSD matrix."""
+    """Pullback metric g = JᵀJ of a map with Jacobian J: the inner product the layer induces on
+    its input space, ‖J v‖² = vᵀ g v.
+
+    Args:
+        J: (..., m, n) Jacobians, batched over every leading axis.
+
+    Returns:
+        (..., n, n) symmetric positive semi-definite matrices; singular exactly where J has a
+        null direction (rank < n).
+
+    Raises:
+        ValueError: J is not a real floating array of at least two axes, or holds NaN or inf.
+    """
     J = _finite("J", J)
     g = jnp.einsum("...ki,...kj->...ij", J, J)
     if not isinstance(g, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(g))):

@@ -103,11 +103,26 @@ def _prepare(model, layers, example, what: str, batched: bool, model_kwargs=None
 
 
 def capture_fn(model, layers=None, *, example, what: str = "outputs", batched: bool = False, model_kwargs=None):
-    """(fn, state, keys): fn(state, x) -> (model output, {key: value}) for one example x.
+    """A pure function of (state, x) returning the model's output and the selected layers' values:
+    jit and vmap it; `nnx.merge` happens inside.
 
-    `what` is "outputs" (what each layer returns) or "inputs" (its first positional
-    argument). A pure function: jit and vmap it, `nnx.merge` happens inside; `state` is that
-    of (model, model_kwargs).
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        layers: which layers: a path (`"layers/0"`), a glob (`"blocks/*"`), an activation key
+            (`"relu#1"`, `"blocks/0/mlp:gelu"`), a type (`nnx.Conv`, `activations.Activation`), or a
+            list of these. None: the top-level layers and the model's own activations, in call order.
+        example: one model input (sets the shapes traced).
+        what: "outputs" (what each layer returns) or "inputs" (its first positional argument).
+        batched: the model is written batch-first.
+        model_kwargs: keyword arguments of the call, held fixed.
+
+    Returns:
+        (fn, state, keys): fn(state, x) → (model output, {key: value}); state that of
+        (model, model_kwargs); keys the selected layers in call order.
+
+    Raises:
+        ValueError: an unknown `what`, or a selector that matches no layer.
     """
     fn, state, keys, _ = _prepare(model, layers, example, what, batched, model_kwargs)
     return fn, state, keys
@@ -125,9 +140,25 @@ class _LayerOutput(StaticKey):
 
 
 def layer_function(model, layer: str, *, example, batched: bool = False, model_kwargs=None):
-    """(f, state) with f(state, x) = the output of `layer` (a path or a pattern matching one
-    layer) at model input x: the form every `f(params, x)` analysis takes, e.g. per-layer spectra
-    of wide layers without a dense SVD — `matfree.singular_values(f, points, k, params=state)`."""
+    """One layer of a model as `f(state, x)`: the form every `f(params, x)` analysis takes, e.g. the
+    spectra of wide layers without a dense SVD,
+    `matfree.singular_values(f, points, k, params=state)`.
+
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        layer: a path, or a pattern matching exactly one layer call.
+        example: one model input (sets the shapes traced).
+        batched: the model is written batch-first.
+        model_kwargs: keyword arguments of the call, held fixed.
+
+    Returns:
+        (f, state): f(state, x) = the output of `layer` when the model is run on input x; state the
+        model's (and model_kwargs') state.
+
+    Raises:
+        ValueError: a `layer` that matches no layer or more than one.
+    """
     example = jax.ShapeDtypeStruct(jnp.shape(example), jnp.result_type(example))
     fn, state, keys, _ = _prepare(model, layer, example, "outputs", batched, model_kwargs)
     if len(keys) != 1:
@@ -157,14 +188,66 @@ def _values(model, points, layers, which: str, chunk_size, devices, batched, mod
 @shape_checked
 def outputs(model, points: Shaped[AnyArray, "N *input"], layers=None, *, chunk_size: int | None = None, devices=None,
             batched: bool = False, model_kwargs=None):
-    """{path: (N, *output_shape)}: what each selected layer returns at every point."""
+    """What each selected layer returns at every point (an activation: φ(z)).
+
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        points: (N, *input_shape) inputs, one example per row; integer token ids stay integers.
+        layers: which layers: a path (`"layers/0"`), a glob (`"blocks/*"`), an activation key
+            (`"relu#1"`, `"blocks/0/mlp:gelu"`), a type (`nnx.Conv`, `activations.Activation`), or a
+            list of these. None: the top-level layers and the model's own activations, in call order.
+        batched: the model is written batch-first: it is called on x[None] per point.
+        model_kwargs: keyword arguments of every call (`rngs=`, a KV cache, segment ids), held fixed
+            and the same for every point; graph nodes among them are copied per call.
+        chunk_size: points per vmapped batch (default `jacobians.DEFAULT_CHUNK_SIZE`): memory is
+            bounded by the chunk.
+        devices: the devices to spread the points over (default: every device JAX sees).
+
+    Returns:
+        {key: (N, *output_shape)} in call order.
+
+    Raises:
+        ValueError: a selector that matches no layer (the layers there are are listed), points that
+            do not fit the model (with the `batched=True` hint for batch-first models), a model that
+            changes its state while evaluated (BatchNorm / Dropout in training mode: call
+            `model.eval()`), or a Jacobian that is NaN or inf at finite points.
+        batching.CompilerFaultError: the batched computation disagrees with the same function
+            compiled unbatched at the points the canary recomputes (a compiler fault).
+    """
     return _values(model, points, layers, "outputs", chunk_size, devices, batched, model_kwargs)
 
 
 @shape_checked
 def inputs(model, points: Shaped[AnyArray, "N *input"], layers=None, *, chunk_size: int | None = None, devices=None,
             batched: bool = False, model_kwargs=None):
-    """{path: (N, *input_shape)}: the first positional argument each selected layer receives."""
+    """The first positional argument each selected layer receives at every point (an activation: z).
+
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        points: (N, *input_shape) inputs, one example per row; integer token ids stay integers.
+        layers: which layers: a path (`"layers/0"`), a glob (`"blocks/*"`), an activation key
+            (`"relu#1"`, `"blocks/0/mlp:gelu"`), a type (`nnx.Conv`, `activations.Activation`), or a
+            list of these. None: the top-level layers and the model's own activations, in call order.
+        batched: the model is written batch-first: it is called on x[None] per point.
+        model_kwargs: keyword arguments of every call (`rngs=`, a KV cache, segment ids), held fixed
+            and the same for every point; graph nodes among them are copied per call.
+        chunk_size: points per vmapped batch (default `jacobians.DEFAULT_CHUNK_SIZE`): memory is
+            bounded by the chunk.
+        devices: the devices to spread the points over (default: every device JAX sees).
+
+    Returns:
+        {key: (N, *input_shape)} in call order.
+
+    Raises:
+        ValueError: a selector that matches no layer (the layers there are are listed), points that
+            do not fit the model (with the `batched=True` hint for batch-first models), a model that
+            changes its state while evaluated (BatchNorm / Dropout in training mode: call
+            `model.eval()`), or a Jacobian that is NaN or inf at finite points.
+        batching.CompilerFaultError: the batched computation disagrees with the same function
+            compiled unbatched at the points the canary recomputes (a compiler fault).
+    """
     return _values(model, points, layers, "inputs", chunk_size, devices, batched, model_kwargs)
 
 
@@ -173,15 +256,44 @@ def input_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=Non
                          mode: str = "auto", chunk_size: int | None = None,
                          reduce: Callable | None = None, devices=None, batched: bool = False,
                          as_matrix: bool = False, check_finite: bool = True, model_kwargs=None) -> dict[str, Any]:
-    """{path: (N, *output_shape, *input_shape)}: ∂(output of the layer)/∂x at every point.
+    """∂(output of each selected layer)/∂(model input) at every point, for all selected layers in
+    one Jacobian of their outputs together, in the mode that is cheaper for the model input size
+    against their total size (`jacobians.choose_mode`).
 
-    One Jacobian of all selected outputs together, in the mode that is cheaper for the
-    model input size against their total size (`jacobians.choose_mode`).
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        points: (N, *input_shape) inputs, one example per row; integer token ids stay integers.
+        layers: which layers: a path (`"layers/0"`), a glob (`"blocks/*"`), an activation key
+            (`"relu#1"`, `"blocks/0/mlp:gelu"`), a type (`nnx.Conv`, `activations.Activation`), or a
+            list of these. None: the top-level layers and the model's own activations, in call order.
+        wrt: differentiate with respect to the output of layer `wrt` instead (a token embedding, or
+            block 3's output), the model still run from its own inputs: integer token ids stay
+            integers. Layers called before it do not depend on it (zero).
+        mode: "forward", "reverse" or "auto" (the cheaper for the input size against the total size
+            of the selected outputs).
+        reduce: applied to each point's Jacobian inside the chunked loop (e.g.
+            `spectra.singular_values`): only its result is kept.
+        as_matrix: each point's Jacobian reshaped to (output size, input size) before `reduce`.
+        check_finite: raise where the Jacobian is NaN or inf at finite points (False: return it raw).
+        batched: the model is written batch-first: it is called on x[None] per point.
+        model_kwargs: keyword arguments of every call (`rngs=`, a KV cache, segment ids), held fixed
+            and the same for every point; graph nodes among them are copied per call.
+        chunk_size: points per vmapped batch (default `jacobians.DEFAULT_CHUNK_SIZE`): memory is
+            bounded by the chunk.
+        devices: the devices to spread the points over (default: every device JAX sees).
 
-    `wrt=PATH`: the derivative with respect to the output of layer PATH instead (e.g. a token
-    embedding, or block 3's output), the model still run from its own inputs: the shape is
-    then (N, *output_shape, *PATH's output shape). The points are not differentiated, so
-    integer token ids stay integers. Layers called before PATH do not depend on it (zero).
+    Returns:
+        {key: (N, *output_shape, *input_shape)} in call order (input_shape: the `wrt` layer's
+        output shape with `wrt=`), or what `reduce` returns per point.
+
+    Raises:
+        ValueError: a selector that matches no layer (the layers there are are listed), points that
+            do not fit the model (with the `batched=True` hint for batch-first models), a model that
+            changes its state while evaluated (BatchNorm / Dropout in training mode: call
+            `model.eval()`), or a Jacobian that is NaN or inf at finite points.
+        batching.CompilerFaultError: the batched computation disagrees with the same function
+            compiled unbatched at the points the canary recomputes (a compiler fault).
     """
     if wrt is None:
         points = jacobians.check_points(points)
@@ -204,12 +316,44 @@ def input_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=Non
 def local_jacobian_field(model, points: Shaped[AnyArray, "N *input"], layers=None, *, mode: str = "auto", chunk_size: int | None = None,
                          reduce: Callable | None = None, devices=None, batched: bool = False,
                          as_matrix: bool = False, check_finite: bool = True, model_kwargs=None) -> dict[str, Any]:
-    """{path: (N, *output_shape, *layer_input_shape)}: each layer's own Jacobian
-    ∂(output)/∂(first input) at the input it receives from each point (other arguments fixed).
+    """Each selected layer's own Jacobian ∂(output)/∂(first input), at the input it receives from
+    each point (its other arguments held at the values they had).
 
     An activation found in the computation has a diagonal local Jacobian, D_φ(z): its entry is
     that diagonal, φ'(z) of shape (N, *z_shape), never the dense (n × n) matrix (`reduce` and
-    `as_matrix` do not apply to it; its singular values are |φ'(z)|, `local_singular_values`)."""
+    `as_matrix` do not apply to it; its singular values are |φ'(z)|, `local_singular_values`).
+
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        points: (N, *input_shape) inputs, one example per row; integer token ids stay integers.
+        layers: which layers: a path (`"layers/0"`), a glob (`"blocks/*"`), an activation key
+            (`"relu#1"`, `"blocks/0/mlp:gelu"`), a type (`nnx.Conv`, `activations.Activation`), or a
+            list of these. None: the top-level layers and the model's own activations, in call order.
+        mode: "forward", "reverse" or "auto" (the cheaper for the input size against the total size
+            of the selected outputs).
+        reduce: applied to each point's Jacobian inside the chunked loop (e.g.
+            `spectra.singular_values`): only its result is kept.
+        as_matrix: each point's Jacobian reshaped to (output size, input size) before `reduce`.
+        check_finite: raise where the Jacobian is NaN or inf at finite points (False: return it raw).
+        batched: the model is written batch-first: it is called on x[None] per point.
+        model_kwargs: keyword arguments of every call (`rngs=`, a KV cache, segment ids), held fixed
+            and the same for every point; graph nodes among them are copied per call.
+        chunk_size: points per vmapped batch (default `jacobians.DEFAULT_CHUNK_SIZE`): memory is
+            bounded by the chunk.
+        devices: the devices to spread the points over (default: every device JAX sees).
+
+    Returns:
+        {key: (N, *output_shape, *layer_input_shape)} in call order; activations (N, *z_shape).
+
+    Raises:
+        ValueError: a selector that matches no layer (the layers there are are listed), points that
+            do not fit the model (with the `batched=True` hint for batch-first models), a model that
+            changes its state while evaluated (BatchNorm / Dropout in training mode: call
+            `model.eval()`), or a Jacobian that is NaN or inf at finite points.
+        batching.CompilerFaultError: the batched computation disagrees with the same function
+            compiled unbatched at the points the canary recomputes (a compiler fault).
+    """
     points = jacobians.check_points(points, differentiable=False)
     recorder, state, found, modes, selected = local.local_setup(model, points, layers, mode, batched, model_kwargs)
     result = local.activation_derivatives(model, points, found, selected, model_kwargs, chunk_size, devices)
@@ -269,14 +413,39 @@ class _TokenBlocks(StaticKey):
 def token_jacobians(model, points: Shaped[AnyArray, "N *input"], layer: str, *, wrt: str, pairs: str = "diagonal",
                     batched: bool = False, model_kwargs=None, chunk_size: int | None = None, devices=None,
                     check_finite: bool = True) -> jax.Array:
-    """(N, T, d_out, d_in) per-token Jacobian blocks of a sequence model, without the full
-    (T·d_out) × (T·d_in) Jacobian: ∂h_t/∂e_s with h (T, d_out) the output of `layer` and e
-    (T, d_in) the output of `wrt` (e.g. the token embedding), tokens on the first axis of both.
+    """Per-token Jacobian blocks ∂h_t/∂e_s of a sequence model without the full (T·d_out) × (T·d_in)
+    Jacobian: h (T, d_out) the output of `layer`, e (T, d_in) the output of `wrt` (e.g. the token
+    embedding), tokens on the first axis of both.
 
-    pairs="diagonal": t = s for every token (T forward sweeps of d_in tangents each, held one
+    `pairs="diagonal"`: t = s for every token (T forward sweeps of d_in tangents each, held one
     token at a time: memory O(T·d_out·d_in) per point instead of O(T²·d_out·d_in));
-    pairs="last_row": the last token's causal row, t = T − 1 and every s (one reverse sweep of
+    `pairs="last_row"`: the last token's causal row, t = T − 1 and every s (one reverse sweep of
     d_out cotangents). Points are not differentiated: token ids stay integers.
+
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        points: (N, *input_shape) inputs, one example per row; integer token ids stay integers.
+        layer: the layer whose output h is differentiated (one layer call).
+        wrt: the layer whose output e it is differentiated with respect to (one layer call).
+        pairs: "diagonal" or "last_row".
+        batched: the model is written batch-first: it is called on x[None] per point.
+        model_kwargs: keyword arguments of every call (`rngs=`, a KV cache, segment ids), held fixed
+            and the same for every point; graph nodes among them are copied per call.
+        chunk_size: points per vmapped batch (default `jacobians.DEFAULT_CHUNK_SIZE`): memory is
+            bounded by the chunk.
+        devices: the devices to spread the points over (default: every device JAX sees).
+        check_finite: raise where a block is NaN or inf at finite points.
+
+    Returns:
+        (N, T, d_out, d_in): block t is ∂h_t/∂e_t ("diagonal") or ∂h_(T−1)/∂e_t ("last_row").
+
+    Raises:
+        ValueError: an unknown `pairs`, a `layer` or `wrt` that names no single layer, outputs that
+            are not (T, d) token matrices with the same T, and the cases every probe function
+            refuses (points that do not fit, state changed under a transform, NaN or inf).
+        batching.CompilerFaultError: the batched computation disagrees with its unbatched
+            recomputation (a compiler fault).
     """
     if pairs not in PAIRS:
         raise ValueError(f"unknown pairs={pairs!r}; valid: {', '.join(PAIRS)}")
@@ -305,13 +474,42 @@ def token_jacobians(model, points: Shaped[AnyArray, "N *input"], layer: str, *, 
 def local_singular_values(model, points: Shaped[AnyArray, "N *input"], layers=None, *, mode: str = "auto",
                           batched: bool = False, model_kwargs=None, chunk_size: int | None = None,
                           devices=None, check_finite: bool = True) -> dict[str, dict]:
-    """{path: {"values": (N, r) descending, "structure": "diagonal" | "blocks" | "dense"}}: the
-    singular values of each selected layer's local Jacobian, never forming an elementwise or
-    normalisation layer's (n × n) matrix. Elementwise layers (activation modules, BatchNorm and
-    Dropout in eval mode) have a diagonal J: |diagonal|, from one JVP. LayerNorm / RMSNorm
-    over the last axis act on each position alone: one (b × b) block per position, from b JVPs,
-    and the union of the blocks' singular values. Any other layer: the dense J and its SVD. The
-    structure is read from the layer's type (a subclass overriding __call__ is taken as dense).
+    """Singular values of each selected layer's local Jacobian, never forming an elementwise or
+    normalisation layer's (n × n) matrix.
+
+    Elementwise layers (activations, BatchNorm and Dropout in eval mode) have a diagonal J:
+    |diagonal|, from one JVP. LayerNorm / RMSNorm over the last axis act on each position alone:
+    one (b × b) block per position, from b JVPs, and the union of the blocks' singular values. Any
+    other layer: the dense J and its SVD. The structure is read from the layer's type (a subclass
+    overriding `__call__` is taken as dense).
+
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        points: (N, *input_shape) inputs, one example per row; integer token ids stay integers.
+        layers: which layers: a path (`"layers/0"`), a glob (`"blocks/*"`), an activation key
+            (`"relu#1"`, `"blocks/0/mlp:gelu"`), a type (`nnx.Conv`, `activations.Activation`), or a
+            list of these. None: the top-level layers and the model's own activations, in call order.
+        mode: "forward", "reverse" or "auto" for the dense layers.
+        batched: the model is written batch-first: it is called on x[None] per point.
+        model_kwargs: keyword arguments of every call (`rngs=`, a KV cache, segment ids), held fixed
+            and the same for every point; graph nodes among them are copied per call.
+        chunk_size: points per vmapped batch (default `jacobians.DEFAULT_CHUNK_SIZE`): memory is
+            bounded by the chunk.
+        devices: the devices to spread the points over (default: every device JAX sees).
+        check_finite: raise where a Jacobian is NaN or inf at finite points.
+
+    Returns:
+        {key: {"values": (N, r) descending singular values, "structure": "diagonal" | "blocks" |
+        "dense"}} in call order.
+
+    Raises:
+        ValueError: a selector that matches no layer (the layers there are are listed), points that
+            do not fit the model (with the `batched=True` hint for batch-first models), a model that
+            changes its state while evaluated (BatchNorm / Dropout in training mode: call
+            `model.eval()`), or a Jacobian that is NaN or inf at finite points.
+        batching.CompilerFaultError: the batched computation disagrees with the same function
+            compiled unbatched at the points the canary recomputes (a compiler fault).
     """
     points = jacobians.check_points(points, differentiable=False)
     recorder, state, found, modes, selected = local.local_setup(model, points, layers, mode, batched, model_kwargs)

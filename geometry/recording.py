@@ -397,9 +397,26 @@ def select(found: Plan, layers=None) -> tuple[str, ...]:
 
 def layers(model, example, *, types: type | tuple[type, ...] | None = None, batched: bool = False,
            model_kwargs=None) -> list[str]:
-    """Every layer path one forward pass on `example` (one point) calls, in call order:
-    submodules, then sown values; only instances of `types` when given. Layers called inside a
-    scan (`nnx.scan` over stacked blocks, `jax.lax.scan`) are listed per iteration, "path@i"."""
+    """Every layer one forward pass on `example` calls, in call order: submodules by path, values the
+    model sows, and the activations found in the computation (`"relu"`, `"blocks/0/mlp:gelu"`,
+    `"relu#1"`). Layers called inside a scan (`nnx.scan` over stacked blocks, `jax.lax.scan`) are
+    listed per iteration, `"path@i"`.
+
+    Args:
+        model: an `nnx.Module` or a bound method of one, written for one example (or batch-first
+            with `batched=True`).
+        example: one point (or a `jax.ShapeDtypeStruct`).
+        types: only layers that are instances of these types (e.g. `nnx.Linear`).
+        batched: the model is written batch-first: it is called on example[None].
+        model_kwargs: keyword arguments of the call, held fixed.
+
+    Returns:
+        The layer keys, in call order: what every other probe function selects from.
+
+    Raises:
+        ValueError: an example that does not fit the model (with the `batched=True` hint), or a
+            model that changes its state while traced (call `model.eval()`).
+    """
     found = plan(model, example, batched=batched, model_kwargs=model_kwargs)
     if types is None:
         return list(found.keys)

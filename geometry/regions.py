@@ -157,15 +157,38 @@ def _discover(model: _SlicedModel):
 
 def partition(model, window, plane=None, *, params=None, model_kwargs=None, input_shape=None,
               dtype=None, tolerance: float = 1e-9, max_regions: int = 200_000) -> Partition:
-    """The exact linear regions of `model` on the window (c_min, c_max) of a 2-D slice.
+    """The exact linear regions of a piecewise-linear model on the window of a 2-D slice.
 
-    model: an nnx.Module, a bound method, a function of x or f(params, x) with `params=`; its
-    output (any shape, flattened) is what the regions' affine maps give. plane: a
-    `geometry.plane.Plane` (None: the input plane of a model of 2-D inputs). input_shape: the
-    shape of one input when it is not the plane's flat (d,) (an image model's (8, 8, 1)).
-    dtype: "float64" computes the forms in float64 (parameters cast). tolerance: relative size
-    below which a cut is not made. max_regions: a ValueError beyond, rather than running out
-    of memory.
+    Every operation of the traced model must be piecewise linear (Linear, Conv, relu, leaky relu,
+    abs, min / max, clip, max pooling, residual adds, concatenation, `nnx.scan`); the window is cut
+    along every unit's switching line, layer by layer, so each region is a convex polygon on which
+    the model is one affine map.
+
+    Args:
+        model: an `nnx.Module`, a bound method, a function of x, or f(params, x) with `params=`; its
+            output (any shape, flattened) is what the regions' affine maps give.
+        window: (c_min, c_max): the corners of the rectangle in plane coordinates, each (2,).
+        plane: a `geometry.plane.Plane` (None: the input plane of a model of 2-D inputs).
+        params: the parameters of f(params, x).
+        model_kwargs: keyword arguments of every call, held fixed.
+        input_shape: the shape of one input when it is not the plane's flat (d,) (an image
+            model's (8, 8, 1)).
+        dtype: "float64" computes the forms in float64 (parameters cast); None: the model's dtype.
+        tolerance: relative size below which a cut is not made (finite, ≥ 0).
+        max_regions: a ValueError beyond this many regions, rather than running out of memory.
+
+    Returns:
+        `partitions.Partition`: `len()` is the count; per region its polygon, activation pattern,
+        affine map (A = J on the plane, b), ½ log det, σ_min and rank; and the queries
+        `decision_boundary()`, `density()`, `crossings()`, `regions_near()`,
+        `distance_to_boundary()`, `region_of()`, `verify()`.
+
+    Raises:
+        ValueError: an operation that is not piecewise linear (named), a window that is not two
+            finite corners with c_min < c_max, a model whose input is not 2-D without a `plane`,
+            more than `max_regions` regions, or an unknown dtype.
+        batching.CompilerFaultError: the batched affine forms disagree with their unbatched
+            recomputation (a compiler fault).
     """
     c_min, c_max = partitions.window_box(window)
     pure, state = jacobians.as_pure_function(model, params, model_kwargs=model_kwargs)

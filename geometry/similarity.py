@@ -153,7 +153,27 @@ def _grams(X, Y, kernel, debiased, sigma_scale, sigma_convention):
 @shape_checked
 def cka(X: Shaped[AnyArray, "N ..."], Y: Shaped[AnyArray, "N ..."], kernel: str = "linear", debiased: bool = False,
         sigma_scale: float = 1.0, sigma_convention: str = "kornblith") -> float:
-    """CKA between representations X (n, ...) and Y (n, ...) of the same n examples (see module docstring)."""
+    """Centred kernel alignment between two representations of the same examples (Kornblith et al.
+    2019): HSIC(K, L) / √(HSIC(K, K) HSIC(L, L)) of their Gram matrices, computed in float64
+    after centring and unit-norm scaling whatever the input dtype or scale.
+
+    Args:
+        X: (N, ...) representation of N examples (flattened to (N, d₁) per example).
+        Y: (N, ...) another representation of the same N examples, in the same order.
+        kernel: "linear" or "rbf" (Gaussian, bandwidth σ = sigma_scale · median distance).
+        debiased: use Song et al.'s (2012) unbiased HSIC (needs N ≥ 4) instead of the biased one.
+        sigma_scale: multiplier of the RBF bandwidth (finite, > 0); ignored for "linear".
+        sigma_convention: "kornblith" (median of all N² squared distances, the zero diagonal
+            included, as Kornblith et al.'s code) or "off_diagonal" (distinct pairs only).
+
+    Returns:
+        CKA in [0, 1] (the debiased estimate can dip slightly below 0): 1 for representations equal
+        up to an orthogonal map and isotropic scaling (linear kernel).
+
+    Raises:
+        ValueError: X and Y disagree in N, N < 2 (N < 4 when debiased), a representation is
+            constant (CKA undefined), holds NaN or inf, or kernel / sigma_convention is unknown.
+    """
     K, L, denominator = _grams(X, Y, kernel, debiased, sigma_scale, sigma_convention)
     return float(hsic(K, L, debiased) / denominator)
 

@@ -57,7 +57,19 @@ def _checked(J):
 
 @shape_checked
 def singular_values(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch r"]:
-    """(..., min(m, n)) singular values in descending order."""
+    """Singular values of every matrix, in descending order.
+
+    Args:
+        J: (..., m, n) Jacobians (any real dtype; float16 / bfloat16 are computed in float32),
+            batched over every leading axis.
+
+    Returns:
+        (..., min(m, n)) singular values, σ₁ ≥ … ≥ σ_r ≥ 0.
+
+    Raises:
+        ValueError: J is not a real floating array of at least two axes, has an empty matrix, or holds
+            NaN or inf (whose spectra would read as total rank collapse).
+    """
     return jnp.linalg.svd(_checked(J), compute_uv=False)
 
 
@@ -74,7 +86,23 @@ def _rank_from_sigma(sigma, shape, dtype, rtol):
 
 @shape_checked
 def numerical_rank(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Int[jax.Array, "*batch"]:
-    """Number of singular values above the tolerance (see module docstring)."""
+    """Numerical rank: the number of singular values above the tolerance.
+
+    An all-zero matrix has rank 0. A wide J (m < n) has rank at most m.
+
+    Args:
+        J: (..., m, n) Jacobians (any real dtype; float16 / bfloat16 are computed in float32),
+            batched over every leading axis.
+        rtol: relative tolerance: singular values ≤ rtol · σ₁ count as zero. None (default):
+            max(m, n) · eps(dtype), NumPy's `matrix_rank` convention.
+
+    Returns:
+        (...,) integer ranks.
+
+    Raises:
+        ValueError: J is not a real floating array of at least two axes, has an empty matrix, or holds
+            NaN or inf (whose spectra would read as total rank collapse).
+    """
     J = _checked(J)
     return _rank_from_sigma(singular_values(J), J.shape, J.dtype, rtol)
 
@@ -88,7 +116,22 @@ def _effective_rank_from_sigma(sigma):
 
 @shape_checked
 def effective_rank(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch"]:
-    """Roy–Vetterli effective rank exp(−Σ p_i log p_i), p = σ / ‖σ‖₁."""
+    """Roy & Vetterli's (2007) effective rank exp(H(p)), p = σ / ‖σ‖₁, H the Shannon entropy.
+
+    Of the identity I_k it is k; of a zero matrix, 0. Unlike the numerical rank it needs no
+    tolerance and moves continuously as singular values shrink.
+
+    Args:
+        J: (..., m, n) Jacobians (any real dtype; float16 / bfloat16 are computed in float32),
+            batched over every leading axis.
+
+    Returns:
+        (...,) effective ranks in [0, min(m, n)] (1 for a rank-one matrix).
+
+    Raises:
+        ValueError: J is not a real floating array of at least two axes, has an empty matrix, or holds
+            NaN or inf (whose spectra would read as total rank collapse).
+    """
     return _effective_rank_from_sigma(singular_values(J))
 
 
@@ -100,7 +143,19 @@ def _stable_rank_from_sigma(sigma):
 
 @shape_checked
 def stable_rank(J: Float[AnyArray, "*batch m n"]) -> Float[jax.Array, "*batch"]:
-    """‖J‖_F² / ‖J‖₂²."""
+    """Stable rank ‖J‖_F² / ‖J‖₂² = Σ σ_i² / σ₁² (0 for a zero matrix).
+
+    Args:
+        J: (..., m, n) Jacobians (any real dtype; float16 / bfloat16 are computed in float32),
+            batched over every leading axis.
+
+    Returns:
+        (...,) stable ranks in [1, min(m, n)] (0 for a zero matrix).
+
+    Raises:
+        ValueError: J is not a real floating array of at least two axes, has an empty matrix, or holds
+            NaN or inf (whose spectra would read as total rank collapse).
+    """
     return _stable_rank_from_sigma(singular_values(J))
 
 
@@ -119,7 +174,24 @@ def _log_volume_from_sigma(sigma, singular):
 
 @shape_checked
 def condition_number(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Float[jax.Array, "*batch"]:
-    """σ_max / σ_min; +inf where J is numerically rank-deficient."""
+    """Condition number σ₁ / σ_r over the r = min(m, n) singular values; +inf where J is
+    numerically rank-deficient (rank < r with the `numerical_rank` tolerance).
+
+    For a wide J (m < n) this is the conditioning of J on its row space.
+
+    Args:
+        J: (..., m, n) Jacobians (any real dtype; float16 / bfloat16 are computed in float32),
+            batched over every leading axis.
+        rtol: relative tolerance: singular values ≤ rtol · σ₁ count as zero. None (default):
+            max(m, n) · eps(dtype), NumPy's `matrix_rank` convention.
+
+    Returns:
+        (...,) condition numbers ≥ 1, or +inf.
+
+    Raises:
+        ValueError: J is not a real floating array of at least two axes, has an empty matrix, or holds
+            NaN or inf (whose spectra would read as total rank collapse).
+    """
     J = _checked(J)
     sigma = singular_values(J)
     return _condition_from_sigma(sigma, _singular_mask(sigma, J.shape, J.dtype, rtol))
@@ -127,7 +199,22 @@ def condition_number(J: Float[AnyArray, "*batch m n"], rtol: float | None = None
 
 @shape_checked
 def log_volume(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> Float[jax.Array, "*batch"]:
-    """Σ log σ_i (the log volume element); −inf where J is numerically rank-deficient."""
+    """Log volume element Σ_{i ≤ r} log σ_i = ½ log det(JᵀJ) for m ≥ n (½ log det(J Jᵀ), the
+    log pseudo-volume of the row space, for a wide J); −inf where J is numerically rank-deficient.
+
+    Args:
+        J: (..., m, n) Jacobians (any real dtype; float16 / bfloat16 are computed in float32),
+            batched over every leading axis.
+        rtol: relative tolerance: singular values ≤ rtol · σ₁ count as zero. None (default):
+            max(m, n) · eps(dtype), NumPy's `matrix_rank` convention.
+
+    Returns:
+        (...,) log volumes, or −inf.
+
+    Raises:
+        ValueError: J is not a real floating array of at least two axes, has an empty matrix, or holds
+            NaN or inf (whose spectra would read as total rank collapse).
+    """
     J = _checked(J)
     sigma = singular_values(J)
     return _log_volume_from_sigma(sigma, _singular_mask(sigma, J.shape, J.dtype, rtol))
@@ -135,7 +222,22 @@ def log_volume(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> F
 
 @shape_checked
 def summary(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> dict[str, jax.Array]:
-    """All of the above from one SVD: the batched per-point record used by experiments."""
+    """Every spectral statistic of this module from one SVD per matrix.
+
+    Args:
+        J: (..., m, n) Jacobians (any real dtype; float16 / bfloat16 are computed in float32),
+            batched over every leading axis.
+        rtol: relative tolerance: singular values ≤ rtol · σ₁ count as zero. None (default):
+            max(m, n) · eps(dtype), NumPy's `matrix_rank` convention.
+
+    Returns:
+        dict of (...,) arrays: "sigma_max", "sigma_min", "numerical_rank", "effective_rank",
+        "stable_rank", "condition_number", "log_volume" (each as its function defines it).
+
+    Raises:
+        ValueError: J is not a real floating array of at least two axes, has an empty matrix, or holds
+            NaN or inf (whose spectra would read as total rank collapse).
+    """
     J = _checked(J)
     return summarize_singular_values(singular_values(J), J.shape[-2:], J.dtype, rtol)
 
@@ -143,10 +245,21 @@ def summary(J: Float[AnyArray, "*batch m n"], rtol: float | None = None) -> dict
 @shape_checked
 def summarize_singular_values(sigma: Float[AnyArray, "*batch r"], matrix_shape: tuple[int, int], dtype,
                               rtol: float | None = None) -> dict[str, jax.Array]:
-    """`summary` from precomputed singular values (..., r) of (m, n) matrices of `dtype`.
+    """`summary` from precomputed singular values, for fields computed with
+    `jacobian_field(..., reduce=spectra.singular_values)`, which never hold the Jacobians.
 
-    For fields computed with `jacobian_field(..., reduce=singular_values)`, which never
-    hold the Jacobians themselves.
+    Args:
+        sigma: (..., r) singular values in descending order.
+        matrix_shape: (m, n), the shape of the matrices they came from (sets the default tolerance).
+        dtype: the dtype the matrices had (sets eps in the default tolerance).
+        rtol: relative tolerance: singular values ≤ rtol · σ₁ count as zero. None (default):
+            max(m, n) · eps(dtype), NumPy's `matrix_rank` convention.
+
+    Returns:
+        dict of (...,) arrays, as `summary` returns.
+
+    Raises:
+        ValueError: sigma holds NaN or inf.
     """
     sigma = jnp.asarray(sigma)
     _refuse_nonfinite(sigma, (-1,), "sigma", "sets of singular values")
@@ -166,12 +279,22 @@ def summarize_singular_values(sigma: Float[AnyArray, "*batch r"], matrix_shape: 
 def chained_ranks(layer_jacobians, rtol: float | None = None) -> list[jax.Array]:
     """Ranks of the products J_l ⋯ J_1 for l = 1..L, computed stably.
 
-    rank(J_l ⋯ J_1) = rank(J_l Q), Q an orthonormal basis of the column space of the
-    product so far, so each step only ever factors one layer's matrix times an
-    orthonormal basis: the condition number of the whole product — which for deep
-    random networks exceeds 1/eps even in float64 — never enters. `layer_jacobians`
-    is a sequence of (..., k_l, k_{l−1}) arrays (batched over leading axes); ranks use
-    the `numerical_rank` tolerance per step.
+    rank(J_l ⋯ J_1) = rank(J_l Q), Q an orthonormal basis of the column space of the product so
+    far, so each step factors one layer's matrix times an orthonormal basis: the condition number
+    of the whole product — which for deep random networks exceeds 1/eps even in float64 — never
+    enters. Ranks use the `numerical_rank` tolerance per step.
+
+    Args:
+        layer_jacobians: a non-empty sequence of (..., k_l, k_{l−1}) arrays, one per layer, with the
+            same leading (batch) axes.
+        rtol: as in `numerical_rank`, applied at every step.
+
+    Returns:
+        list of L (...,) integer arrays: the rank after layers 1, 2, …, L.
+
+    Raises:
+        ValueError: an empty sequence, a single array instead of a sequence, shapes that do not
+            chain (k_l of one layer ≠ the input size of the next), or NaN / inf in a Jacobian.
     """
     if isinstance(layer_jacobians, (jax.Array, np.ndarray)) or len(layer_jacobians) == 0:
         raise ValueError("layer_jacobians must be a non-empty sequence of (..., k_l, k_{l-1}) arrays, one per layer")

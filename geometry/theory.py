@@ -37,11 +37,22 @@ _WEIGHTS = _WEIGHTS / math.sqrt(2.0 * math.pi)  # now Σ w = 1: expectations und
 
 
 def prob_any_dead(n, layer: int = 1):
-    """P(at least one of n units has z ≤ 0) at hidden layer `layer` of a zero-bias ReLU net.
+    """P(at least one of n units has z ≤ 0) at hidden layer `layer` of a zero-bias ReLU net with
+    symmetric weights.
 
-    Layer 1 (iid symmetric pre-activations): 1 − 2⁻ⁿ. Deeper, z_l is iid symmetric given
-    h_{l−1} only when h_{l−1} ≠ 0; once a whole layer is dead, every later z is exactly 0.
-    So P(no dead unit at layer l) = 2⁻ⁿ (1 − 2⁻ⁿ)^(l−1), which matters only for small n.
+    Layer 1 (iid symmetric pre-activations): 1 − 2⁻ⁿ. Deeper, z_l is iid symmetric given h_{l−1}
+    only when h_{l−1} ≠ 0; once a whole layer is dead, every later z is exactly 0. So P(no dead
+    unit at layer l) = 2⁻ⁿ (1 − 2⁻ⁿ)^(l−1), which matters only for small n.
+
+    Args:
+        n: units per layer (a non-negative integer, or an integer array of them).
+        layer: the hidden layer, 1-based.
+
+    Returns:
+        The probability (a float, or an array shaped like n).
+
+    Raises:
+        ValueError: n not a non-negative integer, or layer not an integer ≥ 1.
     """
     n = np.asarray(n, dtype=float)
     if (not np.all(np.isfinite(n)) or np.any(n < 0) or np.any(n != np.round(n)) or not math.isfinite(layer)
@@ -58,8 +69,19 @@ MAX_EXACT_SIZE = 100_000
 
 
 def prob_relu_rank_deficient(m: int, n: int) -> float:
-    """P(rank D_φ(Wx) W < n) for an m×n Gaussian W under ReLU = P(Binomial(m, ½) < n).
-    Exact (big-integer) for m, n ≤ MAX_EXACT_SIZE."""
+    """P(rank D_φ(Wx) W < n) for an m × n Gaussian W under ReLU = P(Binomial(m, ½) < n): the layer
+    keeps full rank n only when at least n of its m units are live.
+
+    Args:
+        m: output units (a positive integer).
+        n: input dimension (a positive integer).
+
+    Returns:
+        The probability, exact (big-integer arithmetic) for m, n ≤ `MAX_EXACT_SIZE`.
+
+    Raises:
+        ValueError: m or n not a positive integer, or beyond `MAX_EXACT_SIZE`.
+    """
     if (isinstance(m, bool) or isinstance(n, bool) or not (math.isfinite(m) and math.isfinite(n))
             or int(m) != m or int(n) != n or m < 1 or n < 1):
         raise ValueError(f"m and n must be positive integers, got m={m}, n={n}")
@@ -161,12 +183,26 @@ MAX_VARIANCE = 1e6
 
 
 def mean_field(activation, sigma_w2: float, sigma_b2: float, *, q0: float = 1.0) -> tuple[float, float]:
-    """(q*, χ₁) for weights N(0, σ_w²/fan_in) and biases N(0, σ_b²).
+    """Mean-field fixed point q* and slope χ₁ of a deep network with weights N(0, σ_w²/fan_in) and
+    biases N(0, σ_b²) (Poole et al. 2016; Schoenholz et al. 2017): q* solves
+    q = σ_w² E[φ(√q z)²] + σ_b², and χ₁ = σ_w² E[φ'(√q* z)²], z ~ N(0, 1).
 
     If the length map diverges (e.g. ReLU with σ_w² > 2), q* = inf and χ₁ is evaluated at
-    q = 1e12·q0; if q decays to 0, at q = `Q_ZERO`. For positively homogeneous φ (ReLU,
-    leaky ReLU, identity) χ₁ does not depend on q, so both are exact. At the degenerate critical point of such φ
-    (e.g. ReLU, σ_w² = 2, σ_b² = 0) every q is a fixed point and q* = q0.
+    q = 1e12·q0; if q decays to 0, at q = `Q_ZERO`. For positively homogeneous φ (ReLU, leaky ReLU,
+    identity) χ₁ does not depend on q, so both are exact. At the degenerate critical point of such
+    φ (ReLU, σ_w² = 2, σ_b² = 0) every q is a fixed point and q* = q0.
+
+    Args:
+        activation: a name in `activations.NAMES` or an `Activation`.
+        sigma_w2: weight variance σ_w² (finite, ≥ 0).
+        sigma_b2: bias variance σ_b² (finite, ≥ 0).
+        q0: the starting length of the iteration (finite, > 0).
+
+    Returns:
+        (q_star, chi1): floats; q_star may be inf (diverging length map).
+
+    Raises:
+        ValueError: an unknown activation, or a variance or q0 out of range.
     """
     if not (math.isfinite(sigma_w2) and math.isfinite(sigma_b2)) or sigma_w2 < 0 or sigma_b2 < 0:
         raise ValueError(f"variances must be finite and >= 0, got sigma_w2={sigma_w2}, sigma_b2={sigma_b2}")
@@ -211,8 +247,19 @@ def isometry_prediction(activation, sigma_w2: float, sigma_b2: float, depth: int
 
 
 def fuss_catalan(L: int, k: int) -> int:
-    """Fuss–Catalan number C((L+1)k, k) / (Lk + 1); L = 1 gives the Catalan numbers (exact
-    integers, for L, k ≤ MAX_EXACT_SIZE)."""
+    """Fuss–Catalan number C((L+1)k, k) / (Lk + 1): the k-th moment of the squared singular values of
+    a product of L Gaussian matrices (free probability). L = 1 gives the Catalan numbers.
+
+    Args:
+        L: number of factors (≥ 0; L = 0 gives 1 for every k).
+        k: moment order (≥ 0).
+
+    Returns:
+        The exact integer.
+
+    Raises:
+        ValueError: L or k not a non-negative integer, or beyond `MAX_EXACT_SIZE`.
+    """
     if (isinstance(L, bool) or isinstance(k, bool) or not (math.isfinite(L) and math.isfinite(k))
             or int(L) != L or int(k) != k or L < 0 or k < 0):
         raise ValueError(f"L and k must be integers >= 0, got L={L}, k={k}")

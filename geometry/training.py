@@ -83,6 +83,29 @@ def check_config(config: "TrainConfig") -> None:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """How `train` trains: every field is checked by `check_config` before a step is taken.
+
+    Attributes:
+        steps: optimizer steps (≥ 0).
+        learning_rate: the base rate (finite, > 0).
+        batch_size: examples per step (None: the full batch).
+        optimizer: "adam", "adamw" or "sgd".
+        checkpoint_every: steps between checkpoints, when a directory is given.
+        log_every: steps between progress lines.
+        seed: the minibatch order's seed.
+        schedule: "constant"; "cosine" (linear warm-up over `warmup_steps`, cosine decay to 0 at
+            `steps`); or "steps" (the rate times `decay_factor` at each fraction of `steps` in
+            `decay_at`; Papyan et al.: ÷10 at 1/3 and 2/3).
+        warmup_steps: linear warm-up length of "cosine".
+        clip_norm: clip the global gradient norm (None: no clipping).
+        momentum: heavy-ball momentum of "sgd" (0: plain SGD).
+        weight_decay: for "sgd" and "adam" coupled L2 (wd · θ added to every gradient, as PyTorch's
+            SGD(weight_decay=)); for "adamw" decoupled. None: none for sgd/adam, optax's 1e-4 for adamw.
+        decay_at: fractions of the schedule's length where "steps" decays.
+        decay_factor: the factor of each decay (in (0, 1]).
+        schedule_steps: the length a "steps" / "cosine" schedule is laid out over (None: `steps`), to
+            train one trajectory in pieces.
+    """
     steps: int = 2000
     learning_rate: float = 1e-2
     batch_size: int | None = None  # None: full batch
@@ -255,14 +278,33 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_fn=cross_entropy_loss,
           checkpoint_dir=None, name: str = "train", log=None) -> dict:
-    """Train `model` in place; returns {"history": [...], "resumed_from": step or None}.
+    """Train `model` in place with optax, deterministically, checkpointing with Orbax.
 
-    `loss_fn(model, (x_batch, y_batch))` returns the scalar to minimise (default: mean
-    cross-entropy on integer labels). Pass a module-level function (not a new lambda per
-    call) so the compiled step is reused. `log` receives progress lines (default: stderr
-    every `log_every` steps). Under several processes (`geometry.distributed`) every process
-    trains its own copy the same way, resuming from the checkpoints it can read, and only
-    process 0 writes them.
+    Under several processes (`geometry.distributed`) every process trains its own copy the same
+    way, resuming from the checkpoints it can read, and only process 0 writes them.
+
+    Args:
+        model: the NNX module, updated in place.
+        x: (N, ...) inputs.
+        y: (N,) targets (integer labels for the default loss).
+        config: steps, learning rate, batch size, optimizer, schedule, weight decay, ...
+            (`TrainConfig`; checked before anything runs).
+        loss_fn: `loss_fn(model, (x_batch, y_batch))` → the scalar to minimise (default: mean
+            cross-entropy on integer labels). Pass a module-level function, not a new lambda per
+            call, so the compiled step is reused.
+        checkpoint_dir: a directory for Orbax checkpoints every `config.checkpoint_every` steps; an
+            interrupted run resumes from the last one (None: no checkpoints).
+        name: the run's name in the progress lines.
+        log: a callable receiving progress lines (default: stderr every `config.log_every` steps).
+
+    Returns:
+        dict: "history" (a list of {"step", "loss", ...} records) and "resumed_from" (the step a
+        checkpoint was restored from, or None).
+
+    Raises:
+        ValueError: a config out of range (every problem listed), inputs and targets of different
+            lengths, or NaN / inf in the data.
+        CheckpointError: a checkpoint in `checkpoint_dir` that is corrupt or from a different run.
     """
     check_config(config)
     x, y = check_data(x, y, labels="integer" if loss_fn is cross_entropy_loss else "any")

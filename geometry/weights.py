@@ -23,45 +23,70 @@ import math
 
 import numpy as np
 
+from geometry import validation
+
 MIN_TAIL = 2  # fewer tail eigenvalues than this: no fit (NaN, with the reason); Clauset et al. take any
 
 
 def eigenvalues(kernel) -> np.ndarray:
-    """The eigenvalues of WᵀW (squared singular values of W), pooled over a convolution's window.
+    """The eigenvalues of WᵀW (squared singular values of W), pooled over a convolution's window as
+    WeightWatcher reads it.
 
     Args:
-      kernel: a dense kernel (in, out) or a convolution kernel (*window, in, out) (Flax layouts).
+        kernel: a dense kernel (in, out) or a convolution kernel (*window, in, out) (Flax layouts).
 
     Returns:
-      (K,) float64, ascending.
+        (K,) float64, ascending.
+
+    Raises:
+        ValueError: a kernel with fewer than two axes, empty, or holding NaN or inf.
     """
-    kernel = np.asarray(kernel, np.float64)
+    kernel = np.asarray(kernel)
     if kernel.ndim < 2:
         raise ValueError(f"a weight matrix needs at least 2 axes (in, out), got shape {kernel.shape}")
+    kernel = validation.finite_array("kernel", kernel)
     matrices = kernel.reshape(-1, *kernel.shape[-2:])  # (positions, in, out)
     values = np.linalg.svd(matrices, compute_uv=False) ** 2
     return np.sort(values.reshape(-1))
 
 
 def stable_rank(values: np.ndarray) -> float:
-    """Σ λ / max λ of eigenvalues λ of WᵀW (‖W‖_F² / ‖W‖₂²)."""
-    values = np.asarray(values, np.float64)
-    return float(values.sum() / values.max()) if values.size and values.max() > 0 else float("nan")
+    """Stable rank Σ λ / max λ of the eigenvalues λ of WᵀW (‖W‖_F² / ‖W‖₂²).
+
+    Args:
+        values: (K,) eigenvalues of WᵀW (`eigenvalues`), non-negative.
+
+    Returns:
+        The stable rank in [1, K] (NaN when every eigenvalue is 0).
+
+    Raises:
+        ValueError: values that are empty, negative or not finite.
+    """
+    values = validation.finite_array("values", values, ndim=1)
+    if values.min() < 0:
+        raise ValueError(f"values must be eigenvalues of WᵀW, all ≥ 0; the smallest is {values.min():.3g}")
+    return float(values.sum() / values.max()) if values.max() > 0 else float("nan")
 
 
 def power_law_fit(values: np.ndarray, min_tail: int = MIN_TAIL) -> dict:
-    """Clauset–Shalizi–Newman power-law fit of the tail of positive values (module docstring).
+    """Clauset–Shalizi–Newman power-law fit of the tail of positive values (module docstring): the
+    tail start x_min minimising the Kolmogorov–Smirnov distance, the maximum-likelihood α above it,
+    vectorised over every candidate tail.
 
     Args:
-      values: (K,) eigenvalues (or any positive sample); zeros and negatives are dropped.
-      min_tail: the fewest values a tail may hold.
+        values: (K,) eigenvalues (or any positive sample); zeros and negatives are dropped.
+        min_tail: the fewest values a tail may hold (≥ 2).
 
     Returns:
-      {"alpha", "alpha_error" ((α − 1)/√n), "xmin", "tail" (n), "ks_distance", "reason"} — alpha
-      NaN with a reason when there are too few distinct positive values.
+        dict: "alpha", "alpha_error" ((α − 1)/√n), "xmin", "tail" (n), "ks_distance", "reason" —
+        alpha NaN with a reason when there are too few distinct positive values.
+
+    Raises:
+        ValueError: values that are not finite, or min_tail < 2.
     """
-    data = np.sort(np.asarray(values, np.float64).reshape(-1))
-    data = data[np.isfinite(data) & (data > 0)]
+    min_tail = validation.integer("min_tail", min_tail, low=2)
+    data = np.sort(validation.finite_array("values", values, nonempty=False).reshape(-1))
+    data = data[data > 0]
     nan = {"alpha": float("nan"), "alpha_error": float("nan"), "xmin": float("nan"), "tail": 0,
            "ks_distance": float("nan")}
     candidates = np.unique(data)[:-1]

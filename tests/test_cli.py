@@ -245,3 +245,25 @@ def test_a_manifest_that_is_a_folder_is_refused_before_computing(tmp_path):
     result = _cli("activations", "--quick", "--out", str(out))
     assert result.returncode == 2 and "MANIFEST.json is not a file (a folder?)" in result.stderr
     assert _cli("verify", "--out", str(out)).returncode == 1
+
+
+def test_help_and_the_bare_list_name_every_subcommand_and_no_description_is_cut():
+    from experiments import EXPERIMENTS
+    from experiments._runner import load
+
+    listing, help_text = _cli().stdout, _cli("--help").stdout
+    for text in (listing, help_text):
+        for word in ("all", "verify", "plot NAME", *EXPERIMENTS):
+            assert f"\n  {word}" in text, (word, text)
+    for option in ("--quick", "--seed", "--out", "--scale", "--set", "--corpus", "--dataset", "--coordinator",
+                   "--num-processes", "--process-id", "--heartbeat-timeout"):
+        assert option in help_text
+    # each experiment's line is its docstring's whole first sentence, never a clause cut at a line break
+    from experiments.__main__ import summary
+
+    joined = " ".join(listing.split())
+    for name in EXPERIMENTS:
+        sentence = summary(load(name).__doc__)
+        assert sentence[-1] in ".?!" and f" {name} {sentence} " in joined + " ", name
+    assert summary("A first sentence\nthat goes on: past a colon. Then more.\n\nNext.") == \
+        "A first sentence that goes on: past a colon."

@@ -75,8 +75,14 @@ SATURATION = 0.05
 
 @dataclasses.dataclass
 class Report:
-    """A per-layer geometry report: `table` (pandas DataFrame, columns in the module docstring) and
-    `settings` (everything that decided a number)."""
+    """A per-layer geometry report, as `report` returns it.
+
+    Attributes:
+        table: pandas DataFrame, one row per layer and activation in call order, then "output";
+            the columns and their conventions are in the module docstring.
+        settings: everything that decided a number: points, budget, saturation threshold, `wrt`,
+            the activations found, package versions, wall time.
+    """
 
     table: pd.DataFrame
     settings: dict
@@ -90,11 +96,19 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def to_csv(self, path) -> None:
-        """Write the table as CSV."""
+        """Write the table as CSV.
+
+        Args:
+            path: the file to write.
+        """
         self.table.to_csv(path, index=False)
 
     def to_html(self, path) -> None:
-        """Write the table as a standalone HTML page with the settings beneath it."""
+        """Write the table as a standalone HTML page with the settings beneath it.
+
+        Args:
+            path: the file to write.
+        """
         settings = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in self.settings.items())
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>geometry report</title></head><body>"
                 f"{self.table.to_html(index=False, na_rep='')}<ul>{settings}</ul></body></html>")
@@ -223,7 +237,8 @@ def report(model, points, *, labels=None, layers=None, model_kwargs=None, batche
       labels: (N,) integer classes: adds the neural-collapse columns.
       layers: a probe selector for the layer rows (None: the top-level layers); found
         activations are always rows.
-      model_kwargs, batched: as everywhere in the probe.
+      model_kwargs: keyword arguments of every call (`rngs=`, a KV cache), held fixed.
+      batched: the model is written batch-first: it is called on x[None] per point.
       wrt: differentiate with respect to this layer's output instead of the points (token models).
       params: the parameters of f(params, x).
       budget: None (dense Jacobians everywhere) or "quick" (at most QUICK_POINTS points; rows whose
@@ -231,10 +246,14 @@ def report(model, points, *, labels=None, layers=None, model_kwargs=None, batche
       progress: a progress bar (tqdm) when the report takes more than a second.
 
     Returns:
-      `Report`.
+      `Report`: `.table` one row per layer and activation, then "output"; `.settings`.
 
     Raises:
-      ValueError: a bad budget, labels not matching the points, or what the probe refuses.
+      ValueError: a bad budget, labels not matching the points, or what the probe refuses
+        (a selector matching no layer, points that do not fit the model, a model changing its
+        state under a transform, NaN or inf Jacobians).
+      batching.CompilerFaultError: a batched computation disagrees with its unbatched
+        recomputation (a compiler fault).
     """
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
