@@ -9,15 +9,13 @@ Runtime:  ~40 s on 2 CPU cores (quick: ~15 s)
 
 Nothing here is special to the library: the two models are written as a user would write
 them, and the library reaches into them from outside.
-* The NNX CNN is probed by path: `probe.input_jacobian_field(cnn, x)` differentiates every
-  top-level layer's output with respect to the image in one pass, in the cheaper autodiff
-  mode, and `reduce=` keeps only the singular values. Its relus are inline `nnx.relu` calls,
-  found in the computation: the rows are conv1, relu, conv2, relu#1, head, so the rank after
-  each relu (what the activation does to the geometry) is a row of its own, with
-  `probe.activation_stats`' dead and saturated fractions beside it.
+* The NNX CNN goes to `geometry.report(cnn, x)` as it is: one row per top-level layer and per
+  activation found in the computation (its relus are inline `nnx.relu` calls: the rows are
+  conv1, relu, conv2, relu#1, head, so the rank after each relu — what the activation does to
+  the geometry — is a row of its own, with the dead and saturated fractions beside it).
 * The Linen MLP is an f(params, x): its intermediates come from Linen's own
-  `capture_intermediates`, and `jacobian_field(f, x, params=variables)` takes the Jacobian of
-  that whole dict of per-layer outputs.
+  `capture_intermediates`, and each layer's output as a function of x is reported with
+  `report(f, x, params=variables)`; CKA between consecutive layers with `similarity.cka`.
 Classifier Jacobians are wide (10 logits of 64 pixels): rank and condition number are then
 taken on the row space, at most 10 (see `geometry.spectra`).
 """
@@ -25,17 +23,20 @@ taken on the row space, at most 10 (see `geometry.spectra`).
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
-import math
+import functools
 
 import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
 from flax import nnx
 
-from geometry import data, jacobians, probe, similarity, spectra, training
+import geometry
+from geometry import data, similarity, training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,26 +91,21 @@ def train_linen(model, x, y, steps: int, seed: int):
     return variables
 
 
-def layer_table(sigma: dict, out_sizes: dict, in_size: int, features: dict, units: dict | None = None) -> dict:
-    """Per layer: rank statistics of its input Jacobian and CKA with the previous layer's features;
-    for activations (`units`, probe.activation_stats) the dead and saturated fractions too."""
-    rows, previous, units = {}, None, units or {}
-    for name, s in sigma.items():
-        stats = spectra.summarize_singular_values(s, (out_sizes[name], in_size), s.dtype)
-        full = min(out_sizes[name], in_size)
-        condition = np.asarray(stats["condition_number"])
-        h = np.asarray(features[name]).reshape(len(s), -1)
-        rows[name] = {
-            "shape": [out_sizes[name], in_size],
-            "numerical_rank_median": float(np.median(stats["numerical_rank"])),
-            "effective_rank_median": float(np.median(stats["effective_rank"])),
-            "condition_number_median": float(np.median(condition)),
-            "rank_deficient_fraction": float(np.mean(np.asarray(stats["numerical_rank"]) < full)),
-            "cka_with_previous": None if previous is None else float(similarity.cka(previous, h)),
-            "dead_fraction": units[name]["dead_fraction"] if name in units else None,
-            "saturated_fraction": units[name]["saturated_fraction"] if name in units else None,
-        }
-        previous = h
+COLUMNS = {"rank_median": "numerical_rank_median", "effective_rank_median": "effective_rank_median",
+           "condition_median": "condition_number_median", "rank_deficient_fraction": "rank_deficient_fraction",
+           "cka_previous": "cka_with_previous", "dead_fraction": "dead_fraction",
+           "saturated_fraction": "saturated_fraction"}
+
+
+def _rows(table, in_size: int) -> dict:
+    """{layer: row} from a report's table: the report's columns under this example's names, and the
+    Jacobian's matrix shape (its output size, the input size)."""
+    rows = {}
+    for _, row in table.iterrows():
+        out_size = int(np.prod(ast.literal_eval(row["shape"])))  # the report writes shapes as "(8, 8, 8)"
+        rows[row["layer"]] = {"shape": [out_size, in_size],
+                              **{ours: (None if pd.isna(row[theirs]) else float(row[theirs]))
+                                 for theirs, ours in COLUMNS.items()}}
     return rows
 
 
@@ -124,12 +120,9 @@ def main(config: Config = Config()) -> dict:
     cnn = DigitsCNN(nnx.Rngs(config.seed))
     training.train(cnn, images(x_train), y_train, training.TrainConfig(steps=config.cnn_steps, learning_rate=3e-3,
                                                                        batch_size=256, log_every=config.cnn_steps))
-    sigma = probe.input_jacobian_field(cnn, images(x_test), reduce=spectra.singular_values, as_matrix=True)
-    found = probe.plan(cnn, images(x_test)[0])
-    out_sizes = {k: math.prod(found.outputs[k].shape) for k in sigma}
+    table = geometry.report(cnn, images(x_test), progress=False).table  # every layer and inline relu, then output
     results["nnx_cnn"] = {"test_accuracy": training.accuracy(cnn, images(x_test), y_test),
-                          "layers": layer_table(sigma, out_sizes, 64, probe.outputs(cnn, images(x_test)),
-                                                probe.activation_stats(cnn, images(x_test)))}
+                          "layers": _rows(table[table["layer"] != "output"], 64)}
 
     mlp = LinenMLP()
     variables = train_linen(mlp, jnp.asarray(x_train), jnp.asarray(y_train), config.mlp_steps, config.seed)
@@ -138,11 +131,16 @@ def main(config: Config = Config()) -> dict:
         _, state = mlp.apply(variables, v, capture_intermediates=True, mutable=["intermediates"])
         return {name: value["__call__"][0] for name, value in state["intermediates"].items() if name != "__call__"}
 
-    sigma = jacobians.jacobian_field(intermediates, x_test, params=variables, reduce=spectra.singular_values)
-    outputs = jax.vmap(lambda v: intermediates(variables, v))(jnp.asarray(x_test))
+    # a Linen model is an f(params, x): one report per layer, each of that layer's output as a function of x
+    rows, previous = {}, None
+    for name in ("Dense_0", "Dense_1", "Dense_2"):
+        layer = functools.partial(lambda key, variables, v: intermediates(variables, v)[key], name)
+        row = _rows(geometry.report(layer, x_test, params=variables, progress=False).table, 64)["output"]
+        features = np.asarray(jax.vmap(lambda v: layer(variables, v))(jnp.asarray(x_test)))  # noqa: B023
+        row["cka_with_previous"] = None if previous is None else float(similarity.cka(previous, features))
+        rows[name], previous = row, features
     accuracy = float(np.mean(np.argmax(mlp.apply(variables, x_test), -1) == y_test))
-    results["linen_mlp"] = {"test_accuracy": accuracy,
-                            "layers": layer_table(sigma, {k: v.shape[-1] for k, v in outputs.items()}, 64, outputs)}
+    results["linen_mlp"] = {"test_accuracy": accuracy, "layers": rows}
     return results
 
 

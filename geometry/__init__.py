@@ -2,7 +2,7 @@
 
 `geometry.report(model, points)` is the front door: a per-layer table (pandas) and a figure.
 The public API is the modules below and, for the most used entry points, the names
-re-exported here (the README's "Library" table lists them). Everything whose name starts with an underscore,
+re-exported here (docs/library.md lists them). Everything whose name starts with an underscore,
 and every module attribute not documented in its module's docstring, is private.
 
     from geometry import jacobian_field, probe, spectra

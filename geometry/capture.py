@@ -3,7 +3,7 @@
 `geometry.discovery` finds the activations in a forward pass's program; this module turns them
 into probe keys and evaluates the program recording them.
 
-**Naming** (stable, documented in the README): an activation is named by the layer call it runs
+**Naming** (stable, documented in docs/tutorials/own-model.md): an activation is named by the layer call it runs
 in and what it computes, ``"<layer path>:<name>"`` — e.g. ``"conv1:relu"`` would be a relu inside
 conv1's own `__call__`, ``"blocks/0/mlp:gelu_tanh"`` the tanh-approximate GELU of a transformer
 block's MLP, and at the model's own level just ``"relu"``. The j-th repeat (j ≥ 1) of the same

@@ -54,6 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from geometry import validation
+
 RANKME_EPS = 1e-7  # Garrido et al.'s ε
 VICREG_GAMMA, VICREG_EPS = 1.0, 1e-4  # Bardes et al.'s target standard deviation and its ε
 
@@ -203,6 +205,9 @@ def _fit_logistic(features, labels, classes: int, l2: float, iterations: int):
     return weights, loss(weights)
 
 
+MAX_PROBE_CLASSES_PER_LABEL = 4  # a head larger than this many times the classes present (and > 1024) is refused
+
+
 def linear_probe(train_features, train_labels, test_features, test_labels, *, l2: float = 1e-4,
                  iterations: int = 200) -> dict:
     """Accuracy of a linear classifier on frozen features: multinomial logistic regression with an
@@ -216,8 +221,17 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *, l2
     if train_labels.shape != (len(train_features),) or test_labels.shape != (len(test_features),):
         raise ValueError(f"labels must have one entry per row: got {train_labels.shape} for {len(train_features)} "
                          f"training rows and {test_labels.shape} for {len(test_features)} test rows")
-    if train_labels.min() < 0 or not np.issubdtype(train_labels.dtype, np.integer):
-        raise ValueError("labels must be integer class indices >= 0")
+    for name, labels in (("train_labels", train_labels), ("test_labels", test_labels)):
+        if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
+            raise ValueError(f"{name} must be integer class indices >= 0 (got dtype {labels.dtype}, smallest "
+                             f"{labels.min() if labels.size else None}); map your labels to 0..C-1 first")
+    l2 = validation.number("l2", l2, low=0)
+    iterations = validation.integer("iterations", iterations, low=1)
+    classes_seen = np.unique(np.concatenate([train_labels, test_labels]))
+    if classes_seen[-1] + 1 > MAX_PROBE_CLASSES_PER_LABEL * len(classes_seen) and classes_seen[-1] + 1 > 1024:
+        raise ValueError(f"the largest label is {classes_seen[-1]} but only {len(classes_seen)} classes occur: the "
+                         f"probe's head would have {classes_seen[-1] + 1} mostly unused outputs. Map the labels "
+                         "to 0..C-1 first (np.unique(labels, return_inverse=True))")
     mean, std = train_features.mean(axis=0), train_features.std(axis=0)
     scale = np.where(std > 0, std, np.inf)
     classes = int(max(train_labels.max(), test_labels.max())) + 1

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from geometry import plane as plane_module
-from geometry import polygons
+from geometry import polygons, validation
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -86,7 +86,7 @@ class Partition:
 
         Found by the model's own activation pattern at each point (one forward pass per point),
         matched to the regions' patterns; a point on a boundary may go to either side."""
-        points = np.asarray(points, np.float64).reshape(-1, 2)
+        points = _plane_points(points)
         (x0, y0), (x1, y1) = self.window
         inside = (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
         found = np.full(len(points), -1)
@@ -116,7 +116,8 @@ class Partition:
         """(P,) number of regions meeting the square of half-side `radius` around each plane point
         (P, 2), clipped to the window: the local complexity of Humayun, Balestriero & Baraniuk
         (arXiv 2402.15555) on the slice, with a square neighbourhood."""
-        points = np.asarray(points, np.float64).reshape(-1, 2)
+        radius = validation.number("radius", radius, low=0, low_open=True)
+        points = _plane_points(points)
         (x0, y0), (x1, y1) = self.window
         mask = polygons.valid(self.counts, self.vertices.shape[1])[..., None]
         low = np.where(mask, self.vertices, np.inf).min(axis=1)  # (R, 2) bounding boxes
@@ -135,7 +136,9 @@ class Partition:
         return int(self._segment_pieces(start, end).sum())
 
     def _segment_pieces(self, start, end) -> np.ndarray:
-        start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+        start, end = (validation.finite_array(name, value, ndim=1) for name, value in (("start", start), ("end", end)))
+        if start.shape != (2,) or end.shape != (2,):
+            raise ValueError(f"start and end must be plane points of shape (2,), got {start.shape} and {end.shape}")
         edge_start = self.vertices
         edge = polygons.following(self.vertices, self.counts) - edge_start  # (R, V, 2)
         # inside a counter-clockwise cell: cross(edge, p − v) ≥ 0 for every edge; along p(t) that is
@@ -154,7 +157,7 @@ class Partition:
         """(P,) plane distance from each point to the nearest region boundary inside the window
         (edges on the window's border are not boundaries; inf for a region with none, nan outside).
         With an orthonormal plane this is the input-space distance within the slice."""
-        points = np.asarray(points, np.float64).reshape(-1, 2)
+        points = _plane_points(points)
         region = self.region_of(points)
         following = polygons.following(self.vertices, self.counts)
         (x0, y0), (x1, y1) = self.window
@@ -229,6 +232,14 @@ def _count_in_box(vertices, counts, box) -> int:
         vertices, counts = polygons.clip(vertices, counts, np.broadcast_to(np.array(form, np.float64), (len(counts), 3)),
                                          tolerance)
     return int((polygons.areas(vertices, counts) > 1e-12 * (x1 - x0) * (y1 - y0)).sum())
+
+
+def _plane_points(points) -> np.ndarray:
+    """(P, 2) finite plane points (a single (2,) point included), or a ValueError naming the problem."""
+    points = validation.finite_array("points", points, min_ndim=1)
+    if points.shape[-1] != 2:
+        raise ValueError(f"points must be plane coordinates of shape (P, 2), got {points.shape}")
+    return points.reshape(-1, 2)
 
 
 def window_box(window) -> tuple[tuple[float, float], tuple[float, float]]:

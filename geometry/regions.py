@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geometry import batching, jacobians, partitions, piecewise, polygons
+from geometry import batching, jacobians, partitions, piecewise, polygons, validation
 from geometry import plane as plane_module
 
 # the result type, re-exported: regions.Partition has always been its public path
@@ -191,7 +191,13 @@ def partition(model, window, plane=None, *, params=None, model_kwargs=None, inpu
             recomputation (a compiler fault).
     """
     c_min, c_max = partitions.window_box(window)
+    tolerance = validation.number("tolerance", tolerance, low=0)
+    max_regions = validation.integer("max_regions", max_regions, low=1)
     pure, state = jacobians.as_pure_function(model, params, model_kwargs=model_kwargs)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+            raise ValueError(f"the model's parameter {jax.tree_util.keystr(path)} holds NaN or inf: its linear regions "
+                             "are undefined. Find where training diverged (or pass finite params=)")
     plane = plane_module.input_plane() if plane is None else plane
     if not isinstance(plane, plane_module.Plane):
         raise ValueError(f"plane must be a geometry.plane.Plane (e.g. plane.data_plane(x)), got {type(plane).__name__}")

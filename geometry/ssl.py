@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geometry import training
+from geometry import training, validation
 from geometry.functional import Static
 
 METHODS = ("simclr", "vicreg", "byol", "simsiam", "simsiam_no_stop_gradient", "alignment")
@@ -55,7 +55,18 @@ def _normalise(z: jax.Array) -> jax.Array:
     return z / jnp.sqrt(jnp.sum(z**2, axis=-1, keepdims=True) + 1e-12)
 
 
+def _two_views(z1, z2, loss: str) -> None:
+    """The views' shapes are static, so this holds under jit too: (N, d) each, the same N ≥ 2."""
+    if jnp.ndim(z1) != 2 or jnp.shape(z1) != jnp.shape(z2):
+        raise ValueError(f"{loss} takes two views of the same (N, d) shape, got {jnp.shape(z1)} and {jnp.shape(z2)}")
+    if jnp.shape(z1)[0] < 2:
+        raise ValueError(f"{loss} needs at least 2 samples per view (its statistics are over the batch), got "
+                         f"{jnp.shape(z1)[0]}")
+
+
 def info_nce(z1: jax.Array, z2: jax.Array, temperature: float = 0.5) -> jax.Array:
+    _two_views(z1, z2, "info_nce")
+    temperature = validation.number("temperature", temperature, low=0, low_open=True)
     n = z1.shape[0]
     z = _normalise(jnp.concatenate([z1, z2]))  # (2N, d)
     logits = z @ z.T / temperature  # (2N, 2N)
@@ -75,6 +86,7 @@ def _variance_and_covariance(z: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def vicreg_terms(z1: jax.Array, z2: jax.Array) -> dict[str, jax.Array]:
+    _two_views(z1, z2, "vicreg")
     variance1, covariance1 = _variance_and_covariance(z1)
     variance2, covariance2 = _variance_and_covariance(z2)
     return {"invariance": jnp.mean((z1 - z2) ** 2), "variance": (variance1 + variance2) / 2,

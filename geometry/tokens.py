@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from geometry import validation
 from geometry.shapes import real_numeric
 
 NORMS = ("composite", "frobenius")
@@ -121,8 +122,12 @@ def effective_rank(sigma) -> np.ndarray:
 def attention_entropy_ratio(weights, causal: bool) -> np.ndarray:
     """Entropy of each attention row over log(keys it can see) (..., T): 1 for uniform rows.
     `causal`: row t sees t + 1 keys (the first row, one key, is 1 by convention); otherwise T."""
-    weights = np.asarray(weights, np.float64)
+    weights = validation.finite_array("weights", weights, min_ndim=2)
     rows, length = weights.shape[-2:]
+    if weights.min() < 0 or not np.allclose(weights.sum(axis=-1), 1.0, rtol=0, atol=1e-3):
+        raise ValueError("weights must be attention probabilities: every entry ≥ 0 and every row summing to 1 "
+                         f"(smallest entry {weights.min():.3g}, row sums in [{weights.sum(-1).min():.4g}, "
+                         f"{weights.sum(-1).max():.4g}]); pass softmax(scores), not the scores")
     entropy = -np.sum(np.where(weights > 0, weights * np.log(np.where(weights > 0, weights, 1.0)), 0.0), axis=-1)
     visible = np.arange(1, rows + 1) if causal else np.full(rows, length)
     most = np.broadcast_to(np.log(visible.astype(np.float64)), entropy.shape)

@@ -43,6 +43,10 @@ OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}
 SCHEDULES = ("constant", "cosine", "steps")
 
 
+class TrainingDiverged(ValueError):
+    """Training produced NaN or inf loss or weights: nothing is written to the model."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from: corrupt, or from a different run."""
 
@@ -303,10 +307,15 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
 
     Raises:
         ValueError: a config out of range (every problem listed), inputs and targets of different
-            lengths, or NaN / inf in the data.
+            lengths, NaN / inf in the data, or a checkpoint_dir that is empty or a file.
+        TrainingDiverged: the loss or the weights became NaN or inf (a ValueError; the model keeps
+            the weights it had).
         CheckpointError: a checkpoint in `checkpoint_dir` that is corrupt or from a different run.
     """
     check_config(config)
+    if checkpoint_dir is not None and (not str(checkpoint_dir).strip() or Path(checkpoint_dir).is_file()):
+        raise ValueError(f"checkpoint_dir={str(checkpoint_dir)!r} is {'a file' if str(checkpoint_dir).strip() else 'empty'}"
+                         ": pass a directory for the checkpoints, or None for none")
     x, y = check_data(x, y, labels="integer" if loss_fn is cross_entropy_loss else "any")
     if loss_fn is cross_entropy_loss:  # a label past the last logit makes the loss NaN, silently
         classes = jax.eval_shape(lambda v: model(v), jax.ShapeDtypeStruct(x.shape[1:], x.dtype)).shape[-1]
@@ -342,13 +351,25 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
         if done % config.log_every == 0 or done == config.steps:
             history.append({"step": done, "loss": float(loss)})
             log(f"{name}: step {done}/{config.steps} loss {float(loss):.4f}")
+            if not np.isfinite(float(loss)):
+                _diverged(name, done, history, config)
         if writer and manager is not None and (done % config.checkpoint_every == 0 or done == config.steps):
             _save(manager, done, params, opt_state, fingerprint, history)
     if manager is not None:
         manager.wait_until_finished()
         manager.close()
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(params)):
+        _diverged(name, config.steps, history, config)
     nnx.update(model, params)
     return {"history": history, "resumed_from": resumed}
+
+
+def _diverged(name: str, step: int, history: list, config: "TrainConfig") -> None:
+    finite = [record["step"] for record in history if np.isfinite(record["loss"])]
+    raise TrainingDiverged(
+        f"{name}: training diverged by step {step} (the loss or the weights are NaN or inf; last finite loss at step "
+        f"{finite[-1] if finite else 'none logged'}): lower the learning rate ({config.learning_rate:g}), clip the "
+        "gradient norm (clip_norm=) or standardise the inputs. The model keeps the weights it had before train().")
 
 
 def _save(manager, step, params, opt_state, fingerprint, history) -> None:

@@ -143,3 +143,123 @@ def test_obscure_failures_are_named():
     accumulator = collapse.CollapseAccumulator(3, 5)
     with pytest.raises(ValueError, match="features of dimension 6, but the accumulator was made for dim=5"):
         accumulator.add_means(np.ones((4, 6)), np.array([0, 1, 2, 0]))
+
+
+# ---- issue "nothing silently wrong, round three": each returned a number (or allocated without end) before ----
+
+def test_the_shared_validators_name_the_argument_the_bound_and_the_value():
+    from geometry import validation
+
+    assert validation.number("tol", 0.5, low=0, low_open=True) == 0.5
+    for bad in (float("nan"), float("inf"), 0.0, -1, True, "1", [1.0]):
+        with pytest.raises(ValueError, match=r"tol must be a finite number > 0, got"):
+            validation.number("tol", bad, low=0, low_open=True)
+    assert validation.integer("k", 3.0, low=1, high=4) == 3
+    for bad in (0, 5, 2.5, True, float("nan")):
+        with pytest.raises(ValueError, match=r"k must be an integer in \[1, 4\], got"):
+            validation.integer("k", bad, low=1, high=4)
+    with pytest.raises(ValueError, match=r"values holds NaN or inf at 1 of 3 entries \(first at \(1,\)\)"):
+        validation.finite_array("values", [1.0, np.nan, 2.0])
+    with pytest.raises(ValueError, match="values must have 1 axes, got shape"):
+        validation.finite_array("values", np.ones((2, 2)), ndim=1)
+    with pytest.raises(ValueError, match="real numbers, got dtype bool"):
+        validation.finite_array("values", [True])
+
+
+def test_weight_spectra_refuse_what_the_svd_or_the_fit_would_misread():
+    from geometry import weights
+
+    with pytest.raises(ValueError, match="kernel holds NaN or inf"):
+        weights.eigenvalues(np.full((3, 3), np.nan))  # was LAPACK's "SVD did not converge"
+    with pytest.raises(ValueError, match="all ≥ 0"):
+        weights.stable_rank(np.array([-1.0, 2.0]))  # was 0.5, below the stable rank's floor of 1
+    with pytest.raises(ValueError, match="values is empty"):
+        weights.stable_rank(np.array([]))
+    with pytest.raises(ValueError, match="values holds NaN or inf"):
+        weights.power_law_fit(np.array([1.0, np.inf, 2.0]))  # the inf was dropped without a word
+    with pytest.raises(ValueError, match=r"min_tail must be an integer ≥ 2"):
+        weights.power_law_fit(np.arange(1, 50.0), min_tail=1)
+
+
+def test_partition_refuses_nan_parameters_and_meaningless_tolerances(nans_allowed):
+    from geometry import regions
+
+    model = models.MLP(2, 8, depth=1, out_features=2, activation="relu", rngs=nnx.Rngs(0))
+    window = ((-1.0, -1.0), (1.0, 1.0))
+    for tolerance in (-1.0, float("nan"), float("inf")):  # was: 1 region for 87
+        with pytest.raises(ValueError, match="tolerance must be a finite number ≥ 0"):
+            regions.partition(model, window, tolerance=tolerance)
+    result = regions.partition(model, window)
+    with pytest.raises(ValueError, match="radius must be a finite number > 0"):
+        result.regions_near(np.zeros((1, 2)), -0.5)
+    with pytest.raises(ValueError, match="radius must be a finite number > 0"):
+        result.regions_near(np.zeros((1, 2)), float("nan"))
+    with pytest.raises(ValueError, match="start holds NaN or inf"):
+        result.crossings((np.nan, 0.0), (1.0, 1.0))  # was: every region
+    with pytest.raises(ValueError, match=r"points must be plane coordinates of shape \(P, 2\)"):
+        result.region_of(np.zeros((4, 3)))
+    layer = model.layers[0].dense
+    layer.weight[...] = layer.weight[...].at[0, 0].set(np.nan)
+    with pytest.raises(ValueError, match=r"parameter .* holds NaN or inf: its linear regions are undefined"):
+        regions.partition(model, window)  # was: 1 region with a finite ½ log det
+
+
+def test_self_supervised_losses_refuse_one_sample_and_non_positive_temperatures():
+    from geometry import ssl
+
+    z = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    for temperature in (0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            ssl.info_nce(z, z, temperature)
+    for loss in (ssl.info_nce, ssl.vicreg):
+        with pytest.raises(ValueError, match="at least 2 samples per view"):
+            loss(z[:1], z[:1])  # was a finite loss from a batch with no negatives / an undefined variance
+        with pytest.raises(ValueError, match="same \\(N, d\\) shape"):
+            loss(z, z[:, :2])
+
+
+def test_linear_probe_refuses_bad_labels_penalties_and_a_head_of_a_million_classes():
+    from geometry import embeddings
+
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(20, 3)), np.arange(20) % 2
+    with pytest.raises(ValueError, match="test_labels must be integer class indices >= 0"):
+        embeddings.linear_probe(features, labels, features, -labels - 1)
+    for l2 in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="l2 must be a finite number ≥ 0"):
+            embeddings.linear_probe(features, labels, features, labels, l2=l2)
+    with pytest.raises(ValueError, match=r"iterations must be an integer ≥ 1"):
+        embeddings.linear_probe(features, labels, features, labels, iterations=0)
+    sparse = labels.copy()
+    sparse[0] = 10**6  # one label of a million: the head would have 10⁶ outputs (it never returned)
+    with pytest.raises(ValueError, match="Map the labels to 0..C-1 first"):
+        embeddings.linear_probe(features, sparse, features, labels)
+
+
+def test_attention_entropy_refuses_scores_nan_and_negative_weights():
+    from geometry import tokens
+
+    uniform = np.full((2, 4, 4), 0.25)
+    np.testing.assert_allclose(tokens.attention_entropy_ratio(uniform, causal=False), 1.0)
+    for weights, message in ((uniform * 2, "every row summing to 1"), (uniform - 0.5, "every entry ≥ 0"),
+                             (np.where(uniform > 0, np.nan, 0), "holds NaN or inf")):
+        with pytest.raises(ValueError, match=message):
+            tokens.attention_entropy_ratio(weights, causal=False)
+
+
+def test_training_refuses_an_empty_checkpoint_dir_and_says_when_it_diverged(tmp_path, nans_allowed, monkeypatch):
+    x, y = data.make_dataset("xor", 64, seed=0)
+    model = models.MLP(2, 8, depth=1, out_features=2, activation="relu", rngs=nnx.Rngs(0))
+    config = training.TrainConfig(steps=3, learning_rate=1e-2, log_every=1)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="checkpoint_dir='' is empty"):
+        training.train(model, x, y, config, checkpoint_dir="")  # wrote step folders into the working directory
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        training.train(model, x, y, config, checkpoint_dir=tmp_path / "a_file")
+    assert not [p for p in tmp_path.iterdir() if p.name != "a_file"]
+    before = np.asarray(model.layers[0].dense.weight[...]).copy()
+    huge = dataclasses.replace(config, learning_rate=1e30, steps=20)
+    with pytest.raises(training.TrainingDiverged, match="training diverged by step .* lower the learning rate"):
+        training.train(model, x * 1e20, y, huge, log=lambda line: None)  # returned normally with NaN weights
+    np.testing.assert_array_equal(np.asarray(model.layers[0].dense.weight[...]), before)

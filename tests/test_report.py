@@ -67,6 +67,7 @@ def test_every_column_equals_a_hand_written_computation(x64):
         volume = np.where(full, np.sum(np.log(np.where(sigma > 0, sigma, 1)), axis=1), -np.inf)
         row = table.loc[key]
         assert row["rank_median"] == np.median(rank), key
+        assert row["rank_deficient_fraction"] == np.mean(np.array(rank) < min(m, n)), key
         np.testing.assert_allclose(row["effective_rank_median"], np.median(effective), rtol=1e-9, err_msg=key)
         np.testing.assert_allclose(row["condition_median"], np.median(condition), rtol=1e-9, err_msg=key)
         np.testing.assert_allclose(row["log_volume_median"], np.median(volume), rtol=1e-9, err_msg=key)

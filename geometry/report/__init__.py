@@ -18,6 +18,7 @@ layer `wrt`) with `wrt=`, flattened to (m, n)):
 * `layer`, `kind` (module type, or the identified activation), `shape` (per-point output),
   `params` (parameters the module holds; the output row: the model's total).
 * `rank_median` (numerical rank, `spectra.numerical_rank`'s tolerance max(m, n)·eps·σ₁),
+  `rank_deficient_fraction` (the fraction of points where that rank is below min(m, n)),
   `effective_rank_median` (Roy–Vetterli, exp of the entropy of σ/‖σ‖₁), `condition_median`
   (σ₁/σ_min over min(m, n) values; inf when rank-deficient), `log_volume_median` (½ log det JᵀJ
   = Σ log σ_i over min(m, n) values; −inf when rank-deficient), `log_volume_error` (the
@@ -187,7 +188,9 @@ def _kernel_columns(module) -> dict:
 
 def _spectral_columns(sigma, shape) -> dict:
     summary = spectra.summarize_singular_values(sigma, shape, sigma.dtype)
-    return {"rank_median": float(np.median(np.asarray(summary["numerical_rank"]))),
+    rank = np.asarray(summary["numerical_rank"])
+    return {"rank_median": float(np.median(rank)),
+            "rank_deficient_fraction": float(np.mean(rank < sigma.shape[-1])),
             "effective_rank_median": float(np.median(np.asarray(summary["effective_rank"]))),
             "condition_median": float(np.median(np.asarray(summary["condition_number"], np.float64))),
             "log_volume_median": float(np.median(np.asarray(summary["log_volume"], np.float64))),
@@ -341,7 +344,8 @@ def _fields(model, points, keys, found, wrt, batched, model_kwargs, budget):
     for key in free_keys:
         f, state = probe.layer_function(model, key, example=points[0], batched=batched, model_kwargs=model_kwargs)
         estimate = matfree.log_volume(f, points, params=state)
-        free[key] = {"rank_median": np.nan, "effective_rank_median": np.nan, "condition_median": np.nan,
+        free[key] = {"rank_median": np.nan, "rank_deficient_fraction": np.nan, "effective_rank_median": np.nan,
+                     "condition_median": np.nan,
                      "log_volume_median": float(np.median(estimate["values"])),
                      "log_volume_error": float(np.median(estimate["total_error"])), "route": "matrix-free"}
     return sigma, free
