@@ -43,7 +43,7 @@ OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}
 SCHEDULES = ("constant", "cosine", "steps")
 
 
-class TrainingDiverged(ValueError):
+class TrainingDivergedError(ValueError):
     """Training produced NaN or inf loss or weights: nothing is written to the model."""
 
 
@@ -308,7 +308,7 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
     Raises:
         ValueError: a config out of range (every problem listed), inputs and targets of different
             lengths, NaN / inf in the data, or a checkpoint_dir that is empty or a file.
-        TrainingDiverged: the loss or the weights became NaN or inf (a ValueError; the model keeps
+        TrainingDivergedError: the loss or the weights became NaN or inf (a ValueError; the model keeps
             the weights it had).
         CheckpointError: a checkpoint in `checkpoint_dir` that is corrupt or from a different run.
     """
@@ -366,7 +366,7 @@ def train(model: nnx.Module, x, y, config: TrainConfig = TrainConfig(), *, loss_
 
 def _diverged(name: str, step: int, history: list, config: "TrainConfig") -> None:
     finite = [record["step"] for record in history if np.isfinite(record["loss"])]
-    raise TrainingDiverged(
+    raise TrainingDivergedError(
         f"{name}: training diverged by step {step} (the loss or the weights are NaN or inf; last finite loss at step "
         f"{finite[-1] if finite else 'none logged'}): lower the learning rate ({config.learning_rate:g}), clip the "
         "gradient norm (clip_norm=) or standardise the inputs. The model keeps the weights it had before train().")

@@ -3,24 +3,10 @@ inside any JAX computation raises (`jax_debug_nans`; tests that make NaNs on pur
 `nans_allowed` fixture), ranks and dtypes are never silently promoted, and everything runs on
 the CPU."""
 
-import atexit
 import gc
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent compilation cache for the whole session, its workers and the command lines the tests
-# start: the suite compiles the same programs again after each module's jax.clear_caches(), in every
-# `python -m experiments ...` subprocess and in each worker. A cached executable is the one XLA
-# compiled for the same program and options, so no number changes; the folder is new every session.
-if os.environ.get("LAYER_GEOMETRY_TEST_CACHE", "1") != "0":
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the session: workers inherit it
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="layer-geometry-xla-")
-        atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

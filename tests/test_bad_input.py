@@ -260,6 +260,6 @@ def test_training_refuses_an_empty_checkpoint_dir_and_says_when_it_diverged(tmp_
     assert not [p for p in tmp_path.iterdir() if p.name != "a_file"]
     before = np.asarray(model.layers[0].dense.weight[...]).copy()
     huge = dataclasses.replace(config, learning_rate=1e30, steps=20)
-    with pytest.raises(training.TrainingDiverged, match="training diverged by step .* lower the learning rate"):
+    with pytest.raises(training.TrainingDivergedError, match="training diverged by step .* lower the learning rate"):
         training.train(model, x * 1e20, y, huge, log=lambda line: None)  # returned normally with NaN weights
     np.testing.assert_array_equal(np.asarray(model.layers[0].dense.weight[...]), before)

@@ -38,21 +38,6 @@ def test_cli_quick_run_prints_paths(tmp_path):
     assert "activations" in json.loads((tmp_path / "MANIFEST.json").read_text())
 
 
-# Experiments that share trained networks (Orbax checkpoints under OUT/.checkpoints) run in one group, so
-# that with several test workers (pytest-xdist, --dist loadgroup) one worker trains them once.
-CLASSIFIERS = ("linear_collapse", "failure_table", "tradeoff", "pullback", "fidelity", "similarity", "kernel_layers",
-               "rank_depth")
-
-
-def group(name: str) -> str:
-    return "classifiers" if name in CLASSIFIERS else name
-
-
-def uses(name: str):
-    """Mark a test as reading experiment `name`'s quick run (its xdist group)."""
-    return pytest.mark.xdist_group(group(name))
-
-
 class QuickRuns(dict):
     """{name: record} of the experiments' quick variants, each run when first read, once per process,
     into one output folder (so the manifest and shared checkpoints accumulate as in a real run)."""
@@ -72,11 +57,15 @@ def quick_records(tmp_path_factory):
     return runs, runs.out
 
 
-EACH = [pytest.param(name, marks=uses(name)) for name in EXPERIMENTS]
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_writes_records_and_redraws_its_outputs(quick_records, name):
+    """Each experiment writes its set, the manifest records every file with its digest, and computing
+    is separate from drawing: `python -m experiments plot NAME` redraws from NAME.json (and NAME.npz)
+    byte for byte what the run drew, and the manifest stays valid."""
+    import hashlib
 
+    from experiments._runner import load, replot, verify
 
-@pytest.mark.parametrize("name", EACH)
-def test_every_experiment_writes_its_outputs(quick_records, name):
     records, out = quick_records
     assert records[name]["numbers"] is not None
     for suffix in ("png", "pdf", "json"):
@@ -84,16 +73,11 @@ def test_every_experiment_writes_its_outputs(quick_records, name):
     assert json.loads((out / f"{name}.json").read_text())["numbers"] is not None
     if name == "grid_warp":
         assert (out / "grid_warp.html").stat().st_size < 5 * 2**20
-
-
-@pytest.mark.parametrize("name", EACH)
-def test_every_figure_redraws_from_its_files_alone(quick_records, name):
-    """Each experiment separates computing from drawing: `python -m experiments plot NAME` redraws
-    from NAME.json (and NAME.npz) byte for byte what the run drew, and the manifest stays valid."""
-    from experiments._runner import load, replot, verify
-
-    records, out = quick_records
-    records[name]  # noqa: B018 - runs it (once) if this worker has not
+    entry = json.loads((out / "MANIFEST.json").read_text())[name]
+    assert entry["seed"] == 0 and entry["quick"] is True and len(entry["config_hash"]) == 16
+    assert {f"{name}.png", f"{name}.pdf", f"{name}.json"} <= set(entry["sha256"])
+    for filename, digest in entry["sha256"].items():
+        assert hashlib.sha256((out / filename).read_bytes()).hexdigest() == digest
     assert hasattr(load(name), "plot"), f"{name} still draws inside run()"
     drawn = {p.name: p.read_bytes() for p in out.glob(f"{name}*") if p.suffix in (".png", ".gif", ".html")}
     redrawn = replot(name, out)
@@ -108,7 +92,6 @@ def test_plot_of_an_unknown_experiment_is_refused():
     assert result.returncode == 2 and "unknown experiment(s)" in result.stderr
 
 
-@uses("activations")
 def test_activations_numbers(quick_records):
     numbers = quick_records[0]["activations"]["numbers"]
     assert all(m["facts_agree"] for m in numbers["activations"].values())
@@ -119,7 +102,6 @@ def test_activations_numbers(quick_records):
     assert any(f.startswith("gelu: the seed calls it strictly monotone") for f in numbers["findings"])
 
 
-@uses("grid_warp")
 def test_grid_warp_matches_theory(quick_records):
     results = quick_records[0]["grid_warp"]["numbers"]["activations"]
     for name, result in results.items():
@@ -130,13 +112,11 @@ def test_grid_warp_matches_theory(quick_records):
     assert results["relu"]["theory"]["folded"] == 0.75
 
 
-@uses("dead_units")
 def test_dead_units_agree_with_theory(quick_records):
     numbers = quick_records[0]["dead_units"]["numbers"]
     assert numbers["agreement"]["all_within_4_se"], numbers["agreement"]
 
 
-@uses("dynamical_isometry")
 def test_dynamical_isometry_quick_agrees_within_sampling_error(quick_records):
     numbers = quick_records[0]["dynamical_isometry"]["numbers"]
     for case in numbers["spectra"]:
@@ -147,7 +127,6 @@ def test_dynamical_isometry_quick_agrees_within_sampling_error(quick_records):
     assert all(p["rel_error"] < 0.1 for p in numbers["phase_diagram"]["probes"])
 
 
-@uses("saturation")
 def test_saturation_quick_matches_gaussian_theory(quick_records):
     numbers = quick_records[0]["saturation"]["numbers"]
     # 64 points × 32 units per layer: the binomial standard error is ≤ 0.011
@@ -157,14 +136,12 @@ def test_saturation_quick_matches_gaussian_theory(quick_records):
     assert ratio["layernorm"] < 1e-3 * ratio["none"]  # x is a near-null direction of J under LayerNorm
 
 
-@uses("injectivity")
 def test_injectivity(quick_records):
     assert quick_records[0]["injectivity"]["numbers"]["theory_holds"]  # no exact merge for monotone φ
     relu_2 = quick_records[0]["injectivity"]["numbers"]["results"]["relu/2"]["collision_fraction"]
     assert max(relu_2["circle"]) > 0.01  # width-2 ReLU collapses whole regions of the circle
 
 
-@uses("rank_depth")
 def test_rank_identity(quick_records):
     rank_depth = quick_records[0]["rank_depth"]["numbers"]
     assert rank_depth["relu_rank_identity_exact_everywhere"]
@@ -172,7 +149,6 @@ def test_rank_identity(quick_records):
     np.testing.assert_array_equal(plain_identity, 1.0)  # a short linear chain keeps full rank
 
 
-@uses("tradeoff")
 def test_trained_geometry_experiments(quick_records):
     tradeoff = {(r["dataset"], r["activation"]): r for r in quick_records[0]["tradeoff"]["numbers"]["rows"]}
     # no activation: a linear classifier, far from solving the spiral
@@ -185,7 +161,6 @@ def test_trained_geometry_experiments(quick_records):
     assert min(fidelity["identity/32"]["random"]["distance_spearman"]) > 0.8
 
 
-@uses("linear_collapse")
 def test_linear_collapse_and_representation_experiments(quick_records):
     records = quick_records[0]
     summary = records["linear_collapse"]["numbers"]["summary"]
@@ -208,7 +183,6 @@ def test_linear_collapse_and_representation_experiments(quick_records):
             assert run["severity"]["linear collapse"] == "severe" and run["values"]["linear collapse"] > 0.9999
 
 
-@uses("training_animation")
 def test_training_animation(quick_records):
     records, out = quick_records
     accuracy = records["training_animation"]["numbers"]["final_train_accuracy"]
@@ -217,14 +191,12 @@ def test_training_animation(quick_records):
         assert 0 < (out / f"training_animation.{suffix}").stat().st_size < 5 * 2**20
 
 
-@uses("vanishing_gradients")
 def test_vanishing_gradients(quick_records):
     records = quick_records[0]
     ratios = records["vanishing_gradients"]["numbers"]["first_over_last_at_init"]
     assert ratios["sigmoid"] < 1e-2 < ratios["relu"]  # sigmoid's φ' ≤ ¼ shrinks the backward pass per layer
 
 
-@uses("kernel_layers")
 def test_kernel_layers(quick_records):
     records = quick_records[0]
     kernel = records["kernel_layers"]["numbers"]
@@ -236,7 +208,6 @@ def test_kernel_layers(quick_records):
         assert np.all(np.asarray(machine["rkhs_norm_squared_per_output"]) > 0)
 
 
-@uses("yat_xor")
 def test_yat_xor(quick_records):
     yat = quick_records[0]["yat_xor"]["numbers"]
     assert yat["psd_for_all_nonnegative_b"]
@@ -252,20 +223,6 @@ def test_committed_outputs_stay_small():
         assert path.stat().st_size < limit, f"{path.name} is {path.stat().st_size / 2**20:.1f} MB"
 
 
-@pytest.mark.parametrize("name", EACH)
-def test_manifest_records_every_output(quick_records, name):
-    import hashlib
-
-    records, out = quick_records
-    records[name]  # noqa: B018 - runs it (once) if this worker has not
-    entry = json.loads((out / "MANIFEST.json").read_text())[name]
-    assert entry["seed"] == 0 and entry["quick"] is True and len(entry["config_hash"]) == 16
-    assert {f"{name}.png", f"{name}.pdf", f"{name}.json"} <= set(entry["sha256"])
-    for filename, digest in entry["sha256"].items():
-        assert hashlib.sha256((out / filename).read_bytes()).hexdigest() == digest
-
-
-@uses("linguistic_collapse")
 def test_linguistic_collapse_grid(quick_records):
     numbers = quick_records[0]["linguistic_collapse"]["numbers"]
     vocabulary = numbers["corpus"]["vocabulary"]
@@ -292,7 +249,6 @@ def test_linguistic_collapse_grid(quick_records):
         assert run["study_metrics"]["hits"] + run["study_metrics"]["misses"] == run["metrics"]["nc4_tokens"]
 
 
-@uses("spectral_universality")
 def test_spectral_universality_against_free_probability(quick_records):
     numbers = quick_records[0]["spectral_universality"]["numbers"]
     for key, r in numbers["results"].items():
@@ -310,7 +266,6 @@ def test_spectral_universality_against_free_probability(quick_records):
             assert 0 <= r["cms_distance_fuss_catalan"] <= 1
 
 
-@uses("digits")
 def test_digits_terminal_phase_and_real_data_geometry(quick_records):
     records, out = quick_records
     numbers = records["digits"]["numbers"]
@@ -331,7 +286,6 @@ def test_digits_terminal_phase_and_real_data_geometry(quick_records):
         assert set(directions.values()) <= {None, "flat", "toward collapse", "away from collapse"}
 
 
-@uses("digits")
 def test_digits_resumes_its_series_without_retraining(quick_records, tmp_path):
     """A finished run restores: the series file beside the checkpoints is reused, numbers identical."""
     from experiments import _runner
@@ -375,7 +329,6 @@ def test_generic_overrides_are_validated_before_running(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
 
 
-@uses("attention_collapse")
 def test_attention_collapse_quick(quick_records):
     numbers = quick_records[0]["attention_collapse"]["numbers"]
     findings = numbers["findings"]
@@ -396,7 +349,6 @@ def test_attention_collapse_quick(quick_records):
         assert np.isfinite(record["validation_loss"]) and record["validation_loss"] < 2 * np.log(128)
 
 
-@uses("linear_regions")
 def test_linear_regions_follow_the_density_laws(quick_records):
     numbers = quick_records[0]["linear_regions"]["numbers"]
     fits = numbers["fits"]
@@ -413,7 +365,6 @@ def test_linear_regions_follow_the_density_laws(quick_records):
         assert all(r > 1 for r in series["regions"])
 
 
-@uses("terminal_phase")
 def test_terminal_phase_runs_both_protocols_and_reports_against_the_published_directions(quick_records):
     numbers = quick_records[0]["terminal_phase"]["numbers"]
     papyan = numbers["protocols"]["papyan"]
@@ -430,7 +381,6 @@ def test_terminal_phase_runs_both_protocols_and_reports_against_the_published_di
         assert any(line.startswith(name + ":") for name in numbers["runs"])
 
 
-@uses("ssl_collapse")
 def test_ssl_collapse_measures_what_it_reports(quick_records):
     from experiments import ssl_collapse
     from geometry import data, embeddings

@@ -349,13 +349,20 @@ def test_per_neuron_marks_match_the_numbers_table(page, server):
     _control(page, "start")
     _wait_for(page, "f.step >= 200")
     _control(page, "pause")
-    frame = _wait_for(page, "f.status === 'paused' && f.network && f.layers")
-    table = page.eval_on_selector_all("#layers-table tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
-    header = page.eval_on_selector_all("#layers-table thead th", "cells => cells.map(c => c.textContent)")
-    dead_column, saturated_column = header.index("dead (grid)"), header.index("saturated (grid)")
-    for l, (layer, row) in enumerate(zip(frame["network"]["layers"], table)):
-        assert row[dead_column] == str(layer["marks"].count("dead")), l
-        assert row[saturated_column] == str(layer["marks"].count("saturated")), l
+    # the table is redrawn on the next animation frame after a frame arrives: wait until the page shows a
+    # paused frame whose drawn table agrees with its unit marks (a disagreement never settles: a timeout)
+    page.wait_for_function("""(() => {
+        const f = window.playground.frame;
+        if (!f || f.status !== 'paused' || !f.network || !f.layers) return false;
+        const header = [...document.querySelectorAll('#layers-table thead th')].map(c => c.textContent);
+        const dead = header.indexOf('dead (grid)'), saturated = header.indexOf('saturated (grid)');
+        const rows = [...document.querySelectorAll('#layers-table tbody tr')];
+        const count = (marks, kind) => String(marks.filter(m => m === kind).length);
+        return dead >= 0 && saturated >= 0 && rows.length >= f.network.layers.length && f.network.layers.every(
+            (layer, l) => rows[l].cells[dead].textContent === count(layer.marks, 'dead')
+                && rows[l].cells[saturated].textContent === count(layer.marks, 'saturated'));
+    })()""", timeout=TIMEOUT_MS)
+    frame = page.evaluate("window.playground.frame")
     marks = [m for layer in frame["network"]["layers"] for m in layer["marks"]]
     assert marks.count("dead") + marks.count("saturated") > 0  # the marks have something to show
     # hovering a unit shows its maps and its mark
