@@ -211,7 +211,7 @@ def outputs(model, points: Shaped[AnyArray, "N *input"], layers=None, *, chunk_s
         ValueError: a selector that matches no layer (the layers there are are listed), points that
             do not fit the model (with the `batched=True` hint for batch-first models), a model that
             changes its state while evaluated (BatchNorm / Dropout in training mode: call
-            `model.eval()`), or a Jacobian that is NaN or inf at finite points.
+            `model.eval()`).
         batching.CompilerFaultError: the batched computation disagrees with the same function
             compiled unbatched at the points the canary recomputes (a compiler fault).
     """
@@ -244,7 +244,7 @@ def inputs(model, points: Shaped[AnyArray, "N *input"], layers=None, *, chunk_si
         ValueError: a selector that matches no layer (the layers there are are listed), points that
             do not fit the model (with the `batched=True` hint for batch-first models), a model that
             changes its state while evaluated (BatchNorm / Dropout in training mode: call
-            `model.eval()`), or a Jacobian that is NaN or inf at finite points.
+            `model.eval()`).
         batching.CompilerFaultError: the batched computation disagrees with the same function
             compiled unbatched at the points the canary recomputes (a compiler fault).
     """

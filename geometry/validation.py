@@ -29,6 +29,13 @@ def _interval(low, high, low_open: bool, high_open: bool) -> str:
     return ""
 
 
+def _refuse_non_scalar(value, wanted: str) -> None:
+    """A bool, a non-number or an array of more than one element is no scalar argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray, jax.Array)) \
+            or np.ndim(value) != 0:
+        raise ValueError(f"{wanted}, got {value!r}")
+
+
 def number(name: str, value, *, low: float | None = None, high: float | None = None, low_open: bool = False,
            high_open: bool = False) -> float:
     """`value` as a finite float within the bounds.
@@ -50,9 +57,7 @@ def number(name: str, value, *, low: float | None = None, high: float | None = N
     if isinstance(value, jax.core.Tracer):
         return value
     wanted = f"{name} must be a finite number {_interval(low, high, low_open, high_open)}".rstrip()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray, jax.Array)) \
-            or np.ndim(value) != 0:
-        raise ValueError(f"{wanted}, got {value!r}")
+    _refuse_non_scalar(value, wanted)
     value = float(value)
     if not math.isfinite(value) or (low is not None and (value < low or (low_open and value == low))) \
             or (high is not None and (value > high or (high_open and value == high))):
@@ -76,9 +81,7 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
         ValueError: not an integer, or out of bounds.
     """
     wanted = f"{name} must be an integer {_interval(low, high, False, False)}".rstrip()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray, jax.Array)) \
-            or np.ndim(value) != 0:
-        raise ValueError(f"{wanted}, got {value!r}")
+    _refuse_non_scalar(value, wanted)
     if isinstance(value, numbers.Integral) or np.issubdtype(np.asarray(value).dtype, np.integer):
         result = int(value)
     elif math.isfinite(float(value)) and float(value).is_integer():
